@@ -1,0 +1,284 @@
+//! Decoding and validating untrusted image bytes.
+//!
+//! Checks run cheapest first, so hostile input costs little: byte size, magic bytes, the header's pixel count (a
+//! 30000×30000 PNG is refused before a pixel is inflated), then the full decode, then stream completeness (see
+//! [`super::jpeg`]). EXIF orientation is applied so that width, height and every later coordinate refer to the image
+//! as displayed; such an image is stored upright and re-encoded without EXIF, since trainers (LLaVA's loader among
+//! them) open images without applying EXIF.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage, metadata::Orientation};
+use sha2::{Digest, Sha256};
+
+use super::ImageError;
+use super::encode::{EncodeFormat, EncodeSpec, encode};
+use super::jpeg;
+use super::resize::{ResizeSpec, resize};
+
+/// Limits that protect the process from hostile input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest accepted width × height. Default: Pillow's `MAX_IMAGE_PIXELS` (89,478,485).
+    pub max_pixels: u64,
+    /// Largest accepted encoded size in bytes. Default: 64 MiB.
+    pub max_bytes: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_pixels: 89_478_485, max_bytes: 64 << 20 }
+    }
+}
+
+/// The formats the decoder accepts, by their names in the `format` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormatName {
+    Jpeg,
+    Png,
+    Webp,
+    Gif,
+    Bmp,
+}
+
+impl ImageFormatName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormatName::Jpeg => "jpeg",
+            ImageFormatName::Png => "png",
+            ImageFormatName::Webp => "webp",
+            ImageFormatName::Gif => "gif",
+            ImageFormatName::Bmp => "bmp",
+        }
+    }
+
+    fn of(format: ImageFormat) -> Result<Self, ImageError> {
+        Ok(match format {
+            ImageFormat::Jpeg => ImageFormatName::Jpeg,
+            ImageFormat::Png => ImageFormatName::Png,
+            ImageFormat::WebP => ImageFormatName::Webp,
+            ImageFormat::Gif => ImageFormatName::Gif,
+            ImageFormat::Bmp => ImageFormatName::Bmp,
+            other => return Err(ImageError::Unsupported(format!("{other:?}").to_lowercase())),
+        })
+    }
+}
+
+/// A validated image, as it will be stored.
+#[derive(Debug, Clone)]
+pub struct DecodedImage {
+    /// The stored bytes: the input as it was, or re-encoded when it was rotated upright or resized.
+    pub bytes: Vec<u8>,
+    pub format: ImageFormatName,
+    /// Size of the stored image, as displayed.
+    pub width: u32,
+    pub height: u32,
+    /// Hex SHA-256 of the input bytes.
+    pub sha256: String,
+    /// Whether `bytes` differ from the input.
+    pub reencoded: bool,
+    /// The stored image's RGB pixels, when the operator was asked to keep them for later stages.
+    pub pixels: Option<RgbImage>,
+}
+
+/// Decodes, validates, orients, resizes and re-encodes one image. Cheap to share across threads.
+#[derive(Debug, Clone, Default)]
+pub struct ImageOperator {
+    pub limits: DecodeLimits,
+    pub resize: ResizeSpec,
+    pub encode: EncodeSpec,
+    /// Keep the decoded pixels in [`DecodedImage::pixels`] (for model stages), so nothing is decoded twice.
+    pub keep_pixels: bool,
+}
+
+impl ImageOperator {
+    pub fn process(&self, data: Vec<u8>) -> Result<DecodedImage, ImageError> {
+        let size = data.len() as u64;
+        if size == 0 {
+            return Err(ImageError::Empty);
+        }
+        if size > self.limits.max_bytes {
+            return Err(ImageError::TooManyBytes { size, limit: self.limits.max_bytes });
+        }
+        let format = image::guess_format(&data).map_err(|_| ImageError::NotAnImage)?;
+        let name = ImageFormatName::of(format)?;
+        if name == ImageFormatName::Jpeg
+            && let Some(why) = jpeg::truncation(&data)
+        {
+            return Err(ImageError::Truncated(why.to_string()));
+        }
+        let sha256 = hex::encode(Sha256::digest(&data));
+
+        let mut reader = ImageReader::with_format(Cursor::new(data.as_slice()), format);
+        let mut limits = Limits::default();
+        // Header checks below refuse large images with a precise message; this bound only backs them up.
+        limits.max_alloc = Some(self.limits.max_pixels.saturating_mul(8).max(64 << 20));
+        reader.limits(limits);
+        let mut decoder = reader.into_decoder().map_err(ImageError::from_image)?;
+        let (width, height) = decoder.dimensions();
+        let pixels = u64::from(width) * u64::from(height);
+        if width == 0 || height == 0 {
+            return Err(ImageError::Degenerate { width, height });
+        }
+        if pixels > self.limits.max_pixels {
+            return Err(ImageError::Bomb { width, height, pixels, limit: self.limits.max_pixels });
+        }
+        let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+        let mut decoded = DynamicImage::from_decoder(decoder).map_err(ImageError::from_image)?;
+        let rotated = orientation != Orientation::NoTransforms;
+        if rotated {
+            decoded.apply_orientation(orientation);
+        }
+        let (width, height) = (decoded.width(), decoded.height());
+        let needs_pixels = rotated || self.keep_pixels || self.resize.mode != super::ResizeMode::No;
+        if !needs_pixels {
+            return Ok(DecodedImage {
+                bytes: data,
+                format: name,
+                width,
+                height,
+                sha256,
+                reencoded: false,
+                pixels: None,
+            });
+        }
+        let rgb = to_rgb(decoded);
+        if let Some(resized) = resize(&rgb, &self.resize)? {
+            let bytes = encode(&resized, self.encode.format, self.encode.quality)?;
+            let (width, height) = resized.dimensions();
+            let pixels = self.keep_pixels.then_some(resized);
+            let format = self.encode.format.format_name();
+            return Ok(DecodedImage { bytes, format, width, height, sha256, reencoded: true, pixels });
+        }
+        let (bytes, format, reencoded) = if rotated {
+            // Keep the source's family: lossy stays JPEG at the configured quality, the rest goes lossless.
+            let target = if name == ImageFormatName::Jpeg { EncodeFormat::Jpg } else { EncodeFormat::Png };
+            (encode(&rgb, target, self.encode.quality)?, target.format_name(), true)
+        } else {
+            (data, name, false)
+        };
+        let pixels = self.keep_pixels.then_some(rgb);
+        Ok(DecodedImage { bytes, format, width, height, sha256, reencoded, pixels })
+    }
+}
+
+/// RGB pixels of any decoded image; transparency is composited over white, as a viewer shows it.
+fn to_rgb(image: DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.into_rgb8();
+    }
+    let rgba = image.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut out = RgbImage::new(w, h);
+    for (dst, src) in out.pixels_mut().zip(rgba.pixels()) {
+        let a = u16::from(src.0[3]);
+        for c in 0..3 {
+            dst.0[c] = ((u16::from(src.0[c]) * a + 255 * (255 - a) + 127) / 255) as u8;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{ResizeMode, ResizeSpec};
+    use image::{ImageEncoder, Rgb};
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| Rgb([(x * 7) as u8, (y * 5) as u8, 90]));
+        encode(&img, EncodeFormat::Jpg, 90).unwrap()
+    }
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_pixel(w, h, Rgb([1, 2, 3]));
+        encode(&img, EncodeFormat::Png, 0).unwrap()
+    }
+
+    #[test]
+    fn good_images_pass_unchanged() {
+        let op = ImageOperator::default();
+        let data = jpeg(64, 48);
+        let out = op.process(data.clone()).unwrap();
+        assert_eq!((out.width, out.height, out.format), (64, 48, ImageFormatName::Jpeg));
+        assert_eq!(out.bytes, data);
+        assert!(!out.reencoded);
+        assert_eq!(out.sha256.len(), 64);
+    }
+
+    #[test]
+    fn hostile_inputs_are_named() {
+        let op = ImageOperator::default();
+        assert_eq!(op.process(vec![]).unwrap_err().kind(), "empty");
+        assert_eq!(op.process(b"just some text".to_vec()).unwrap_err().kind(), "not_an_image");
+        let data = jpeg(64, 48);
+        let cut = data[..data.len() / 2].to_vec();
+        assert_eq!(op.process(cut).unwrap_err().kind(), "truncated");
+        let small = ImageOperator { limits: DecodeLimits { max_pixels: 100, max_bytes: 1 << 20 }, ..op.clone() };
+        let err = small.process(png(11, 10)).unwrap_err();
+        assert_eq!(err.kind(), "decompression_bomb");
+        assert!(err.to_string().contains("11x10"), "{err}");
+        let tiny = ImageOperator { limits: DecodeLimits { max_pixels: 100, max_bytes: 10 }, ..op };
+        assert_eq!(tiny.process(png(2, 2)).unwrap_err().kind(), "too_large");
+    }
+
+    #[test]
+    fn resize_reencodes_to_the_spec() {
+        let op = ImageOperator {
+            resize: ResizeSpec { mode: ResizeMode::KeepRatio, image_size: 32, ..ResizeSpec::default() },
+            encode: EncodeSpec { format: EncodeFormat::Png, quality: 90 },
+            keep_pixels: true,
+            ..ImageOperator::default()
+        };
+        let out = op.process(jpeg(64, 48)).unwrap();
+        assert_eq!((out.width, out.height, out.format), (32, 24, ImageFormatName::Png));
+        assert!(out.reencoded);
+        assert_eq!(out.pixels.unwrap().dimensions(), (32, 24));
+        let again = ImageOperator::default().process(out.bytes).unwrap();
+        assert_eq!((again.width, again.height), (32, 24));
+    }
+
+    /// `jpeg` with an EXIF APP1 segment holding only an orientation tag, inserted after SOI.
+    fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = b"MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01".to_vec();
+        tiff.extend_from_slice(&orientation.to_be_bytes());
+        tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&tiff);
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_is_applied_and_stored_upright() {
+        // Left half red, right half blue; orientation 6 displays it rotated 90° clockwise: red on top.
+        let img = RgbImage::from_fn(64, 48, |x, _| if x < 32 { Rgb([220, 20, 20]) } else { Rgb([20, 20, 220]) });
+        let data = with_orientation(&encode(&img, EncodeFormat::Jpg, 95).unwrap(), 6);
+        let op = ImageOperator { keep_pixels: true, ..ImageOperator::default() };
+        let out = op.process(data).unwrap();
+        assert_eq!((out.width, out.height), (48, 64));
+        assert!(out.reencoded);
+        let pixels = out.pixels.unwrap();
+        assert!(pixels.get_pixel(24, 8).0[0] > 150, "top is red");
+        assert!(pixels.get_pixel(24, 56).0[2] > 150, "bottom is blue");
+        let again = op.process(out.bytes).unwrap();
+        assert_eq!((again.width, again.height), (48, 64));
+        assert!(!again.reencoded, "stored image carries no orientation");
+    }
+
+    #[test]
+    fn transparency_is_composited_over_white() {
+        let rgba = image::RgbaImage::from_pixel(2, 2, image::Rgba([0, 0, 0, 0]));
+        let mut data = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut data)
+            .write_image(rgba.as_raw(), 2, 2, image::ExtendedColorType::Rgba8)
+            .unwrap();
+        let op = ImageOperator { keep_pixels: true, ..ImageOperator::default() };
+        let out = op.process(data).unwrap();
+        assert_eq!(out.pixels.unwrap().get_pixel(0, 0), &Rgb([255, 255, 255]));
+    }
+}

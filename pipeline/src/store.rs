@@ -1,0 +1,300 @@
+//! Object storage: turning a URI (`s3://`, `az://`, `gs://`, `http(s)://`, `file://` or a plain path) into a store
+//! and a path within it, with one store per bucket shared by everything that reads or writes there.
+//!
+//! Credentials come from each cloud's usual environment (`AWS_*`, `AZURE_*`, `GOOGLE_*`), never from the URI's log
+//! form: [`redact`] strips user info and query strings (SAS tokens, presigned signatures) from anything printed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::http::HttpBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::PipelineError;
+
+/// How hard to retry and how long to wait on object storage.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageOptions {
+    /// Retries of one request after a 5xx, a reset, a truncated body or a timeout.
+    pub max_retries: usize,
+    /// Give up retrying one request after this many seconds.
+    pub retry_timeout_s: f64,
+    /// First backoff between retries, in seconds (doubles each retry).
+    pub backoff_s: f64,
+    /// Timeout of one request, in seconds.
+    pub request_timeout_s: f64,
+    /// Concurrent GETs when items are separate objects (manifests, loose files).
+    pub concurrency: usize,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions { max_retries: 10, retry_timeout_s: 180.0, backoff_s: 0.1, request_timeout_s: 60.0, concurrency: 16 }
+    }
+}
+
+impl StorageOptions {
+    fn retry(&self) -> RetryConfig {
+        RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_secs_f64(self.backoff_s.max(0.0)),
+                max_backoff: Duration::from_secs(15),
+                base: 2.0,
+            },
+            max_retries: self.max_retries,
+            retry_timeout: Duration::from_secs_f64(self.retry_timeout_s.max(0.0)),
+        }
+    }
+
+    fn timeout(&self) -> String {
+        format!("{}ms", (self.request_timeout_s.max(0.001) * 1000.0).round() as u64)
+    }
+}
+
+/// A location in object storage: a store and a path (object or prefix) within it.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub store: Arc<dyn ObjectStore>,
+    pub path: Path,
+    /// The store's base URL (`s3://bucket`, `file:///`), to print locations back as URIs.
+    base: Url,
+}
+
+impl Location {
+    /// The URI of `path` in this location's store.
+    pub fn uri_of(&self, path: &Path) -> String {
+        let base = self.base.as_str().trim_end_matches('/');
+        format!("{base}/{path}")
+    }
+
+    /// The URI of this location, for messages.
+    pub fn uri(&self) -> String {
+        self.uri_of(&self.path)
+    }
+
+    /// A location in the same store.
+    pub fn at(&self, path: Path) -> Location {
+        Location { store: self.store.clone(), path, base: self.base.clone() }
+    }
+
+    /// `self.path` joined with a relative `child` (slash-separated).
+    pub fn child(&self, child: &str) -> Path {
+        let mut parts: Vec<String> = self.path.parts().map(|p| p.as_ref().to_string()).collect();
+        parts.extend(child.split('/').filter(|s| !s.is_empty()).map(str::to_string));
+        Path::from_iter(parts)
+    }
+}
+
+/// Opens stores by URI, one per bucket (or host), shared by all callers.
+#[derive(Debug, Default)]
+pub struct StoreRegistry {
+    options: StorageOptions,
+    stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl StoreRegistry {
+    pub fn new(options: StorageOptions) -> Self {
+        StoreRegistry { options, stores: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn options(&self) -> &StorageOptions {
+        &self.options
+    }
+
+    /// The location a URI or a plain filesystem path names.
+    pub fn locate(&self, uri: &str) -> Result<Location, PipelineError> {
+        let url = to_url(uri)?;
+        let (base, path) = split_url(&url)?;
+        let cache_key = base.as_str().to_string();
+        let mut stores = self.stores.lock().map_err(|_| PipelineError::Internal("store registry poisoned".into()))?;
+        let store = match stores.get(&cache_key) {
+            Some(store) => store.clone(),
+            None => {
+                let store = self.open(&url, &base)?;
+                stores.insert(cache_key, store.clone());
+                store
+            }
+        };
+        Ok(Location { store, path, base })
+    }
+
+    fn open(&self, url: &Url, base: &Url) -> Result<Arc<dyn ObjectStore>, PipelineError> {
+        let o = &self.options;
+        let bad = |e: object_store::Error| PipelineError::Store { uri: redact(url.as_str()), message: e.to_string() };
+        let store: Arc<dyn ObjectStore> = match url.scheme() {
+            "file" => Arc::new(LocalFileSystem::new()),
+            "s3" | "s3a" => Arc::new(
+                AmazonS3Builder::from_env()
+                    .with_url(base.as_str())
+                    .with_retry(o.retry())
+                    .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), o.timeout())
+                    .build()
+                    .map_err(bad)?,
+            ),
+            "az" | "azure" | "abfs" | "abfss" | "adl" => Arc::new(
+                MicrosoftAzureBuilder::from_env()
+                    .with_url(base.as_str())
+                    .with_retry(o.retry())
+                    .with_config(AzureConfigKey::Client(ClientConfigKey::Timeout), o.timeout())
+                    .build()
+                    .map_err(bad)?,
+            ),
+            "gs" => Arc::new(
+                GoogleCloudStorageBuilder::from_env()
+                    .with_url(base.as_str())
+                    .with_retry(o.retry())
+                    .with_config(GoogleConfigKey::Client(ClientConfigKey::Timeout), o.timeout())
+                    .build()
+                    .map_err(bad)?,
+            ),
+            "http" | "https" => Arc::new(
+                HttpBuilder::new()
+                    .with_url(base.as_str())
+                    .with_retry(o.retry())
+                    .with_config(ClientConfigKey::Timeout, o.timeout())
+                    .with_config(ClientConfigKey::AllowHttp, "true")
+                    .build()
+                    .map_err(bad)?,
+            ),
+            other => {
+                return Err(PipelineError::Config(format!(
+                    "unsupported URI scheme `{other}` in {} (supported: file, s3, az, gs, http, https, or a plain path)",
+                    redact(url.as_str())
+                )));
+            }
+        };
+        Ok(store)
+    }
+}
+
+/// Parses a URI, or turns a plain (possibly relative, possibly not yet existing) path into a `file://` URL.
+pub fn to_url(uri: &str) -> Result<Url, PipelineError> {
+    let looks_like_url = uri.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
+    });
+    if looks_like_url {
+        return Url::parse(uri).map_err(|e| PipelineError::Config(format!("invalid URI {}: {e}", redact(uri))));
+    }
+    let absolute = std::path::absolute(uri).map_err(|e| PipelineError::Config(format!("invalid path {uri}: {e}")))?;
+    Url::from_file_path(&absolute)
+        .or_else(|()| Url::from_directory_path(&absolute))
+        .map_err(|()| PipelineError::Config(format!("invalid path {uri}")))
+}
+
+/// The store base (scheme and bucket/host) and the path within it.
+fn split_url(url: &Url) -> Result<(Url, Path), PipelineError> {
+    let invalid = |e: object_store::path::Error| PipelineError::Config(format!("invalid path in {}: {e}", redact(url.as_str())));
+    match url.scheme() {
+        "file" => {
+            let path = url
+                .to_file_path()
+                .map_err(|()| PipelineError::Config(format!("invalid file URI {}", redact(url.as_str()))))?;
+            let path = Path::from_absolute_path(&path).map_err(invalid)?;
+            let base = Url::parse("file:///").map_err(|e| PipelineError::Internal(e.to_string()))?;
+            Ok((base, path))
+        }
+        "http" | "https" => {
+            let mut base = url.clone();
+            base.set_path("/");
+            base.set_query(None);
+            base.set_fragment(None);
+            Ok((base, Path::from_url_path(url.path()).map_err(invalid)?))
+        }
+        _ => {
+            let host = url.host_str().unwrap_or_default();
+            let base = Url::parse(&format!("{}://{host}", url.scheme()))
+                .map_err(|e| PipelineError::Config(format!("invalid URI {}: {e}", redact(url.as_str()))))?;
+            Ok((base, Path::from_url_path(url.path()).map_err(invalid)?))
+        }
+    }
+}
+
+/// `uri` without user info, query string or fragment, so no credential reaches a log or an error.
+pub fn redact(uri: &str) -> String {
+    match Url::parse(uri) {
+        Ok(mut url) if url.scheme() != "file" => {
+            let had_secret = !url.username().is_empty() || url.password().is_some() || url.query().is_some();
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            let mut out = url.to_string();
+            if had_secret {
+                out.push_str(" [credentials redacted]");
+            }
+            out
+        }
+        _ => redact_secrets(uri),
+    }
+}
+
+/// `text` with the values of well-known secret parameters masked (SAS `sig`, presigned S3 signatures, tokens).
+pub fn redact_secrets(text: &str) -> String {
+    const KEYS: [&str; 7] =
+        ["sig=", "Signature=", "X-Amz-Signature=", "X-Amz-Credential=", "X-Amz-Security-Token=", "token=", "secret="];
+    let mut out = text.to_string();
+    for key in KEYS {
+        let mut from = 0;
+        while let Some(found) = out[from..].find(key) {
+            let start = from + found + key.len();
+            let end = out[start..].find(['&', ' ', '"', '\'', '\n']).map_or(out.len(), |e| start + e);
+            out.replace_range(start..end, "REDACTED");
+            from = start + "REDACTED".len();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_become_file_urls() {
+        let url = to_url("some/relative/dir").unwrap();
+        assert_eq!(url.scheme(), "file");
+        assert!(url.path().ends_with("/some/relative/dir"));
+        let (_, path) = split_url(&url).unwrap();
+        assert!(path.as_ref().ends_with("some/relative/dir"));
+    }
+
+    #[test]
+    fn bucket_urls_split_into_store_and_path() {
+        let url = to_url("s3://bucket/a/b.tar").unwrap();
+        let (base, path) = split_url(&url).unwrap();
+        assert_eq!(base.as_str(), "s3://bucket");
+        assert_eq!(path.as_ref(), "a/b.tar");
+    }
+
+    #[test]
+    fn credentials_never_print() {
+        let r = redact("https://user:hunter2@host/x.tar?sv=1&sig=abcdef");
+        assert!(!r.contains("hunter2") && !r.contains("abcdef"), "{r}");
+        let r = redact_secrets("GET https://a.blob/x?sp=r&sig=SECRETSIG&se=1 failed");
+        assert!(!r.contains("SECRETSIG") && r.contains("se=1"), "{r}");
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused_by_name() {
+        let registry = StoreRegistry::default();
+        let err = registry.locate("ftp://host/x").unwrap_err().to_string();
+        assert!(err.contains("ftp") && err.contains("supported"), "{err}");
+    }
+
+    #[test]
+    fn child_paths_join() {
+        let registry = StoreRegistry::default();
+        let loc = registry.locate("s3://b/out").unwrap();
+        assert_eq!(loc.child("_lyrics/plan.json").as_ref(), "out/_lyrics/plan.json");
+        assert_eq!(loc.uri_of(&loc.child("x")), "s3://b/out/x");
+    }
+}

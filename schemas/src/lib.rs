@@ -1,0 +1,166 @@
+//! The Arrow schemas of every table lyrics-prep writes: the contract between stages and with the readers outside
+//! (pyarrow, DuckDB, polars, Hugging Face `datasets`, trainers).
+//!
+//! Each table is a row type ([`SampleRow`], [`ErrorRow`]) with one place that turns rows into a `RecordBatch` and
+//! back. Column names are spelled once, in [`col`]; nothing else in the workspace spells them. Every schema carries
+//! key-value metadata: the schema version ([`SCHEMA_VERSION`]), the table name, and the Hugging Face `datasets`
+//! features, so `datasets.load_dataset("parquet", ...)` yields decoded images with no extra code.
+
+mod error;
+mod features;
+mod rows;
+
+pub use error::SchemaError;
+pub use features::huggingface_features;
+pub use rows::{ErrorRow, ImageRef, SampleRow};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+
+/// Version of the table layout, written to every file's key-value metadata under [`META_SCHEMA_VERSION`].
+/// Bump it whenever a column is added, removed, renamed or retyped.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// Parquet/Arrow key-value metadata key holding [`SCHEMA_VERSION`].
+pub const META_SCHEMA_VERSION: &str = "lyrics.schema_version";
+/// Parquet/Arrow key-value metadata key holding the table name.
+pub const META_TABLE: &str = "lyrics.table";
+/// Key-value metadata key the Hugging Face `datasets` library reads its features from.
+pub const META_HUGGINGFACE: &str = "huggingface";
+
+/// Column names, spelled once.
+pub mod col {
+    pub const KEY: &str = "key";
+    pub const SOURCE: &str = "source";
+    pub const IMAGE: &str = "image";
+    pub const IMAGE_BYTES: &str = "bytes";
+    pub const IMAGE_PATH: &str = "path";
+    pub const CAPTION: &str = "caption";
+    pub const CAPTIONS: &str = "captions";
+    pub const WIDTH: &str = "width";
+    pub const HEIGHT: &str = "height";
+    pub const FORMAT: &str = "format";
+    pub const SHA256: &str = "sha256";
+    pub const META: &str = "meta";
+    pub const STAGE: &str = "stage";
+    pub const KIND: &str = "kind";
+    pub const ERROR: &str = "error";
+    /// Name of the child field of list columns, as pyarrow writes it.
+    pub const LIST_ITEM: &str = "item";
+}
+
+/// The tables a job writes, each under `<output>/<name>/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// One row per accepted input item.
+    Samples,
+    /// One row per rejected input item, naming the item, the stage and the cause.
+    Errors,
+}
+
+impl Table {
+    pub const ALL: [Table; 2] = [Table::Samples, Table::Errors];
+
+    /// The table's name: its folder under the output and its `lyrics.table` metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Samples => "samples",
+            Table::Errors => "errors",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The table's Arrow schema, metadata included.
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Table::Samples => sample_schema(),
+            Table::Errors => error_schema(),
+        }
+    }
+}
+
+/// The `image` struct: the Hugging Face `datasets` Image convention (`bytes`, `path`).
+pub fn image_fields() -> Fields {
+    Fields::from(vec![
+        Field::new(col::IMAGE_BYTES, DataType::Binary, true),
+        Field::new(col::IMAGE_PATH, DataType::Utf8, true),
+    ])
+}
+
+fn utf8_list() -> DataType {
+    DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Utf8, true)))
+}
+
+fn with_metadata(table: Table, fields: Vec<Field>) -> SchemaRef {
+    let features = huggingface_features(&fields);
+    let metadata = HashMap::from([
+        (META_SCHEMA_VERSION.to_string(), SCHEMA_VERSION.to_string()),
+        (META_TABLE.to_string(), table.name().to_string()),
+        (META_HUGGINGFACE.to_string(), features),
+    ]);
+    Arc::new(Schema::new_with_metadata(fields, metadata))
+}
+
+/// Schema of the `samples` table.
+pub fn sample_schema() -> SchemaRef {
+    with_metadata(
+        Table::Samples,
+        vec![
+            Field::new(col::KEY, DataType::Utf8, false),
+            Field::new(col::SOURCE, DataType::Utf8, false),
+            Field::new(col::IMAGE, DataType::Struct(image_fields()), true),
+            Field::new(col::CAPTION, DataType::Utf8, true),
+            Field::new(col::CAPTIONS, utf8_list(), true),
+            Field::new(col::WIDTH, DataType::Int32, false),
+            Field::new(col::HEIGHT, DataType::Int32, false),
+            Field::new(col::FORMAT, DataType::Utf8, false),
+            Field::new(col::SHA256, DataType::Utf8, false),
+            Field::new(col::META, DataType::Utf8, true),
+        ],
+    )
+}
+
+/// Schema of the `errors` table.
+pub fn error_schema() -> SchemaRef {
+    with_metadata(
+        Table::Errors,
+        vec![
+            Field::new(col::KEY, DataType::Utf8, false),
+            Field::new(col::SOURCE, DataType::Utf8, false),
+            Field::new(col::STAGE, DataType::Utf8, false),
+            Field::new(col::KIND, DataType::Utf8, false),
+            Field::new(col::ERROR, DataType::Utf8, false),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_carries_version_name_and_features() {
+        for table in Table::ALL {
+            let schema = table.schema();
+            assert_eq!(schema.metadata()[META_SCHEMA_VERSION], SCHEMA_VERSION);
+            assert_eq!(schema.metadata()[META_TABLE], table.name());
+            let features: serde_json::Value = serde_json::from_str(&schema.metadata()[META_HUGGINGFACE]).unwrap();
+            let described = features["info"]["features"].as_object().unwrap();
+            assert_eq!(described.len(), schema.fields().len());
+            assert_eq!(Table::from_name(table.name()), Some(table));
+        }
+    }
+
+    #[test]
+    fn image_column_is_a_datasets_image() {
+        let schema = sample_schema();
+        let features: serde_json::Value = serde_json::from_str(&schema.metadata()[META_HUGGINGFACE]).unwrap();
+        assert_eq!(features["info"]["features"]["image"]["_type"], "Image");
+        assert_eq!(features["info"]["features"]["captions"]["_type"], "Sequence");
+    }
+}
