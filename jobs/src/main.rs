@@ -1,1 +1,118 @@
-fn main() {}
+//! The `lyrics-prep` command: job specs, subcommands, logging and progress. It wires the engine
+//! (`lyrics-pipeline`) to the operators (`lyrics-operators`) and does nothing else of its own.
+
+mod commands;
+mod progress;
+mod spec;
+mod stages;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use lyrics_pipeline::InputFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lyrics-prep",
+    version,
+    about = "Prepare grounded vision-language training data: stream image-text corpora from object storage into sharded Parquet, resumably"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a job: read the input, decode and validate every image, write sharded Parquet. Resumes where a
+    /// previous run with the same job spec stopped.
+    Run(RunArgs),
+    /// List the input and print its work units, without processing anything.
+    Plan(PlanArgs),
+    /// Print the progress of a job from its output: units done, rows, errors.
+    Status(StatusArgs),
+}
+
+/// The job's input and spec, shared by `run` and `plan`.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// Input: a URI (s3://, az://, gs://, http(s)://, file://) or a path, naming a file or a prefix.
+    #[arg(long)]
+    input: Option<String>,
+    /// Input format; inferred from file extensions when absent.
+    #[arg(long, value_parser = parse_format)]
+    format: Option<InputFormat>,
+    /// Job spec (TOML). Flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    job: JobArgs,
+    /// Output: a URI or a path (a folder or prefix).
+    #[arg(long)]
+    output: Option<String>,
+    /// This worker's share of the units, as INDEX/COUNT (takes units u with u mod COUNT == INDEX).
+    #[arg(long)]
+    worker: Option<String>,
+    /// Worker count, for schedulers that export only the index (Kubernetes Indexed Jobs' JOB_COMPLETION_INDEX).
+    #[arg(long)]
+    workers: Option<u64>,
+    /// Delete an output written by a different job spec or input instead of refusing to resume it.
+    #[arg(long)]
+    force: bool,
+    /// Decode threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Progress display: a bar on a terminal, periodic log lines otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: progress::ProgressMode,
+    /// Seconds between progress log lines when there is no terminal.
+    #[arg(long, default_value_t = 10.0)]
+    log_every: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    job: JobArgs,
+    /// Print the whole plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The job's output URI or path.
+    #[arg(long)]
+    output: String,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_format(text: &str) -> Result<InputFormat, String> {
+    InputFormat::from_name(text).ok_or_else(|| {
+        format!("unknown format `{text}`; allowed: {}", InputFormat::ALL.map(InputFormat::name).join(", "))
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => commands::run::run(args),
+        Command::Plan(args) => commands::plan::plan(args),
+        Command::Status(args) => commands::status::status(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            let text = lyrics_pipeline::store::redact_secrets(&format!("{error:#}"));
+            eprintln!("error: {text}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -19,7 +19,10 @@ pub enum PipelineError {
 
 impl PipelineError {
     pub(crate) fn store(uri: impl Into<String>, err: impl std::fmt::Display) -> Self {
-        PipelineError::Store { uri: crate::store::redact(&uri.into()), message: crate::store::redact_secrets(&err.to_string()) }
+        PipelineError::Store {
+            uri: crate::store::redact(&uri.into()),
+            message: crate::store::redact_secrets(&err.to_string()),
+        }
     }
 
     pub(crate) fn input(uri: impl Into<String>, message: impl std::fmt::Display) -> Self {
@@ -27,6 +30,9 @@ impl PipelineError {
     }
 
     pub(crate) fn sink(uri: impl Into<String>, err: impl std::fmt::Display) -> Self {
-        PipelineError::Sink { uri: crate::store::redact(&uri.into()), message: crate::store::redact_secrets(&err.to_string()) }
+        PipelineError::Sink {
+            uri: crate::store::redact(&uri.into()),
+            message: crate::store::redact_secrets(&err.to_string()),
+        }
     }
 }

@@ -38,7 +38,13 @@ pub struct StorageOptions {
 
 impl Default for StorageOptions {
     fn default() -> Self {
-        StorageOptions { max_retries: 10, retry_timeout_s: 180.0, backoff_s: 0.1, request_timeout_s: 60.0, concurrency: 16 }
+        StorageOptions {
+            max_retries: 10,
+            retry_timeout_s: 180.0,
+            backoff_s: 0.1,
+            request_timeout_s: 60.0,
+            concurrency: 16,
+        }
     }
 }
 
@@ -115,7 +121,8 @@ impl StoreRegistry {
         let url = to_url(uri)?;
         let (base, path) = split_url(&url)?;
         let cache_key = base.as_str().to_string();
-        let mut stores = self.stores.lock().map_err(|_| PipelineError::Internal("store registry poisoned".into()))?;
+        let mut stores =
+            self.stores.lock().map_err(|_| PipelineError::Internal("store registry poisoned".into()))?;
         let store = match stores.get(&cache_key) {
             Some(store) => store.clone(),
             None => {
@@ -129,7 +136,8 @@ impl StoreRegistry {
 
     fn open(&self, url: &Url, base: &Url) -> Result<Arc<dyn ObjectStore>, PipelineError> {
         let o = &self.options;
-        let bad = |e: object_store::Error| PipelineError::Store { uri: redact(url.as_str()), message: e.to_string() };
+        let bad =
+            |e: object_store::Error| PipelineError::Store { uri: redact(url.as_str()), message: e.to_string() };
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "file" => Arc::new(LocalFileSystem::new()),
             "s3" | "s3a" => Arc::new(
@@ -184,7 +192,8 @@ pub fn to_url(uri: &str) -> Result<Url, PipelineError> {
     if looks_like_url {
         return Url::parse(uri).map_err(|e| PipelineError::Config(format!("invalid URI {}: {e}", redact(uri))));
     }
-    let absolute = std::path::absolute(uri).map_err(|e| PipelineError::Config(format!("invalid path {uri}: {e}")))?;
+    let absolute =
+        std::path::absolute(uri).map_err(|e| PipelineError::Config(format!("invalid path {uri}: {e}")))?;
     Url::from_file_path(&absolute)
         .or_else(|()| Url::from_directory_path(&absolute))
         .map_err(|()| PipelineError::Config(format!("invalid path {uri}")))
@@ -192,7 +201,9 @@ pub fn to_url(uri: &str) -> Result<Url, PipelineError> {
 
 /// The store base (scheme and bucket/host) and the path within it.
 fn split_url(url: &Url) -> Result<(Url, Path), PipelineError> {
-    let invalid = |e: object_store::path::Error| PipelineError::Config(format!("invalid path in {}: {e}", redact(url.as_str())));
+    let invalid = |e: object_store::path::Error| {
+        PipelineError::Config(format!("invalid path in {}: {e}", redact(url.as_str())))
+    };
     match url.scheme() {
         "file" => {
             let path = url
@@ -239,8 +250,15 @@ pub fn redact(uri: &str) -> String {
 
 /// `text` with the values of well-known secret parameters masked (SAS `sig`, presigned S3 signatures, tokens).
 pub fn redact_secrets(text: &str) -> String {
-    const KEYS: [&str; 7] =
-        ["sig=", "Signature=", "X-Amz-Signature=", "X-Amz-Credential=", "X-Amz-Security-Token=", "token=", "secret="];
+    const KEYS: [&str; 7] = [
+        "sig=",
+        "Signature=",
+        "X-Amz-Signature=",
+        "X-Amz-Credential=",
+        "X-Amz-Security-Token=",
+        "token=",
+        "secret=",
+    ];
     let mut out = text.to_string();
     for key in KEYS {
         let mut from = 0;

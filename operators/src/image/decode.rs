@@ -16,8 +16,9 @@ use super::encode::{EncodeFormat, EncodeSpec, encode};
 use super::jpeg;
 use super::resize::{ResizeSpec, resize};
 
-/// Limits that protect the process from hostile input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Limits that protect the process from hostile input (the `[decode]` section of a job spec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DecodeLimits {
     /// Largest accepted width × height. Default: Pillow's `MAX_IMAGE_PIXELS` (89,478,485).
     pub max_pixels: u64,

@@ -28,7 +28,9 @@ impl EncodeFormat {
     }
 }
 
+/// The `[encode]` section of a job spec: how resized images are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EncodeSpec {
     pub format: EncodeFormat,
     /// JPEG quality, 1 to 100.

@@ -50,7 +50,9 @@ impl Default for BorderColor {
     }
 }
 
+/// The `[resize]` section of a job spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ResizeSpec {
     pub mode: ResizeMode,
     pub image_size: u32,

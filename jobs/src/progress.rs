@@ -1,0 +1,150 @@
+//! Progress while a job runs (a bar with rate and ETA on a terminal, periodic log lines otherwise) and the final
+//! summary: items, rows, errors by kind, bytes, images/s, per-stage busy time.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use lyrics_pipeline::{Metrics, RunReport};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// A bar on a terminal, log lines otherwise.
+    Auto,
+    Bar,
+    Log,
+    Off,
+}
+
+impl ProgressMode {
+    pub fn resolved(self) -> ProgressMode {
+        match self {
+            ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
+            ProgressMode::Auto => ProgressMode::Log,
+            other => other,
+        }
+    }
+}
+
+/// Reports progress from a thread of its own until dropped.
+pub struct Reporter {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reporter {
+    pub fn start(mode: ProgressMode, metrics: Arc<Metrics>, log_every: Duration) -> Reporter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = (mode != ProgressMode::Off).then(|| {
+            std::thread::spawn(move || {
+                let bar = (mode == ProgressMode::Bar).then(|| {
+                    let bar = ProgressBar::new(0);
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} units  {msg}  ETA {eta}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                    bar
+                });
+                let mut last_log = Instant::now();
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    let line = line(&metrics);
+                    if let Some(bar) = &bar {
+                        let total = Metrics::get(&metrics.units_total);
+                        bar.set_length(total.saturating_sub(Metrics::get(&metrics.units_skipped)));
+                        bar.set_position(Metrics::get(&metrics.units_done) + Metrics::get(&metrics.units_failed));
+                        bar.set_message(line);
+                    } else if last_log.elapsed() >= log_every {
+                        last_log = Instant::now();
+                        tracing::info!("{line}");
+                    }
+                }
+                if let Some(bar) = bar {
+                    bar.finish_and_clear();
+                }
+            })
+        });
+        Reporter { stop, thread }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn rate(n: u64, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn line(m: &Metrics) -> String {
+    let items = Metrics::get(&m.items_read);
+    format!(
+        "units {}/{} items {items} ({:.1}/s) rows {} errors {}",
+        Metrics::get(&m.units_done) + Metrics::get(&m.units_skipped),
+        Metrics::get(&m.units_total),
+        rate(items, m.started.elapsed()),
+        Metrics::get(&m.samples),
+        Metrics::get(&m.errors),
+    )
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// The summary printed when a run ends.
+pub fn summary(report: &RunReport, metrics: &Metrics, worker: &str) -> String {
+    let elapsed = metrics.started.elapsed();
+    let items = Metrics::get(&metrics.items_read);
+    let mut out = format!(
+        "lyrics-prep run finished in {:.1} s (worker {worker}, input format {})\n",
+        elapsed.as_secs_f64(),
+        report.format.name()
+    );
+    out += &format!(
+        "  units    {} done, {} already committed, {} failed; {} of {} in the plan are this worker's\n",
+        report.units_done,
+        report.units_skipped,
+        report.failed.len(),
+        report.units_mine,
+        report.units_in_plan
+    );
+    out += &format!("  items    {items} read ({})\n", megabytes(Metrics::get(&metrics.bytes_read)));
+    out += &format!(
+        "  rows     {} samples, {} errors\n",
+        Metrics::get(&metrics.samples),
+        Metrics::get(&metrics.errors)
+    );
+    let kinds = metrics.errors_by_kind();
+    if !kinds.is_empty() {
+        let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        out += &format!("  errors   {}\n", list.join(", "));
+    }
+    out += &format!("  written  {}\n", megabytes(Metrics::get(&metrics.bytes_written)));
+    out += &format!("  rate     {:.1} images/s\n", rate(items, elapsed));
+    let busy: Vec<String> =
+        metrics.busy().iter().map(|(stage, t)| format!("{stage} {:.2} s", t.as_secs_f64())).collect();
+    out += &format!("  busy     {}\n", busy.join(", "));
+    for (unit, error) in &report.failed {
+        out += &format!("  FAILED   unit {unit}: {error}\n");
+    }
+    out += if report.finalized {
+        "  output   complete: _lyrics/manifest.json and _SUCCESS written\n"
+    } else if report.failed.is_empty() {
+        "  output   this worker is done; other workers' units remain\n"
+    } else {
+        "  output   incomplete: rerun the same command to retry the failed units\n"
+    };
+    out
+}

@@ -1,0 +1,248 @@
+//! The commit and resume protocol, all under `<output>/_lyrics/`:
+//!
+//! - `plan.json`: the job's spec hash and its numbered units, created once (a conditional create, so concurrent
+//!   workers agree on one). A rerun with another spec or another input refuses to resume unless forced.
+//! - `done/UUUUUU.json`: written after a unit's shards are complete; its presence is what "committed" means. A
+//!   unit killed between its shards and its marker is simply redone, rewriting identical bytes.
+//! - `manifest.json` and `<output>/_SUCCESS`: written by whichever worker finds every unit committed. Their content
+//!   depends only on the markers, so two workers finishing together write the same bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::PipelineError;
+use crate::plan::{Plan, WorkUnit};
+use crate::sink::ShardInfo;
+use crate::store::Location;
+
+pub const STATE_DIR: &str = "_lyrics";
+pub const PLAN_FILE: &str = "_lyrics/plan.json";
+pub const DONE_DIR: &str = "_lyrics/done";
+pub const MANIFEST_FILE: &str = "_lyrics/manifest.json";
+pub const SUCCESS_FILE: &str = "_SUCCESS";
+
+/// `_lyrics/plan.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRecord {
+    pub created_by: String,
+    /// Digest of everything in the job spec that shapes the output.
+    pub spec_hash: String,
+    /// Digest of the units (see [`Plan::fingerprint`]).
+    pub plan_hash: String,
+    /// The input, credentials redacted.
+    pub input: String,
+    #[serde(flatten)]
+    pub plan: Plan,
+}
+
+/// `_lyrics/done/UUUUUU.json`: what a committed unit wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitMarker {
+    pub unit: u64,
+    pub items: u64,
+    pub rows: u64,
+    pub errors: u64,
+    pub errors_by_kind: BTreeMap<String, u64>,
+    pub shards: Vec<ShardInfo>,
+}
+
+/// `_lyrics/manifest.json`: every shard of the finished output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub created_by: String,
+    pub schema_version: String,
+    pub spec_hash: String,
+    pub units: u64,
+    pub items: u64,
+    /// Rows per table.
+    pub rows: BTreeMap<String, u64>,
+    pub errors_by_kind: BTreeMap<String, u64>,
+    pub shards: Vec<ShardInfo>,
+}
+
+pub fn created_by() -> String {
+    format!("lyrics-prep {}", env!("CARGO_PKG_VERSION"))
+}
+
+fn marker_path(unit: u64) -> String {
+    format!("{DONE_DIR}/{unit:06}.json")
+}
+
+async fn get_json<T: for<'de> Deserialize<'de>>(
+    output: &Location,
+    relative: &str,
+) -> Result<Option<T>, PipelineError> {
+    let path = output.child(relative);
+    let uri = output.uri_of(&path);
+    match output.store.get(&path).await {
+        Ok(result) => {
+            let bytes = result.bytes().await.map_err(|e| PipelineError::store(&uri, e))?;
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| PipelineError::input(&uri, format!("unreadable: {e}")))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(PipelineError::store(&uri, e)),
+    }
+}
+
+async fn put_json<T: Serialize>(output: &Location, relative: &str, value: &T) -> Result<(), PipelineError> {
+    let path = output.child(relative);
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| PipelineError::Internal(e.to_string()))?;
+    bytes.push(b'\n');
+    output
+        .store
+        .put(&path, PutPayload::from(bytes))
+        .await
+        .map_err(|e| PipelineError::sink(output.uri_of(&path), e))?;
+    Ok(())
+}
+
+/// Records the plan under `output`, or checks it against the one already there. With `force`, an existing
+/// output of another job is deleted first.
+pub async fn open_output(output: &Location, record: &PlanRecord, force: bool) -> Result<(), PipelineError> {
+    let refuse = |message: String| PipelineError::Resume { output: output.uri(), message };
+    if let Some(existing) = get_json::<PlanRecord>(output, PLAN_FILE).await? {
+        if existing.spec_hash == record.spec_hash && existing.plan_hash == record.plan_hash {
+            return Ok(());
+        }
+        if !force {
+            let what = if existing.spec_hash != record.spec_hash {
+                format!(
+                    "it was written with a different job spec (spec hash {} there, {} now)",
+                    short(&existing.spec_hash),
+                    short(&record.spec_hash)
+                )
+            } else {
+                format!(
+                    "the input changed since it was planned ({} units then, {} now)",
+                    existing.plan.units.len(),
+                    record.plan.units.len()
+                )
+            };
+            return Err(refuse(format!(
+                "{what}; pass --force to delete that output and start over, or choose another --output"
+            )));
+        }
+        tracing::warn!(output = %output.uri(), "--force: deleting the previous job's output");
+        clear(output).await?;
+    }
+    let path = output.child(PLAN_FILE);
+    let bytes = serde_json::to_vec_pretty(record).map_err(|e| PipelineError::Internal(e.to_string()))?;
+    let create = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+    match output.store.put_opts(&path, PutPayload::from(bytes), create).await {
+        Ok(_) => Ok(()),
+        // Another worker created it first: it must describe the same job.
+        Err(object_store::Error::AlreadyExists { .. }) => match get_json::<PlanRecord>(output, PLAN_FILE).await? {
+            Some(existing) if existing.spec_hash == record.spec_hash && existing.plan_hash == record.plan_hash => {
+                Ok(())
+            }
+            _ => Err(refuse("another worker started this output with a different job spec or input".into())),
+        },
+        Err(e) => Err(PipelineError::sink(output.uri_of(&path), e)),
+    }
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// Deletes what lyrics-prep writes under `output` (its tables, state and success marker), nothing else.
+async fn clear(output: &Location) -> Result<(), PipelineError> {
+    let mut doomed: Vec<Path> = Vec::new();
+    for dir in lyrics_schemas::Table::ALL.map(|t| t.name()).into_iter().chain([STATE_DIR]) {
+        let prefix = output.child(dir);
+        let listed: Vec<_> = output
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| PipelineError::store(output.uri_of(&prefix), e))?;
+        doomed.extend(listed.into_iter().map(|m| m.location));
+    }
+    doomed.push(output.child(SUCCESS_FILE));
+    for path in doomed {
+        match output.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(PipelineError::sink(output.uri_of(&path), e)),
+        }
+    }
+    Ok(())
+}
+
+/// The units with a commit marker.
+pub async fn committed_units(output: &Location) -> Result<BTreeSet<u64>, PipelineError> {
+    let prefix = output.child(DONE_DIR);
+    let listed: Vec<_> = output
+        .store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| PipelineError::store(output.uri_of(&prefix), e))?;
+    Ok(listed.iter().filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse::<u64>().ok()).collect())
+}
+
+pub async fn write_marker(output: &Location, marker: &UnitMarker) -> Result<(), PipelineError> {
+    put_json(output, &marker_path(marker.unit), marker).await
+}
+
+pub async fn read_plan(output: &Location) -> Result<Option<PlanRecord>, PipelineError> {
+    get_json(output, PLAN_FILE).await
+}
+
+pub async fn read_marker(output: &Location, unit: u64) -> Result<Option<UnitMarker>, PipelineError> {
+    get_json(output, &marker_path(unit)).await
+}
+
+pub async fn read_manifest(output: &Location) -> Result<Option<Manifest>, PipelineError> {
+    get_json(output, MANIFEST_FILE).await
+}
+
+/// Writes the manifest and `_SUCCESS` when every unit of the plan is committed. Returns whether it did.
+pub async fn finalize(output: &Location, record: &PlanRecord) -> Result<bool, PipelineError> {
+    let committed = committed_units(output).await?;
+    let all: Vec<&WorkUnit> = record.plan.units.iter().collect();
+    if !all.iter().all(|u| committed.contains(&u.id)) {
+        return Ok(false);
+    }
+    let mut manifest = Manifest {
+        created_by: created_by(),
+        schema_version: lyrics_schemas::SCHEMA_VERSION.to_string(),
+        spec_hash: record.spec_hash.clone(),
+        units: all.len() as u64,
+        items: 0,
+        rows: BTreeMap::new(),
+        errors_by_kind: BTreeMap::new(),
+        shards: Vec::new(),
+    };
+    for table in lyrics_schemas::Table::ALL {
+        manifest.rows.insert(table.name().to_string(), 0);
+    }
+    for unit in all {
+        let marker = read_marker(output, unit.id).await?.ok_or_else(|| PipelineError::Resume {
+            output: output.uri(),
+            message: format!("the marker of unit {} vanished while finalizing", unit.id),
+        })?;
+        manifest.items += marker.items;
+        for (kind, n) in marker.errors_by_kind {
+            *manifest.errors_by_kind.entry(kind).or_default() += n;
+        }
+        for shard in marker.shards {
+            *manifest.rows.entry(shard.table.clone()).or_default() += shard.rows;
+            manifest.shards.push(shard);
+        }
+    }
+    manifest.shards.sort_by(|a, b| a.path.cmp(&b.path));
+    put_json(output, MANIFEST_FILE, &manifest).await?;
+    let success = output.child(SUCCESS_FILE);
+    output
+        .store
+        .put(&success, PutPayload::from_static(b""))
+        .await
+        .map_err(|e| PipelineError::sink(output.uri_of(&success), e))?;
+    Ok(true)
+}

@@ -1,0 +1,152 @@
+//! Items whose image is a separate object (manifest rows, Parquet path columns, COCO images, loose files):
+//! resolving the reference against the store and fetching many at once, in order.
+
+use futures::StreamExt;
+use object_store::GetOptions;
+use object_store::path::Path;
+
+use super::{Emitter, ReadContext};
+use crate::PipelineError;
+use crate::item::{ItemError, RawItem, Record};
+use crate::store::Location;
+
+/// An item that names its image instead of holding it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ImageRefItem {
+    pub key: String,
+    /// Where the item is described (`manifest.jsonl#row=12`).
+    pub source: String,
+    /// Path (relative to the image prefix, or absolute) or URL of the image.
+    pub reference: Option<String>,
+    /// The image bytes, when the row holds them inline.
+    pub inline: Option<Vec<u8>>,
+    pub captions: Vec<String>,
+    pub meta: Option<String>,
+    /// Set when the row itself is bad: the item becomes this error row.
+    pub error: Option<ItemError>,
+}
+
+/// The folder holding `path`.
+pub(crate) fn parent(path: &Path) -> Path {
+    let parts: Vec<_> = path.parts().collect();
+    Path::from_iter(parts[..parts.len().saturating_sub(1)].iter().cloned())
+}
+
+/// Resolves each item's image and pushes the items, in order, fetching up to the configured concurrency at once.
+/// `base` is the folder relative references are resolved against, unless `image_prefix` is set.
+pub(crate) async fn fetch_all(
+    ctx: &ReadContext,
+    base: &Location,
+    items: Vec<ImageRefItem>,
+    emitter: &mut Emitter,
+) -> Result<(), PipelineError> {
+    let prefix = match &ctx.options.image_prefix {
+        Some(prefix) => ctx.registry.locate(prefix)?,
+        None => base.clone(),
+    };
+    let concurrency = ctx.registry.options().concurrency.max(1);
+    let mut results =
+        futures::stream::iter(items.into_iter().map(|item| fetch_one(ctx, &prefix, item))).buffered(concurrency);
+    while let Some(result) = results.next().await {
+        emitter.push(result?).await?;
+    }
+    Ok(())
+}
+
+async fn fetch_one(ctx: &ReadContext, prefix: &Location, item: ImageRefItem) -> Result<Record, PipelineError> {
+    let ImageRefItem { key, source, reference, inline, captions, meta, error } = item;
+    if let Some(error) = error {
+        return Ok(Record::error(&key, &source, error));
+    }
+    let raw = |bytes: Vec<u8>, image_path: Option<String>| {
+        Record::Raw(RawItem {
+            key: key.clone(),
+            source: source.clone(),
+            image_path,
+            bytes,
+            captions: captions.clone(),
+            meta: meta.clone(),
+        })
+    };
+    if let Some(bytes) = inline {
+        return Ok(raw(bytes, reference));
+    }
+    let Some(reference) = reference.filter(|r| !r.trim().is_empty()) else {
+        return Ok(Record::error(&key, &source, ItemError::new("read", "missing_image", "the row names no image")));
+    };
+    let location = match resolve(ctx, prefix, &reference) {
+        Ok(location) => location,
+        Err(error) => return Ok(Record::error(&key, &source, error)),
+    };
+    match get_limited(&location, ctx.options.max_image_bytes).await {
+        Ok(Ok(bytes)) => Ok(raw(bytes, Some(reference))),
+        Ok(Err(error)) => Ok(Record::error(&key, &source, error)),
+        Err(error) => Err(error),
+    }
+}
+
+/// The location an image reference names: a URL of its own, or a path under `prefix`.
+fn resolve(ctx: &ReadContext, prefix: &Location, reference: &str) -> Result<Location, ItemError> {
+    let reference = reference.trim();
+    if reference.contains("://") {
+        return ctx.registry.locate(reference).map_err(|e| ItemError::new("read", "bad_reference", e.to_string()));
+    }
+    if reference.split(['/', '\\']).any(|part| part == "..") {
+        return Err(ItemError::new(
+            "read",
+            "unsafe_path",
+            format!("image path {reference} leaves the image folder"),
+        ));
+    }
+    let path = if let Some(absolute) = reference.strip_prefix('/') {
+        Path::parse(absolute)
+    } else {
+        Path::parse(prefix.child(reference).as_ref())
+    };
+    path.map(|p| prefix.at(p))
+        .map_err(|e| ItemError::new("read", "bad_reference", format!("image path {reference}: {e}")))
+}
+
+/// The object's bytes, refusing objects above `limit` before reading them. The outer error fails the unit (the
+/// store is unavailable past its retries); the inner one is the item's (missing, forbidden, too large).
+pub(crate) async fn get_limited(
+    location: &Location,
+    limit: u64,
+) -> Result<Result<Vec<u8>, ItemError>, PipelineError> {
+    let uri = location.uri();
+    let result = match location.store.get_opts(&location.path, GetOptions::default()).await {
+        Ok(result) => result,
+        Err(e) => return item_or_unit_error(&uri, e),
+    };
+    let size = result.meta.size;
+    if size > limit {
+        return Ok(Err(ItemError::new(
+            "read",
+            "too_large",
+            format!("{size} bytes exceeds the limit of {limit} bytes"),
+        )));
+    }
+    match result.bytes().await {
+        Ok(bytes) => Ok(Ok(bytes.to_vec())),
+        Err(e) => item_or_unit_error(&uri, e),
+    }
+}
+
+/// Missing and forbidden objects are the item's problem; anything else (the store is down past its retries) is
+/// the unit's, so a rerun retries it. Plain web URLs are the exception: the web is flaky, so their failures are
+/// the item's, as in img2dataset.
+fn item_or_unit_error<T>(uri: &str, e: object_store::Error) -> Result<Result<T, ItemError>, PipelineError> {
+    let message = crate::store::redact_secrets(&e.to_string());
+    match e {
+        object_store::Error::NotFound { .. } => {
+            Ok(Err(ItemError::new("read", "missing_file", format!("not found: {}", crate::store::redact(uri)))))
+        }
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+            Ok(Err(ItemError::new("read", "forbidden", message)))
+        }
+        _ if uri.starts_with("http://") || uri.starts_with("https://") => {
+            Ok(Err(ItemError::new("read", "download", message)))
+        }
+        _ => Err(PipelineError::store(uri, message)),
+    }
+}

@@ -1,0 +1,174 @@
+//! Parquet inputs: an image column holding bytes (or a Hugging Face `{bytes, path}` struct), or a path/URL column
+//! resolved against the store; a caption column (string or list of strings); an optional key column. Every other
+//! column is kept, as JSON, in `meta`.
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+// The object_store adapter is deprecated upstream in favour of hand-written readers, yet it is the one that
+// parquet keeps tested against object_store; it stays until a replacement ships in the crate.
+#[allow(deprecated)]
+use parquet::arrow::async_reader::ParquetObjectReader;
+
+use super::fetch::{ImageRefItem, fetch_all, parent};
+use super::{CAPTION_COLUMNS, Emitter, IMAGE_COLUMNS, KEY_COLUMNS, ReadContext, file_stem};
+use crate::PipelineError;
+use crate::plan::WorkUnit;
+
+pub(crate) async fn read(ctx: &ReadContext, unit: &WorkUnit, emitter: &mut Emitter) -> Result<(), PipelineError> {
+    let location = ctx.input.at(object_store::path::Path::from(unit.object.as_str()));
+    let uri = location.uri();
+    let meta = location.store.head(&location.path).await.map_err(|e| PipelineError::store(&uri, e))?;
+    #[allow(deprecated)]
+    let reader = ParquetObjectReader::new(location.store.clone(), location.path.clone()).with_file_size(meta.size);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|e| PipelineError::input(&uri, e))?;
+    let schema = builder.schema().clone();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let image_col = pick(&uri, "image_column", ctx.options.image_column.as_deref(), &IMAGE_COLUMNS, &names)?
+        .ok_or_else(|| missing(&uri, "an image column", &IMAGE_COLUMNS, &names))?;
+    let caption_col =
+        pick(&uri, "caption_column", ctx.options.caption_column.as_deref(), &CAPTION_COLUMNS, &names)?;
+    let key_col = pick(&uri, "key_column", ctx.options.key_column.as_deref(), &KEY_COLUMNS, &names)?;
+    let meta_cols: Vec<usize> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            Some(**n) != Some(image_col.as_str())
+                && Some(**n) != caption_col.as_deref()
+                && Some(**n) != key_col.as_deref()
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let batch_rows = 256;
+    let mut stream = builder.with_batch_size(batch_rows).build().map_err(|e| PipelineError::input(&uri, e))?;
+    let stem = file_stem(&unit.object);
+    let base = location.at(parent(&location.path));
+    let mut row_index: u64 = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| PipelineError::store(&uri, e))?;
+        let metas = meta_json(&batch, &meta_cols).map_err(|e| PipelineError::input(&uri, e))?;
+        let images = column(&batch, &image_col);
+        let captions = caption_col.as_deref().map(|c| column(&batch, c));
+        let keys = key_col.as_deref().map(|c| column(&batch, c));
+        let mut items = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let index = row_index + row as u64;
+            let key =
+                keys.as_ref().and_then(|k| scalar_text(k, row)).unwrap_or_else(|| format!("{stem}-{index:09}"));
+            let (inline, reference) = image_cell(images, row);
+            items.push(ImageRefItem {
+                key,
+                source: format!("{uri}#row={index}"),
+                reference,
+                inline,
+                captions: captions.map(|c| texts(c, row)).unwrap_or_default(),
+                meta: metas.get(row).cloned().flatten(),
+                error: None,
+            });
+        }
+        row_index += batch.num_rows() as u64;
+        fetch_all(ctx, &base, items, emitter).await?;
+    }
+    Ok(())
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
+    batch.column(batch.schema().index_of(name).unwrap_or(0))
+}
+
+/// The configured column (which must exist), or the first candidate present.
+pub(crate) fn pick(
+    uri: &str,
+    setting: &str,
+    configured: Option<&str>,
+    candidates: &[&str],
+    names: &[&str],
+) -> Result<Option<String>, PipelineError> {
+    match configured {
+        Some(name) if names.contains(&name) => Ok(Some(name.to_string())),
+        Some(name) => Err(PipelineError::input(
+            uri,
+            format!("{setting} `{name}` is not a column here; the columns are: {}", names.join(", ")),
+        )),
+        None => Ok(candidates.iter().find(|c| names.contains(c)).map(|c| c.to_string())),
+    }
+}
+
+pub(crate) fn missing(uri: &str, what: &str, candidates: &[&str], names: &[&str]) -> PipelineError {
+    PipelineError::input(
+        uri,
+        format!(
+            "found no {what} (looked for {}); the columns are: {}; name it with input.image_column",
+            candidates.join(", "),
+            names.join(", ")
+        ),
+    )
+}
+
+/// Inline bytes and/or the path of the image in `row`.
+fn image_cell(array: &ArrayRef, row: usize) -> (Option<Vec<u8>>, Option<String>) {
+    if array.is_null(row) {
+        return (None, None);
+    }
+    match array.data_type() {
+        DataType::Binary => (Some(array.as_binary::<i32>().value(row).to_vec()), None),
+        DataType::LargeBinary => (Some(array.as_binary::<i64>().value(row).to_vec()), None),
+        DataType::BinaryView => (Some(array.as_binary_view().value(row).to_vec()), None),
+        DataType::Struct(_) => {
+            let s = array.as_struct();
+            let bytes = s.column_by_name("bytes").and_then(|b| image_cell(b, row).0);
+            let path = s.column_by_name("path").and_then(|p| scalar_text(p, row));
+            (bytes, path)
+        }
+        _ => (None, scalar_text(array, row)),
+    }
+}
+
+/// A string or integer cell as text.
+fn scalar_text(array: &ArrayRef, row: usize) -> Option<String> {
+    if array.is_null(row) {
+        return None;
+    }
+    match array.data_type() {
+        DataType::Utf8 => Some(array.as_string::<i32>().value(row).to_string()),
+        DataType::LargeUtf8 => Some(array.as_string::<i64>().value(row).to_string()),
+        DataType::Utf8View => Some(array.as_string_view().value(row).to_string()),
+        _ => arrow::util::display::array_value_to_string(array, row).ok(),
+    }
+}
+
+/// The captions of `row`: one string, or a list of strings.
+fn texts(array: &ArrayRef, row: usize) -> Vec<String> {
+    if array.is_null(row) {
+        return Vec::new();
+    }
+    match array.data_type() {
+        DataType::List(_) => {
+            let values = array.as_list::<i32>().value(row);
+            (0..values.len()).filter_map(|i| scalar_text(&values, i)).collect()
+        }
+        DataType::LargeList(_) => {
+            let values = array.as_list::<i64>().value(row);
+            (0..values.len()).filter_map(|i| scalar_text(&values, i)).collect()
+        }
+        _ => scalar_text(array, row).into_iter().collect(),
+    }
+}
+
+/// Each row's `columns` as one JSON object (nulls left out), or `None` when there are none.
+fn meta_json(batch: &RecordBatch, columns: &[usize]) -> Result<Vec<Option<String>>, arrow::error::ArrowError> {
+    if columns.is_empty() {
+        return Ok(vec![None; batch.num_rows()]);
+    }
+    let projected = batch.project(columns)?;
+    let mut buffer = Vec::new();
+    {
+        let mut writer = arrow::json::LineDelimitedWriter::new(&mut buffer);
+        writer.write(&projected)?;
+        writer.finish()?;
+    }
+    let text = String::from_utf8_lossy(&buffer);
+    Ok(text.lines().map(|l| (l != "{}").then(|| l.to_string())).collect())
+}

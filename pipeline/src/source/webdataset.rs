@@ -1,0 +1,274 @@
+//! WebDataset tar shards, streamed: the tar is parsed on a blocking thread straight from the GET response body,
+//! members grouped into samples by key (the member path up to the first `.` of its file name), as the
+//! `webdataset` library groups them.
+//!
+//! Hostile members become error rows, never files: nothing is ever written to disk, but a member whose path climbs
+//! out (`../`) or is absolute is refused by name all the same, as are links, devices, members above the size
+//! limit, and keys seen earlier in the shard.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::Component;
+use std::sync::{Arc, Mutex};
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::{Emitter, ReadContext};
+use crate::PipelineError;
+use crate::item::{ItemError, RawItem, Record};
+use crate::plan::WorkUnit;
+
+const IMAGE_EXTS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "gif", "bmp"];
+
+pub(crate) async fn read(ctx: &ReadContext, unit: &WorkUnit, emitter: &mut Emitter) -> Result<(), PipelineError> {
+    let location = ctx.input.at(object_store::path::Path::from(unit.object.as_str()));
+    let uri = location.uri();
+    let result = location.store.get(&location.path).await.map_err(|e| PipelineError::store(&uri, e))?;
+    // Remember the store's own failure, so a parse error caused by a broken connection fails the unit (and is
+    // retried by a rerun) instead of being blamed on the shard.
+    let store_failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let failure = store_failure.clone();
+    let stream = result.into_stream().map_err(move |e| {
+        if let Ok(mut slot) = failure.lock() {
+            slot.get_or_insert_with(|| e.to_string());
+        }
+        std::io::Error::other(e)
+    });
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let max_bytes = ctx.options.max_image_bytes;
+    let mut shard = ShardReader { uri: uri.clone(), max_bytes, seen: HashSet::new(), current: None };
+    let batch_emitter = std::mem::replace(emitter, emitter.detached());
+    let (returned, outcome) = tokio::task::spawn_blocking(move || {
+        let mut emitter = batch_emitter;
+        let outcome = shard.read_all(reader, &mut emitter);
+        (emitter, outcome)
+    })
+    .await
+    .map_err(|e| PipelineError::Internal(format!("tar reader of {uri} panicked: {e}")))?;
+    *emitter = returned;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(ReadFailure::Closed) => Err(super::Closed.into()),
+        Err(ReadFailure::Archive(message)) => {
+            if let Some(store_error) = store_failure.lock().ok().and_then(|slot| slot.clone()) {
+                return Err(PipelineError::store(&uri, store_error));
+            }
+            // The shard itself is malformed: what was read stands, the rest is one error row naming the shard.
+            let key = super::file_stem(&unit.object);
+            let error = ItemError::new(
+                "read",
+                "corrupt_archive",
+                format!("malformed tar, the rest of the shard is unreadable: {message}"),
+            );
+            emitter.push(Record::error(&key, &uri, error)).await?;
+            Ok(())
+        }
+    }
+}
+
+enum ReadFailure {
+    Closed,
+    Archive(String),
+}
+
+impl From<super::Closed> for ReadFailure {
+    fn from(_: super::Closed) -> Self {
+        ReadFailure::Closed
+    }
+}
+
+/// The members of one sample, gathered while they are consecutive.
+#[derive(Default)]
+struct Group {
+    key: String,
+    image: Option<(String, Vec<u8>)>,
+    caption: Option<String>,
+    meta: Option<Vec<u8>>,
+    extensions: HashSet<String>,
+    first_member: String,
+    problem: Option<ItemError>,
+}
+
+struct ShardReader {
+    uri: String,
+    max_bytes: u64,
+    seen: HashSet<String>,
+    current: Option<Group>,
+}
+
+impl ShardReader {
+    fn read_all(&mut self, reader: impl Read, emitter: &mut Emitter) -> Result<(), ReadFailure> {
+        let mut archive = tar::Archive::new(reader);
+        let entries = archive.entries().map_err(|e| ReadFailure::Archive(e.to_string()))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| ReadFailure::Archive(e.to_string()))?;
+            let raw_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let entry_type = entry.header().entry_type();
+            if entry_type.is_dir() {
+                continue;
+            }
+            if !(entry_type.is_file() || entry_type == tar::EntryType::Continuous) {
+                let error = ItemError::new(
+                    "read",
+                    "unsupported_member",
+                    format!("tar member {raw_path} is not a regular file ({entry_type:?})"),
+                );
+                self.reject(&raw_path, error, emitter)?;
+                continue;
+            }
+            let unsafe_path = entry.path().map_or(true, |p| {
+                p.components()
+                    .any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)))
+            });
+            if unsafe_path {
+                let error = ItemError::new(
+                    "read",
+                    "unsafe_path",
+                    format!("tar member path {raw_path} escapes the archive"),
+                );
+                self.reject(&raw_path, error, emitter)?;
+                continue;
+            }
+            let Some((key, ext)) = split_member(&raw_path) else {
+                let error =
+                    ItemError::new("read", "no_key", format!("tar member {raw_path} has no key.extension name"));
+                self.reject(&raw_path, error, emitter)?;
+                continue;
+            };
+            let starts_new = match &self.current {
+                Some(group) => group.key != key || group.extensions.contains(&ext),
+                None => true,
+            };
+            if starts_new {
+                self.finish(emitter)?;
+                let mut group = Group { key: key.clone(), first_member: raw_path.clone(), ..Group::default() };
+                if !self.seen.insert(key.clone()) {
+                    group.problem = Some(ItemError::new(
+                        "read",
+                        "duplicate_key",
+                        format!("key {key} appears again in the shard (first occurrence kept)"),
+                    ));
+                }
+                self.current = Some(group);
+            }
+            let size = entry.header().size().unwrap_or(0);
+            let Some(group) = self.current.as_mut() else { continue };
+            group.extensions.insert(ext.clone());
+            let wanted = IMAGE_EXTS.contains(&ext.as_str()) || ext == "txt" || ext == "json";
+            if !wanted || group.problem.is_some() {
+                continue;
+            }
+            if size > self.max_bytes {
+                group.problem = Some(ItemError::new(
+                    "read",
+                    "too_large",
+                    format!("tar member {raw_path} has {size} bytes, over the limit of {} bytes", self.max_bytes),
+                ));
+                continue;
+            }
+            let mut data = Vec::with_capacity(size as usize);
+            entry.read_to_end(&mut data).map_err(|e| ReadFailure::Archive(e.to_string()))?;
+            if IMAGE_EXTS.contains(&ext.as_str()) {
+                if group.image.is_none() {
+                    group.image = Some((raw_path, data));
+                }
+            } else if ext == "txt" {
+                let text = String::from_utf8_lossy(&data).trim().to_string();
+                group.caption = (!text.is_empty()).then_some(text);
+            } else {
+                group.meta = Some(data);
+            }
+        }
+        self.finish(emitter)?;
+        emitter.flush_blocking()?;
+        Ok(())
+    }
+
+    fn reject(&mut self, member: &str, error: ItemError, emitter: &mut Emitter) -> Result<(), ReadFailure> {
+        self.finish(emitter)?;
+        emitter.push_blocking(Record::error(member, &format!("{}#{member}", self.uri), error))?;
+        Ok(())
+    }
+
+    /// Turns the group in progress into one record.
+    fn finish(&mut self, emitter: &mut Emitter) -> Result<(), ReadFailure> {
+        let Some(group) = self.current.take() else { return Ok(()) };
+        let member = group.image.as_ref().map_or(group.first_member.as_str(), |(name, _)| name.as_str());
+        let source = format!("{}#{member}", self.uri);
+        let record = if let Some(problem) = group.problem {
+            Record::error(&group.key, &source, problem)
+        } else if let Some((name, bytes)) = group.image {
+            match group.meta.map(|m| validate_meta(&m)).transpose() {
+                Ok(meta) => Record::Raw(RawItem {
+                    key: group.key,
+                    source,
+                    image_path: Some(name),
+                    bytes,
+                    captions: group.caption.into_iter().collect(),
+                    meta,
+                }),
+                Err(error) => Record::error(&group.key, &source, error),
+            }
+        } else {
+            let error = ItemError::new(
+                "read",
+                "missing_image",
+                format!("sample {} has no image member (.jpg, .jpeg, .png, .webp)", group.key),
+            );
+            Record::error(&group.key, &source, error)
+        };
+        emitter.push_blocking(record)?;
+        Ok(())
+    }
+}
+
+fn validate_meta(data: &[u8]) -> Result<String, ItemError> {
+    match serde_json::from_slice::<serde_json::Value>(data) {
+        Ok(value) => Ok(value.to_string()),
+        Err(e) => Err(ItemError::new("read", "bad_metadata", format!("the .json member is not valid JSON: {e}"))),
+    }
+}
+
+/// `dir/000123.seg.png` → (`dir/000123`, `seg.png`): the key runs to the first dot of the file name.
+fn split_member(path: &str) -> Option<(String, String)> {
+    let (dir, base) = match path.rsplit_once('/') {
+        Some((dir, base)) => (Some(dir), base),
+        None => (None, path),
+    };
+    let (stem, ext) = base.split_once('.')?;
+    if stem.is_empty() || ext.is_empty() {
+        return None;
+    }
+    let key = match dir {
+        Some(dir) => format!("{}/{stem}", dir.trim_start_matches("./")),
+        None => stem.to_string(),
+    };
+    Some((key, ext.to_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn members_split_at_the_first_dot_of_the_name() {
+        assert_eq!(split_member("000001.jpg"), Some(("000001".into(), "jpg".into())));
+        assert_eq!(split_member("a.b/000001.seg.PNG"), Some(("a.b/000001".into(), "seg.png".into())));
+        assert_eq!(split_member("./x/1.txt"), Some(("x/1".into(), "txt".into())));
+        assert_eq!(split_member(".hidden"), None);
+        assert_eq!(split_member("noext"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn split_never_panics_and_keeps_the_name(path in "[a-z./]{0,20}") {
+            if let Some((key, ext)) = split_member(&path) {
+                prop_assert!(!key.is_empty() && !ext.is_empty());
+                prop_assert!(path.to_ascii_lowercase().ends_with(&ext));
+            }
+        }
+    }
+}
