@@ -6,6 +6,7 @@
 
 pub mod commit;
 mod error;
+mod failpoint;
 pub mod item;
 pub mod metrics;
 pub mod partition;

@@ -376,6 +376,7 @@ async fn commit_unit(
     let OpenUnit { unit, writer, rows, errors, errors_by_kind, .. } = current;
     let shards = writer.finish().await.map_err(|e| e.to_string())?;
     let marker = UnitMarker { unit, items, rows, errors, errors_by_kind, shards };
+    crate::failpoint::hit("before-marker", unit);
     commit::write_marker(output, &marker).await.map_err(|e| e.to_string())?;
     Ok(marker)
 }

@@ -200,6 +200,7 @@ impl<R: TableRow> TableWriter<R> {
             bytes: shard.writer.bytes_written() as u64,
             schema_version: lyrics_schemas::SCHEMA_VERSION.to_string(),
         });
+        crate::failpoint::hit("after-shard", self.unit);
         Ok(())
     }
 

@@ -1,0 +1,20 @@
+//! Crash points for the resume tests: with `LYRICS_FAILPOINT=<name>:<unit>` in the environment, the process dies on
+//! the spot (no destructor, no flush, as under `kill -9`) when it reaches that point of that unit. Unset, a check
+//! costs one comparison.
+//!
+//! Points: `after-shard` (a shard of the unit is complete, the unit is not), `before-marker` (every shard of the
+//! unit is complete, its commit marker is not written).
+
+use std::sync::OnceLock;
+
+static SPEC: OnceLock<Option<String>> = OnceLock::new();
+
+pub(crate) fn hit(name: &str, unit: u64) {
+    let spec = SPEC.get_or_init(|| std::env::var("LYRICS_FAILPOINT").ok());
+    if let Some(spec) = spec
+        && spec.split_once(':').is_some_and(|(n, u)| n == name && u.parse() == Ok(unit))
+    {
+        eprintln!("failpoint {spec} reached: aborting");
+        std::process::abort();
+    }
+}

@@ -1,0 +1,423 @@
+//! End-to-end tests of `lyrics-prep` on the local filesystem: accounting of hostile input, resume after `kill -9`,
+//! worker partitioning, every input format, resizing and EXIF, job-spec errors, status.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+fn run_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--input", input, "--output", output, "--progress", "off"];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn s(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn bundled_sample_corpus_is_read_alike_by_four_readers() {
+    let out = tempfile::tempdir().unwrap();
+    let corpus = repo_root().join("examples/corpus");
+    lyrics_ok(&run_args(&s(&corpus), &s(out.path()), &[]), &Env::new());
+    python_script(
+        "tests/readers/check_output.py",
+        &[&s(out.path()), "--samples", "16", "--errors", "0"],
+        &Env::new(),
+    );
+}
+
+#[test]
+fn every_hostile_item_ends_as_exactly_one_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let good = jpeg(64, 48, 1);
+    let mut tar = Tar::default();
+    tar.add("good.jpg", &good).add("good.txt", b"a good one");
+    tar.add("truncated.jpg", &jpeg(64, 48, 2)[..600]).add("truncated.txt", b"cut");
+    tar.add("empty.jpg", b"").add("empty.txt", b"nothing");
+    tar.add("bomb.png", &png_bomb()).add("bomb.txt", b"boom");
+    tar.add("text.jpg", b"this is not an image at all").add("text.txt", b"liar");
+    tar.add("../evil.jpg", &good);
+    tar.add("nocaption.jpg", &jpeg(32, 32, 3));
+    tar.add("onlytext.txt", b"where is my image");
+    tar.add("good.jpg", &good).add("good.txt", b"again");
+    std::fs::write(corpus.join("hostile.tar"), tar.finish()).unwrap();
+    let out = dir.path().join("out");
+    let text = lyrics_ok(&run_args(&s(&corpus), &s(&out), &[]), &Env::new());
+    assert!(text.contains("decompression_bomb 1"), "{text}");
+
+    let samples = samples(&out);
+    let keys: Vec<&str> = samples.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["good", "nocaption"]);
+    assert_eq!(samples[0].caption.as_deref(), Some("a good one"));
+    assert_eq!(samples[1].caption, None);
+    assert_eq!((samples[0].width, samples[0].height), (64, 48));
+
+    let errors = errors(&out);
+    let expected = [
+        ("truncated", "truncated"),
+        ("empty", "empty"),
+        ("bomb", "decompression_bomb"),
+        ("text", "not_an_image"),
+        ("../evil.jpg", "unsafe_path"),
+        ("onlytext", "missing_image"),
+        ("good", "duplicate_key"),
+    ];
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    for (row, (key, kind)) in errors.iter().zip(expected) {
+        assert_eq!((row.key.as_str(), row.kind.as_str()), (key, kind), "{row:#?}");
+        assert!(row.error.contains(key.trim_start_matches("../")), "the error names the item: {row:#?}");
+        assert!(row.source.contains("hostile.tar#"), "{row:#?}");
+    }
+    assert!(errors.iter().find(|e| e.key == "bomb").unwrap().error.contains("30000x30000"));
+    let m = manifest(&out);
+    assert_eq!(m["items"], 9);
+    assert_eq!(m["rows"]["samples"], 2);
+    assert_eq!(m["rows"]["errors"], 7);
+}
+
+fn small_shards_spec(dir: &Path) -> String {
+    let spec = dir.join("job.toml");
+    std::fs::write(
+        &spec,
+        "[output]\nshard_rows = 2\nrow_group_rows = 1\n[pipeline]\nbatch_size = 2\nchannel_capacity = 1\n",
+    )
+    .unwrap();
+    s(&spec)
+}
+
+#[test]
+fn kill_9_at_any_point_then_rerun_gives_identical_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    webdataset(&corpus, 4, 5);
+    let spec = small_shards_spec(dir.path());
+    let reference = dir.path().join("reference");
+    lyrics_ok(&run_args(&s(&corpus), &s(&reference), &["--config", &spec]), &Env::new());
+    let expected = shards(&reference);
+    assert_eq!(expected.len(), 12, "4 units of 5 rows in shards of 2: {:?}", expected.keys());
+
+    for failpoint in ["after-shard:1", "before-marker:2", "before-marker:3"] {
+        let out = dir.path().join(failpoint.replace(':', "-"));
+        let env: Env = vec![("LYRICS_FAILPOINT".into(), failpoint.into())];
+        let crashed = lyrics(&run_args(&s(&corpus), &s(&out), &["--config", &spec]), &env);
+        assert!(!crashed.status.success(), "{failpoint} must kill the run");
+        assert!(stderr(&crashed).contains("failpoint"), "{}", stderr(&crashed));
+        assert!(!out.join("_SUCCESS").exists());
+        let text = lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--config", &spec]), &Env::new());
+        assert!(text.contains("already committed"), "{text}");
+        assert_eq!(shards(&out), expected, "after a crash at {failpoint}");
+        assert_eq!(manifest(&out), manifest(&reference));
+    }
+
+    // A real SIGKILL at arbitrary moments, repeated until the job is through.
+    let out = dir.path().join("sigkill");
+    let mut kills = 0;
+    for delay_ms in [30u64, 80, 150, 250, 400, 600, 900] {
+        let mut child = Command::new(bin())
+            .args(run_args(&s(&corpus), &s(&out), &["--config", &spec, "--threads", "1"]))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--config", &spec]), &Env::new());
+    assert!(kills > 0, "no run was killed: make the corpus bigger");
+    assert_eq!(shards(&out), expected, "after {kills} SIGKILLs");
+    assert_eq!(manifest(&out), manifest(&reference));
+}
+
+#[test]
+fn three_concurrent_workers_write_what_one_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    webdataset(&corpus, 7, 3);
+    let one = dir.path().join("one");
+    lyrics_ok(&run_args(&s(&corpus), &s(&one), &[]), &Env::new());
+    let three = dir.path().join("three");
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            let worker = format!("{i}/3");
+            Command::new(bin()).args(run_args(&s(&corpus), &s(&three), &["--worker", &worker])).output_async()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert_eq!(shards(&three), shards(&one));
+    assert_eq!(manifest(&three), manifest(&one));
+    assert!(three.join("_SUCCESS").exists());
+
+    // The scheduler's environment gives the same split.
+    let slurm = dir.path().join("slurm");
+    for i in 0..3 {
+        let env: Env = vec![
+            ("SLURM_ARRAY_TASK_ID".into(), (i + 1).to_string()),
+            ("SLURM_ARRAY_TASK_MIN".into(), "1".into()),
+            ("SLURM_ARRAY_TASK_COUNT".into(), "3".into()),
+        ];
+        lyrics_ok(&run_args(&s(&corpus), &s(&slurm), &[]), &env);
+    }
+    let k8s = dir.path().join("k8s");
+    for i in 0..3 {
+        let env: Env = vec![("JOB_COMPLETION_INDEX".into(), i.to_string())];
+        lyrics_ok(&run_args(&s(&corpus), &s(&k8s), &["--workers", "3"]), &env);
+    }
+    assert_eq!(shards(&slurm), shards(&one));
+    assert_eq!(shards(&k8s), shards(&one));
+}
+
+trait SpawnOutput {
+    fn output_async(&mut self) -> std::process::Child;
+}
+
+impl SpawnOutput for Command {
+    fn output_async(&mut self) -> std::process::Child {
+        self.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    }
+}
+
+/// Writes one small corpus per input format under `dir`, all describing the same three images (one with two
+/// captions); returns (input, format name, job spec or None) triples. Manifests name their images in every way
+/// users do: relative to the manifest, absolute, and relative to a configured `image_prefix` (path or URL).
+pub fn corpora_of_every_format(dir: &Path) -> Vec<(String, &'static str, Option<String>)> {
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        std::fs::write(images.join(format!("{name}.jpg")), jpeg(40 + i as u32 * 8, 30, i as u32)).unwrap();
+        std::fs::write(images.join(format!("{name}.txt")), format!("caption {name}")).unwrap();
+    }
+    let jsonl = dir.join("manifest.jsonl");
+    std::fs::write(
+        &jsonl,
+        format!(
+            "{{\"image\": \"images/a.jpg\", \"caption\": \"caption a\"}}\n\
+             {{\"url\": \"images/b.jpg\", \"caption\": [\"caption b\", \"second b\"], \"license\": \"cc0\"}}\n\
+             \n\
+             {{\"path\": \"{}\", \"text\": \"caption c\", \"key\": \"custom-c\"}}\n",
+            s(&images.join("c.jpg"))
+        ),
+    )
+    .unwrap();
+    let prefix_spec = |name: &str, prefix: String| {
+        let spec = dir.join(format!("{name}.toml"));
+        std::fs::write(&spec, format!("[input]\nimage_prefix = \"{prefix}\"\n")).unwrap();
+        Some(s(&spec))
+    };
+    let csv = dir.join("csv");
+    std::fs::create_dir_all(&csv).unwrap();
+    std::fs::write(
+        csv.join("manifest.csv"),
+        "file_name,caption,score\na.jpg,\"caption a, with comma\",1\nb.jpg,\"caption\nb\",2\nc.jpg,caption c,3\n",
+    )
+    .unwrap();
+    let coco = dir.join("coco");
+    std::fs::create_dir_all(&coco).unwrap();
+    std::fs::write(
+        coco.join("captions.json"),
+        r#"{"images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}, {"id": 2, "file_name": "b.jpg"}, {"id": 3, "file_name": "c.jpg"}],
+            "annotations": [{"image_id": 1, "caption": "caption a"}, {"image_id": 2, "caption": "caption b"}, {"image_id": 1, "caption": "second a"}]}"#,
+    )
+    .unwrap();
+    let wds = dir.join("wds");
+    std::fs::create_dir_all(&wds).unwrap();
+    let mut tar = Tar::default();
+    for name in ["a", "b", "c"] {
+        tar.add(&format!("{name}.jpg"), &std::fs::read(images.join(format!("{name}.jpg"))).unwrap());
+        tar.add(&format!("{name}.txt"), format!("caption {name}").as_bytes());
+    }
+    std::fs::write(wds.join("shard-00000.tar"), tar.finish()).unwrap();
+    let parquet = dir.join("parquet");
+    std::fs::create_dir_all(&parquet).unwrap();
+    write_parquet(&parquet.join("bytes.parquet"), &images);
+    vec![
+        (s(&wds), "webdataset", None),
+        (s(&parquet), "parquet", None),
+        (s(&jsonl), "jsonl", None),
+        (s(&csv), "csv", prefix_spec("csv", s(&images))),
+        (s(&coco), "coco", prefix_spec("coco", format!("file://{}", s(&images)))),
+        (s(&images), "images", None),
+    ]
+}
+
+/// A Parquet file with a plain binary `jpg` column, a `txt` caption column and an extra metadata column.
+fn write_parquet(path: &Path, images: &Path) {
+    use arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray};
+    use std::sync::Arc;
+    let names = ["a", "b", "c"];
+    let bytes: Vec<Vec<u8>> =
+        names.iter().map(|n| std::fs::read(images.join(format!("{n}.jpg"))).unwrap()).collect();
+    let batch = RecordBatch::try_from_iter(vec![
+        ("jpg", Arc::new(BinaryArray::from_iter_values(bytes.iter())) as ArrayRef),
+        (
+            "caption",
+            Arc::new(StringArray::from_iter_values(names.iter().map(|n| format!("caption {n}")))) as ArrayRef,
+        ),
+        ("similarity", Arc::new(Int64Array::from(vec![7, 8, 9])) as ArrayRef),
+    ])
+    .unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+pub fn check_every_format(outputs: &[(std::path::PathBuf, &str)]) {
+    for (out, format) in outputs {
+        let rows = samples(out);
+        assert_eq!(rows.len(), 3, "{format}: {rows:#?}");
+        assert!(errors(out).is_empty(), "{format}: {:#?}", errors(out));
+        let widths: BTreeSet<i32> = rows.iter().map(|r| r.width).collect();
+        assert_eq!(widths, BTreeSet::from([40, 48, 56]), "{format}");
+        for row in &rows {
+            let captioned = row.caption.as_deref().is_some_and(|c| c.starts_with("caption"));
+            assert!(captioned || (*format == "coco" && row.key == "c"), "{format}: {row:?}");
+            assert_eq!(row.height, 30);
+        }
+        match *format {
+            "coco" => {
+                let a = rows.iter().find(|r| r.key == "a").unwrap();
+                assert_eq!(a.captions, ["caption a", "second a"]);
+            }
+            "jsonl" => {
+                assert!(rows.iter().any(|r| r.key == "custom-c"));
+                let b = rows.iter().find(|r| r.captions.len() == 2).unwrap();
+                assert!(b.meta.as_deref().unwrap().contains("cc0"));
+            }
+            "csv" => {
+                assert!(rows.iter().any(|r| r.caption.as_deref() == Some("caption a, with comma")));
+                assert!(rows.iter().any(|r| r.caption.as_deref() == Some("caption\nb")));
+            }
+            "parquet" => assert!(rows[0].meta.as_deref().unwrap().contains("similarity")),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn every_input_format_reads_from_local_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut outputs = Vec::new();
+    for (input, format, spec) in corpora_of_every_format(dir.path()) {
+        let out = dir.path().join(format!("out-{format}"));
+        let mut extra = vec!["--format", format];
+        if let Some(spec) = &spec {
+            extra.extend(["--config", spec.as_str()]);
+        }
+        lyrics_ok(&run_args(&input, &s(&out), &extra), &Env::new());
+        outputs.push((out, format));
+    }
+    // The image without a COCO caption is a sample with none.
+    let coco_out = &outputs.iter().find(|(_, f)| *f == "coco").unwrap().0;
+    let c = samples(coco_out).into_iter().find(|r| r.key == "c").unwrap();
+    assert!(c.captions.is_empty() && c.caption.is_none());
+    check_every_format(&outputs);
+}
+
+#[test]
+fn resize_reencode_and_exif_orientation() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let mut tar = Tar::default();
+    tar.add("wide.jpg", &jpeg(640, 480, 1));
+    tar.add("rotated.jpg", &with_orientation(&jpeg(320, 200, 2), 6));
+    tar.add("small.png", &png(20, 10, 3));
+    std::fs::write(corpus.join("s.tar"), tar.finish()).unwrap();
+    let spec = dir.path().join("job.toml");
+    std::fs::write(
+        &spec,
+        "[resize]\nmode = \"keep_ratio\"\nimage_size = 256\n[encode]\nformat = \"jpg\"\nquality = 90\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--config", &s(&spec)]), &Env::new());
+    let rows = samples(&out);
+    let size = |k: &str| rows.iter().find(|r| r.key == k).map(|r| (r.width, r.height, r.format.clone())).unwrap();
+    assert_eq!(size("wide"), (256, 192, "jpeg".into()));
+    assert_eq!(size("rotated"), (160, 256, "jpeg".into()), "EXIF orientation 6 turns 320x200 into 200x320");
+    assert_eq!(size("small"), (256, 128, "jpeg".into()));
+    for row in &rows {
+        let img = image::load_from_memory(row.image.bytes.as_ref().unwrap()).unwrap();
+        assert_eq!((img.width() as i32, img.height() as i32), (row.width, row.height), "{}", row.key);
+    }
+
+    // Without resizing, a rotated JPEG is stored upright; others keep their bytes.
+    let out2 = dir.path().join("out2");
+    lyrics_ok(&run_args(&s(&corpus), &s(&out2), &[]), &Env::new());
+    let rows = samples(&out2);
+    let rotated = rows.iter().find(|r| r.key == "rotated").unwrap();
+    assert_eq!((rotated.width, rotated.height), (200, 320));
+    let img = image::load_from_memory(rotated.image.bytes.as_ref().unwrap()).unwrap();
+    assert_eq!((img.width(), img.height()), (200, 320), "stored upright, without EXIF");
+    let small = rows.iter().find(|r| r.key == "small").unwrap();
+    assert_eq!(small.image.bytes.as_deref(), Some(png(20, 10, 3).as_slice()));
+}
+
+#[test]
+fn job_spec_errors_name_the_key_and_resume_refuses_another_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    webdataset(&corpus, 1, 2);
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[resize]\nmode = \"stretch\"\n").unwrap();
+    let out = dir.path().join("out");
+    let output = lyrics(&run_args(&s(&corpus), &s(&out), &["--config", &s(&bad)]), &Env::new());
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("stretch") && text.contains("keep_ratio") && text.contains("bad.toml"), "{text}");
+
+    let range = dir.path().join("range.toml");
+    std::fs::write(&range, "[encode]\nquality = 101\n").unwrap();
+    let text = stderr(&lyrics(&run_args(&s(&corpus), &s(&out), &["--config", &s(&range)]), &Env::new()));
+    assert!(text.contains("encode.quality") && text.contains("1 to 100"), "{text}");
+
+    lyrics_ok(&run_args(&s(&corpus), &s(&out), &[]), &Env::new());
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, "[encode]\nquality = 50\n").unwrap();
+    let refused = lyrics(&run_args(&s(&corpus), &s(&out), &["--config", &s(&other)]), &Env::new());
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("--force"), "{}", stderr(&refused));
+    lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--config", &s(&other), "--force"]), &Env::new());
+    assert_eq!(samples(&out).len(), 2);
+
+    let missing = lyrics(&run_args("/definitely/not/here", &s(&dir.path().join("o3")), &[]), &Env::new());
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("/definitely/not/here"), "{}", stderr(&missing));
+}
+
+#[test]
+fn plan_and_status_report_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    webdataset(&corpus, 3, 2);
+    let plan = Command::new(bin()).args(["plan", "--input", &s(&corpus)]).output().unwrap();
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.status.success() && text.contains("webdataset") && text.contains("units   3"), "{text}");
+    let out = dir.path().join("out");
+    lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--worker", "0/2"]), &Env::new());
+    let status = Command::new(bin()).args(["status", "--output", &s(&out), "--json"]).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        (json["units_done"].as_u64(), json["units_total"].as_u64(), json["rows"].as_u64()),
+        (Some(2), Some(3), Some(4))
+    );
+    assert_eq!(json["complete"], false);
+    lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--worker", "1/2"]), &Env::new());
+    let status = Command::new(bin()).args(["status", "--output", &s(&out), "--json"]).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["complete"], true);
+}
