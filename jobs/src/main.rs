@@ -2,6 +2,7 @@
 //! (`lyrics-pipeline`) to the operators (`lyrics-operators`) and does nothing else of its own.
 
 mod commands;
+mod logging;
 mod progress;
 mod spec;
 mod stages;

@@ -94,6 +94,7 @@ impl JobSpec {
         range("pipeline.batch_size", self.pipeline.batch_size, 1, 1 << 20)?;
         range("pipeline.channel_capacity", self.pipeline.channel_capacity, 1, 1 << 16)?;
         range("storage.concurrency", self.storage.concurrency, 1, 4096)?;
+        range("storage.upload_part_bytes", self.storage.upload_part_bytes, 5 << 20, 5 << 30)?;
         range("storage.request_timeout_s", self.storage.request_timeout_s, 0.001, 86_400.0)?;
         range("storage.retry_timeout_s", self.storage.retry_timeout_s, 0.0, 86_400.0)?;
         range("storage.backoff_s", self.storage.backoff_s, 0.0, 3_600.0)?;

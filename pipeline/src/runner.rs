@@ -163,7 +163,8 @@ pub async fn run(
             .map_err(|e| PipelineError::Internal(format!("cannot start a stage thread: {e}")))?;
         threads.push(thread);
     }
-    let (done, failed) = write_all(rx, &output, config.sink, &metrics).await;
+    let part_bytes = registry.options().upload_part_bytes;
+    let (done, failed) = write_all(rx, &output, config.sink, part_bytes, &metrics).await;
     reader.await.map_err(|e| PipelineError::Internal(format!("read task failed: {e}")))?;
     for thread in threads {
         thread.join().map_err(|_| PipelineError::Internal("a stage thread panicked".into()))?;
@@ -247,6 +248,7 @@ async fn write_all(
     mut rx: mpsc::Receiver<Msg>,
     output: &Location,
     sink: SinkOptions,
+    part_bytes: usize,
     metrics: &Metrics,
 ) -> (u64, Vec<(u64, String)>) {
     let mut open: Option<OpenUnit> = None;
@@ -263,7 +265,7 @@ async fn write_all(
                         if let Some(stale) = stale {
                             stale.writer.abort().await;
                         }
-                        match UnitWriter::new(output, sink, unit) {
+                        match UnitWriter::new(output, sink, part_bytes, unit) {
                             Ok(writer) => OpenUnit {
                                 unit,
                                 writer,
@@ -293,7 +295,7 @@ async fn write_all(
             Msg::UnitFailed { unit, message } => {
                 if let Some(current) = open.as_mut().filter(|c| c.unit == unit) {
                     current.failure.get_or_insert(message);
-                } else if let Ok(writer) = UnitWriter::new(output, sink, unit) {
+                } else if let Ok(writer) = UnitWriter::new(output, sink, part_bytes, unit) {
                     open = Some(OpenUnit {
                         unit,
                         writer,
@@ -307,7 +309,7 @@ async fn write_all(
             Msg::UnitEnd { unit, items, result } => {
                 let current = match open.take().filter(|c| c.unit == unit) {
                     Some(current) => Some(current),
-                    None => UnitWriter::new(output, sink, unit)
+                    None => UnitWriter::new(output, sink, part_bytes, unit)
                         .map(|writer| OpenUnit {
                             unit,
                             writer,

@@ -118,6 +118,7 @@ struct OpenShard {
 pub struct TableWriter<R: TableRow> {
     output: Location,
     options: SinkOptions,
+    part_bytes: usize,
     properties: WriterProperties,
     unit: u64,
     next_seq: u32,
@@ -130,11 +131,17 @@ pub struct TableWriter<R: TableRow> {
 const WRITE_BATCH_ROWS: usize = 64;
 
 impl<R: TableRow> TableWriter<R> {
-    pub fn new(output: Location, options: SinkOptions, unit: u64) -> Result<Self, PipelineError> {
+    pub fn new(
+        output: Location,
+        options: SinkOptions,
+        part_bytes: usize,
+        unit: u64,
+    ) -> Result<Self, PipelineError> {
         Ok(TableWriter {
             properties: properties(&options)?,
             output,
             options,
+            part_bytes,
             unit,
             next_seq: 0,
             open: None,
@@ -165,7 +172,7 @@ impl<R: TableRow> TableWriter<R> {
         let relative = shard_path(R::TABLE, self.unit, self.next_seq);
         self.next_seq += 1;
         let path = self.output.child(&relative);
-        let upload = BufWriter::with_capacity(self.output.store.clone(), path.clone(), 16 << 20);
+        let upload = BufWriter::with_capacity(self.output.store.clone(), path.clone(), self.part_bytes.max(1));
         let writer = AsyncArrowWriter::try_new(upload, R::TABLE.schema(), Some(self.properties.clone()))
             .map_err(|e| PipelineError::sink(self.output.uri_of(&path), e))?;
         self.open = Some(OpenShard { writer, path, relative, rows: 0, bytes: 0 });
@@ -229,10 +236,15 @@ pub struct UnitWriter {
 }
 
 impl UnitWriter {
-    pub fn new(output: &Location, options: SinkOptions, unit: u64) -> Result<Self, PipelineError> {
+    pub fn new(
+        output: &Location,
+        options: SinkOptions,
+        part_bytes: usize,
+        unit: u64,
+    ) -> Result<Self, PipelineError> {
         Ok(UnitWriter {
-            samples: TableWriter::new(output.clone(), options, unit)?,
-            errors: TableWriter::new(output.clone(), options, unit)?,
+            samples: TableWriter::new(output.clone(), options, part_bytes, unit)?,
+            errors: TableWriter::new(output.clone(), options, part_bytes, unit)?,
         })
     }
 

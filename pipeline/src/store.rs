@@ -34,6 +34,8 @@ pub struct StorageOptions {
     pub request_timeout_s: f64,
     /// Concurrent GETs when items are separate objects (manifests, loose files).
     pub concurrency: usize,
+    /// Part size of multipart uploads, in bytes (S3 needs at least 5 MiB); smaller shards go up in one PUT.
+    pub upload_part_bytes: usize,
 }
 
 impl Default for StorageOptions {
@@ -44,6 +46,7 @@ impl Default for StorageOptions {
             backoff_s: 0.1,
             request_timeout_s: 60.0,
             concurrency: 16,
+            upload_part_bytes: 16 << 20,
         }
     }
 }
@@ -248,8 +251,30 @@ pub fn redact(uri: &str) -> String {
     }
 }
 
-/// `text` with the values of well-known secret parameters masked (SAS `sig`, presigned S3 signatures, tokens).
+/// `text` with the user info of any URL in it and the values of well-known secret parameters (SAS `sig`,
+/// presigned S3 signatures, tokens) masked.
 pub fn redact_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail.find(['/', ' ', '"', '\'', '?', '#', '\n', ')', '>']).unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(user_end) => {
+                out.push_str("REDACTED@");
+                out.push_str(&authority[user_end + 1..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    redact_parameters(&out)
+}
+
+fn redact_parameters(text: &str) -> String {
     const KEYS: [&str; 7] = [
         "sig=",
         "Signature=",
@@ -299,6 +324,8 @@ mod tests {
         assert!(!r.contains("hunter2") && !r.contains("abcdef"), "{r}");
         let r = redact_secrets("GET https://a.blob/x?sp=r&sig=SECRETSIG&se=1 failed");
         assert!(!r.contains("SECRETSIG") && r.contains("se=1"), "{r}");
+        let r = redact_secrets("error sending request for url (https://user:hunter2@host:9/x.tar)");
+        assert_eq!(r, "error sending request for url (https://REDACTED@host:9/x.tar)");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! Every server a test starts is stopped when its handle drops.
 #![allow(dead_code)]
 
+pub mod formats;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -118,7 +120,6 @@ pub fn s3_env(port: u16) -> Env {
 /// Azure blob storage (azurite) on 127.0.0.1.
 pub fn azurite() -> Server {
     let port = free_port();
-    let dir = tempfile::tempdir().expect("tempdir").keep();
     let args: Vec<String> = [
         "--blobHost",
         "127.0.0.1",
@@ -128,8 +129,6 @@ pub fn azurite() -> Server {
         "--skipApiVersionCheck",
         "--disableTelemetry",
         "--silent",
-        "--location",
-        &dir.to_string_lossy(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -145,6 +144,10 @@ pub fn azure_env(port: u16) -> Env {
         ("AZURITE_BLOB_STORAGE_URL".into(), format!("http://127.0.0.1:{port}")),
     ]
 }
+
+/// The well-known key of azurite's development account.
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 pub fn create_container(port: u16, container: &str) {
     let script = format!(
@@ -265,13 +268,12 @@ pub fn store(uri: &str, env: &Env) -> (Arc<dyn ObjectStore>, StorePath) {
         (Arc::new(store), StorePath::from(path))
     } else if let Some(rest) = uri.strip_prefix("az://") {
         let (container, path) = rest.split_once('/').unwrap_or((rest, ""));
+        // The emulator switch reads its address from the process environment: name everything explicitly instead.
         let store = object_store::azure::MicrosoftAzureBuilder::new()
             .with_container_name(container)
-            .with_use_emulator(true)
-            .with_config(
-                object_store::azure::AzureConfigKey::Endpoint,
-                format!("{}/devstoreaccount1", get("AZURITE_BLOB_STORAGE_URL").expect("azurite url")),
-            )
+            .with_account("devstoreaccount1")
+            .with_access_key(AZURITE_KEY)
+            .with_endpoint(format!("{}/devstoreaccount1", get("AZURITE_BLOB_STORAGE_URL").expect("azurite url")))
             .with_allow_http(true)
             .build()
             .expect("azure store");
@@ -487,15 +489,22 @@ pub fn errors(dir: &Path) -> Vec<ErrorRow> {
     batches(dir, "errors").iter().flat_map(|b| ErrorRow::from_batch(b).expect("errors")).collect()
 }
 
-/// Every shard's bytes, by path relative to the output.
-pub fn shards(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+/// Every shard's SHA-256, by path relative to the output.
+pub fn shards(dir: &Path) -> BTreeMap<String, String> {
+    use sha2::Digest;
     walk(dir)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .map(|p| {
-            (p.strip_prefix(dir).expect("under").to_string_lossy().into_owned(), std::fs::read(&p).expect("read"))
+            let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&p).expect("read")));
+            (p.strip_prefix(dir).expect("under").to_string_lossy().into_owned(), digest)
         })
         .collect()
+}
+
+/// The samples with their `source` (which names the store) left out: what must not depend on the store.
+pub fn store_independent(dir: &Path) -> Vec<SampleRow> {
+    samples(dir).into_iter().map(|r| SampleRow { source: String::new(), ..r }).collect()
 }
 
 pub fn manifest(dir: &Path) -> serde_json::Value {

@@ -65,13 +65,5 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 }
 
 fn init_logging(mode: ProgressMode) {
-    let default = if mode == ProgressMode::Bar { "warn" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LYRICS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+    crate::logging::init(if mode == ProgressMode::Bar { "warn" } else { "info" });
 }
