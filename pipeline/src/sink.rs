@@ -196,10 +196,9 @@ impl<R: TableRow> TableWriter<R> {
         self.write_pending().await?;
         let Some(mut shard) = self.open.take() else { return Ok(()) };
         let uri = self.output.uri_of(&shard.path);
-        if let Err(e) = shard.writer.finish().await {
-            let _ = shard.writer.into_inner().abort().await;
-            return Err(PipelineError::sink(uri, e));
-        }
+        // A failed finish leaves the upload shut down: nothing to abort (object_store refuses), and an incomplete
+        // multipart upload is invisible until a bucket lifecycle rule removes it.
+        shard.writer.finish().await.map_err(|e| PipelineError::sink(uri, e))?;
         self.finished.push(ShardInfo {
             path: shard.relative,
             table: R::TABLE.name().to_string(),
