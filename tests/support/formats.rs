@@ -35,8 +35,7 @@ pub fn corpora_of_every_format(
             "{{\"image\": \"images/a.jpg\", \"caption\": \"caption a\"}}\n\
              {{\"url\": \"images/b.jpg\", \"caption\": [\"caption b\", \"second b\"], \"license\": \"cc0\"}}\n\
              \n\
-             {{\"path\": \"{}\", \"text\": \"caption c\", \"key\": \"custom-c\"}}\n",
-            format!("{absolute_root}/images/c.jpg")
+             {{\"path\": \"{absolute_root}/images/c.jpg\", \"text\": \"caption c\", \"key\": \"custom-c\"}}\n"
         ),
     )
     .unwrap();

@@ -9,7 +9,6 @@
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage, metadata::Orientation};
-use sha2::{Digest, Sha256};
 
 use super::ImageError;
 use super::encode::{EncodeFormat, EncodeSpec, encode};
@@ -108,7 +107,7 @@ impl ImageOperator {
         {
             return Err(ImageError::Truncated(why.to_string()));
         }
-        let sha256 = hex::encode(Sha256::digest(&data));
+        let sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, &data));
 
         let mut reader = ImageReader::with_format(Cursor::new(data.as_slice()), format);
         let mut limits = Limits::default();
@@ -125,7 +124,14 @@ impl ImageOperator {
             return Err(ImageError::Bomb { width, height, pixels, limit: self.limits.max_pixels });
         }
         let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-        let mut decoded = DynamicImage::from_decoder(decoder).map_err(ImageError::from_image)?;
+        let fast = if name == ImageFormatName::Jpeg { fast_jpeg(&data, width, height) } else { None };
+        let mut decoded = match fast {
+            Some(rgb) => {
+                drop(decoder);
+                DynamicImage::ImageRgb8(rgb)
+            }
+            None => DynamicImage::from_decoder(decoder).map_err(ImageError::from_image)?,
+        };
         let rotated = orientation != Orientation::NoTransforms;
         if rotated {
             decoded.apply_orientation(orientation);
@@ -161,6 +167,41 @@ impl ImageOperator {
         let pixels = self.keep_pixels.then_some(rgb);
         Ok(DecodedImage { bytes, format, width, height, sha256, reencoded, pixels })
     }
+}
+
+/// JPEG pixels through the system's libjpeg-turbo, or `None` to take the `image` crate's path (which also says
+/// precisely why a file cannot be decoded).
+#[cfg(feature = "turbojpeg")]
+fn fast_jpeg(data: &[u8], width: u32, height: u32) -> Option<RgbImage> {
+    use std::cell::RefCell;
+    thread_local! {
+        static DECOMPRESSOR: RefCell<Option<turbojpeg::Decompressor>> = const { RefCell::new(None) };
+    }
+    let (w, h) = (width as usize, height as usize);
+    let mut pixels = vec![0u8; w * h * 3];
+    let image = turbojpeg::Image {
+        pixels: pixels.as_mut_slice(),
+        width: w,
+        pitch: w * 3,
+        height: h,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    let ok = DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = turbojpeg::Decompressor::new().ok();
+        }
+        let decompressor = slot.as_mut()?;
+        let header = decompressor.read_header(data).ok()?;
+        (header.width == w && header.height == h).then_some(())?;
+        decompressor.decompress(data, image).ok()
+    });
+    ok.and_then(|()| RgbImage::from_raw(width, height, pixels))
+}
+
+#[cfg(not(feature = "turbojpeg"))]
+fn fast_jpeg(_data: &[u8], _width: u32, _height: u32) -> Option<RgbImage> {
+    None
 }
 
 /// RGB pixels of any decoded image; transparency is composited over white, as a viewer shows it.

@@ -1,5 +1,6 @@
-//! Encoding stored images: JPEG with the SIMD `jpeg-encoder` (4:2:0 chroma, as Pillow writes by default), PNG and
-//! lossless WebP with the `image` crate's encoders.
+//! Encoding stored images: JPEG with 4:2:0 chroma (as Pillow writes by default) through the SIMD `jpeg-encoder`, or
+//! the system's libjpeg-turbo with the `turbojpeg` feature (about three times faster); PNG and lossless WebP with
+//! the `image` crate's encoders.
 
 use image::{ExtendedColorType, ImageEncoder, RgbImage};
 use serde::{Deserialize, Serialize};
@@ -51,14 +52,10 @@ pub(crate) fn encode(image: &RgbImage, format: EncodeFormat, quality: u8) -> Res
     let fail = |message: String| ImageError::Encode { format: name, message };
     match format {
         EncodeFormat::Jpg => {
-            let (Ok(w16), Ok(h16)) = (u16::try_from(w), u16::try_from(h)) else {
+            if w > 65_535 || h > 65_535 {
                 return Err(fail(format!("{w}x{h} exceeds JPEG's 65535 pixel side")));
-            };
-            let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
-            encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
-            encoder
-                .encode(image.as_raw(), w16, h16, jpeg_encoder::ColorType::Rgb)
-                .map_err(|e| fail(e.to_string()))?;
+            }
+            out = encode_jpeg(image, quality.clamp(1, 100)).map_err(fail)?;
         }
         EncodeFormat::Png => {
             image::codecs::png::PngEncoder::new(&mut out)
@@ -72,4 +69,40 @@ pub(crate) fn encode(image: &RgbImage, format: EncodeFormat, quality: u8) -> Res
         }
     }
     Ok(out)
+}
+
+#[cfg(not(feature = "turbojpeg"))]
+fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, String> {
+    let (w, h) = image.dimensions();
+    let mut out = Vec::with_capacity((w as usize * h as usize) / 4 + 1024);
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
+    encoder.encode(image.as_raw(), w as u16, h as u16, jpeg_encoder::ColorType::Rgb).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+#[cfg(feature = "turbojpeg")]
+fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, String> {
+    use std::cell::RefCell;
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<turbojpeg::Compressor>> = const { RefCell::new(None) };
+    }
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let pixels = turbojpeg::Image {
+        pixels: image.as_raw().as_slice(),
+        width: w,
+        pitch: w * 3,
+        height: h,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(turbojpeg::Compressor::new().map_err(|e| e.to_string())?);
+        }
+        let compressor = slot.as_mut().ok_or("no compressor")?;
+        compressor.set_quality(i32::from(quality));
+        compressor.set_subsamp(turbojpeg::Subsamp::Sub2x2);
+        compressor.compress_to_vec(pixels).map_err(|e| e.to_string())
+    })
 }
