@@ -276,8 +276,7 @@ def lyrics_check(out: Path, n: int) -> tuple[str, str]:
     return desc, f"{samples} rows (manifest)"
 
 
-def bench_lyrics(args, work: Path, cfg: Path, n: int) -> dict:
-    binary = args.binary
+def bench_lyrics(args, work: Path, cfg: Path, n: int, binary: Path) -> dict:
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         raise Unavailable(f"no binary at {binary} (cargo build --release)")
     times, desc, note = [], "?", ""
@@ -538,6 +537,7 @@ def peak_rss_kib(cmd: list[str]) -> tuple[int, float, str]:
 
 
 def bench_rss(args, work: Path, cfg: Path, n: int) -> list[str]:
+    args.binary = args.binaries[0][1]
     if not (args.binary.is_file() and os.access(args.binary, os.X_OK)):
         return [f"- Peak RSS of lyrics-prep: unavailable: no binary at {args.binary}"]
     results = []
@@ -616,7 +616,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000, help="corpus size (default 2000)")
     ap.add_argument("--runs", type=int, default=3, help="runs per tool; the median is reported (default 3)")
-    ap.add_argument("--binary", type=Path, default=Path("target/release/lyrics-prep"))
+    ap.add_argument(
+        "--binary",
+        action="append",
+        help="lyrics-prep binary to measure, as PATH or LABEL=PATH; repeat to compare builds side by side "
+        "(default target/release/lyrics-prep); the first one is used for the RSS runs",
+    )
     ap.add_argument("--work", type=Path, default=Path("bench-data"), help="corpus, venv, outputs, results.md")
     ap.add_argument(
         "--rss-sizes",
@@ -633,7 +638,10 @@ def main() -> int:
         ap.error("--images and --runs must be at least 1")
     args.rss_sizes = [int(x) for x in args.rss_sizes.split(",") if x.strip()]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    args.binary = args.binary.resolve()
+    args.binaries = []
+    for spec in args.binary or ["target/release/lyrics-prep"]:
+        label, _, path = spec.rpartition("=")
+        args.binaries.append((f"lyrics-prep ({label})" if label else "lyrics-prep", Path(path).resolve()))
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     n = args.images
@@ -659,7 +667,8 @@ def main() -> int:
                 rows.append((name, f"unavailable: {type(e).__name__}: {e}"))
 
         if "lyrics-prep" not in skip:
-            measure("lyrics-prep", bench_lyrics, args, work, cfg, n)
+            for label, binary in args.binaries:
+                measure(label, bench_lyrics, args, work, cfg, n, binary)
         if "pillow" not in skip:
             measure("Pillow, 1 process", bench_pillow, args, work, n, 1)
             measure("Pillow, 2 processes", bench_pillow, args, work, n, 2)
@@ -708,8 +717,8 @@ def main() -> int:
             continue
         rates = [n / t for t in res["times"]]
         med = statistics.median(rates)
-        if name == "lyrics-prep":
-            lyrics_rate = med
+        if name.startswith("lyrics-prep"):
+            lyrics_rate = max(lyrics_rate or 0.0, med)
         out.append(
             f"| {name} | **{fmt_rate(med)}** | {fmt_rate(min(rates))} | {fmt_rate(max(rates))} | "
             f"{res['quality']} | {res['notes'].replace('|', '/')} |"

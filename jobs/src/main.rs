@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
 use lyrics_pipeline::InputFormat;
 
 #[derive(Debug, Parser)]
@@ -101,7 +102,22 @@ fn parse_format(text: &str) -> Result<InputFormat, String> {
     })
 }
 
+/// Keeps peak memory independent of corpus size under glibc. Buffers here are allocated on one thread and freed on
+/// another (decode threads, I/O threads, the writer moving between runtime workers), and glibc's per-thread arenas
+/// plus its self-raising mmap threshold let that fragment the heap: peak RSS grew 3.4x from 1,000 to 10,000 images.
+/// One arena, and a fixed 1 MiB mmap threshold (so row groups and upload buffers go back to the system when freed),
+/// keep it flat (+2%) for about 6% of throughput; the per-image buffers stay below the threshold.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it runs before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),

@@ -1,0 +1,7 @@
+//! Boxes and masks: coordinate conversions, IoU and non-maximum suppression, and COCO run-length encoding.
+
+mod boxes;
+mod rle;
+
+pub use boxes::{BoxXyxy, cxcywh_to_xyxy, iou, nms};
+pub use rle::{Rle, RleError};
