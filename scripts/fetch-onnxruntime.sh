@@ -26,7 +26,8 @@ os.makedirs(dest, exist_ok=True)
 with zipfile.ZipFile(wheel) as z:
     # Keep the wheel's capi/ folder whole: execution providers are looked up beside the library.
     for name in z.namelist():
-        if name.startswith("onnxruntime/capi/") and ".so" in name:
+        base = os.path.basename(name)
+        if name.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime") and ".so" in base:
             target = os.path.join(dest, os.path.basename(name))
             with z.open(name) as src, open(target, "wb") as out:
                 shutil.copyfileobj(src, out)

@@ -3,6 +3,7 @@
 
 mod commands;
 mod logging;
+mod models;
 mod progress;
 mod spec;
 mod stages;
@@ -34,6 +35,30 @@ enum Command {
     Plan(PlanArgs),
     /// Print the progress of a job from its output: units done, rows, errors.
     Status(StatusArgs),
+    /// Fetch, list or verify the files of a models file (cached with SHA-256 checks).
+    Models(ModelsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    action: ModelsAction,
+    /// The models file (path or URI).
+    #[arg(long, global = true, default_value = "examples/models/fixtures.toml")]
+    models: String,
+    /// Cache folder for downloaded files (default: LYRICS_CACHE, else ~/.cache/lyrics-prep/models).
+    #[arg(long, global = true)]
+    cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// Download every file the cache lacks and check its SHA-256.
+    Pull,
+    /// List the files, their sources and whether they are local or cached.
+    List,
+    /// Recompute the SHA-256 of every file and compare with the expected one.
+    Verify,
 }
 
 /// The job's input and spec, shared by `run` and `plan`.
@@ -69,6 +94,12 @@ pub struct RunArgs {
     /// Decode threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run the visual refiner with this models file (path or URI), e.g. examples/models/fixtures.toml.
+    #[arg(long)]
+    models: Option<String>,
+    /// Device of the refiner's sessions: cpu or cuda:N. CUDA that cannot be used is an error, never a CPU fallback.
+    #[arg(long)]
+    device: Option<String>,
     /// Progress display: a bar on a terminal, periodic log lines otherwise.
     #[arg(long, value_enum, default_value = "auto")]
     progress: progress::ProgressMode,
@@ -123,6 +154,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Plan(args) => commands::plan::plan(args),
         Command::Status(args) => commands::status::status(args),
+        Command::Models(args) => models::command(&args.action, &args.models, args.cache.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -20,6 +20,29 @@ pub struct JobSpec {
     pub encode: EncodeSpec,
     pub storage: StorageOptions,
     pub pipeline: PipelineSection,
+    pub refine: RefineSection,
+}
+
+/// `[refine]`: the visual refiner. Runs when `models` (or `--models`) names a models file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefineSection {
+    /// The models file (path or URI); see `examples/models/fixtures.toml`.
+    pub models: Option<String>,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Intra-op threads of each session; 0 lets ONNX Runtime choose.
+    pub threads: usize,
+    /// Images per micro-batch through the refiner (also the pipeline batch when refining).
+    pub batch_size: usize,
+    /// Where downloaded model files are cached (default: LYRICS_CACHE, else ~/.cache/lyrics-prep/models).
+    pub cache: Option<String>,
+}
+
+impl Default for RefineSection {
+    fn default() -> Self {
+        RefineSection { models: None, device: "cpu".into(), threads: 0, batch_size: 4, cache: None }
+    }
 }
 
 /// `[input]`: where to read and how to find images, captions and keys.
@@ -98,12 +121,20 @@ impl JobSpec {
         range("storage.request_timeout_s", self.storage.request_timeout_s, 0.001, 86_400.0)?;
         range("storage.retry_timeout_s", self.storage.retry_timeout_s, 0.0, 86_400.0)?;
         range("storage.backoff_s", self.storage.backoff_s, 0.0, 3_600.0)?;
+        range("refine.batch_size", self.refine.batch_size, 1, 4096)?;
+        lyrics_operators::models::Device::parse(&self.refine.device)
+            .map_err(|e| anyhow::anyhow!("refine.device: {e}"))?;
         Ok(())
     }
 
     /// Digest of everything that shapes the output: input, format, source options, decoding, resizing, encoding,
     /// shard layout. Storage and pipeline settings change speed only, so a rerun may change them freely.
     pub fn hash(&self) -> String {
+        self.hash_with("")
+    }
+
+    /// [`JobSpec::hash`] with `refiner` (the description of the loaded models, checksums included) mixed in.
+    pub fn hash_with(&self, refiner: &str) -> String {
         #[derive(Serialize)]
         struct Shaping<'a> {
             input: &'a InputSection,
@@ -111,6 +142,7 @@ impl JobSpec {
             decode: &'a DecodeLimits,
             resize: &'a ResizeSpec,
             encode: &'a EncodeSpec,
+            refiner: &'a str,
         }
         let shaping = Shaping {
             input: &self.input,
@@ -118,6 +150,7 @@ impl JobSpec {
             decode: &self.decode,
             resize: &self.resize,
             encode: &self.encode,
+            refiner,
         };
         let json = serde_json::to_vec(&shaping).unwrap_or_default();
         hex::encode(Sha256::digest(json))

@@ -4,8 +4,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use lyrics_operators::image::ImageOperator;
-use lyrics_pipeline::{ItemError, RawItem, Record, Sample, Stage};
-use lyrics_schemas::{ImageRef, SampleRow};
+use lyrics_operators::models::{
+    Inferred, ModelError, ModelsConfig, Prepared, RefinedObject, Refiner, finish, prepare,
+};
+use lyrics_pipeline::{ItemError, Metrics, RawItem, Record, Sample, Stage};
+use lyrics_schemas::{ImageRef, MaskRow, ObjectRow, SampleRow, TagRow};
 use rayon::prelude::*;
 
 /// Decodes, validates, orients and resizes every raw item of a batch in parallel on a rayon pool.
@@ -50,8 +53,9 @@ fn decode(operator: &ImageOperator, record: Record) -> Record {
                 format: image.format.as_str().to_string(),
                 sha256: image.sha256,
                 meta,
+                ..SampleRow::default()
             },
-            state: image.pixels.map(|p| Box::new(p) as Box<dyn std::any::Any + Send>),
+            state: image.pixels.map(|p| Box::new(Pixels(p)) as Box<dyn std::any::Any + Send>),
         })),
         Ok(Err(e)) => {
             Record::error(&key, &source, ItemError::new("decode", e.kind(), format!("image {named}: {e}")))
@@ -61,5 +65,189 @@ fn decode(operator: &ImageOperator, record: Record) -> Record {
             &source,
             ItemError::new("decode", "decoder_panic", format!("image {named}: the decoder crashed")),
         ),
+    }
+}
+
+/// The decoded pixels a sample carries from the decode stage to the refiner.
+pub struct Pixels(pub image::RgbImage);
+
+/// A sample between the refiner's stages.
+enum RefineState {
+    Prepared(image::RgbImage, Prepared),
+    Inferred(Inferred),
+}
+
+fn take_state<T: 'static>(sample: &mut Sample) -> Option<T> {
+    let state = sample.state.take()?;
+    match state.downcast::<T>() {
+        Ok(t) => Some(*t),
+        Err(other) => {
+            sample.state = Some(other);
+            None
+        }
+    }
+}
+
+fn refine_error(sample: &Sample, error: &ModelError) -> Record {
+    Record::error(
+        &sample.row.key,
+        &sample.row.source,
+        ItemError::new(
+            "refine",
+            error.kind(),
+            format!("image {}: {error}", sample.row.image.path.as_deref().unwrap_or(&sample.row.key)),
+        ),
+    )
+}
+
+/// Computes every model input that depends on the image alone, in parallel: resizing and normalization are off
+/// the inference thread, so they overlap inference of the previous micro-batch.
+pub struct RefinePrepareStage {
+    config: Arc<ModelsConfig>,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl RefinePrepareStage {
+    pub fn new(config: Arc<ModelsConfig>, pool: Arc<rayon::ThreadPool>) -> Self {
+        RefinePrepareStage { config, pool }
+    }
+}
+
+impl Stage for RefinePrepareStage {
+    fn name(&self) -> &str {
+        "refine.prepare"
+    }
+
+    fn process(&mut self, batch: Vec<Record>) -> Vec<Record> {
+        let config = &self.config;
+        self.pool.install(|| {
+            batch
+                .into_par_iter()
+                .map(|record| {
+                    let Record::Sample(mut sample) = record else { return record };
+                    let Some(Pixels(pixels)) = take_state::<Pixels>(&mut sample) else {
+                        let error = ModelError::Preprocess("no decoded pixels reached the refiner".into());
+                        return refine_error(&sample, &error);
+                    };
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| prepare(config, &pixels))) {
+                        Ok(Ok(prepared)) => {
+                            sample.state = Some(Box::new(RefineState::Prepared(pixels, prepared)));
+                            Record::Sample(sample)
+                        }
+                        Ok(Err(e)) => refine_error(&sample, &e),
+                        Err(_) => refine_error(&sample, &ModelError::Preprocess("preprocessing crashed".into())),
+                    }
+                })
+                .collect()
+        })
+    }
+}
+
+/// Runs the sessions on each micro-batch, on the stage's own thread, which owns them.
+pub struct RefineInferStage {
+    refiner: Refiner,
+    metrics: Arc<Metrics>,
+}
+
+impl RefineInferStage {
+    pub fn new(refiner: Refiner, metrics: Arc<Metrics>) -> Self {
+        RefineInferStage { refiner, metrics }
+    }
+}
+
+impl Stage for RefineInferStage {
+    fn name(&self) -> &str {
+        "refine.infer"
+    }
+
+    fn process(&mut self, mut batch: Vec<Record>) -> Vec<Record> {
+        let mut inputs = Vec::new();
+        let mut slots = Vec::new();
+        for (i, record) in batch.iter_mut().enumerate() {
+            if let Record::Sample(sample) = record
+                && let Some(RefineState::Prepared(pixels, prepared)) = take_state::<RefineState>(sample)
+            {
+                inputs.push((pixels, prepared));
+                slots.push(i);
+            }
+        }
+        let (before, _) = self.refiner.session_time();
+        let results = {
+            let refs: Vec<(&image::RgbImage, Prepared)> =
+                inputs.iter_mut().map(|(p, prep)| (&*p, std::mem::take(prep))).collect();
+            self.refiner.infer(refs)
+        };
+        let (after, _) = self.refiner.session_time();
+        self.metrics.add_busy("refine.session_run", after.saturating_sub(before));
+        for (slot, result) in slots.into_iter().zip(results) {
+            let Record::Sample(sample) = &mut batch[slot] else { continue };
+            match result {
+                Ok(inferred) => sample.state = Some(Box::new(RefineState::Inferred(inferred))),
+                Err(e) => {
+                    let error = refine_error(sample, &e);
+                    batch[slot] = error;
+                }
+            }
+        }
+        batch
+    }
+}
+
+/// Encodes masks and fills the refined columns, in parallel.
+pub struct RefineFinishStage {
+    description: Arc<str>,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl RefineFinishStage {
+    pub fn new(description: Arc<str>, pool: Arc<rayon::ThreadPool>) -> Self {
+        RefineFinishStage { description, pool }
+    }
+}
+
+impl Stage for RefineFinishStage {
+    fn name(&self) -> &str {
+        "refine.finish"
+    }
+
+    fn process(&mut self, batch: Vec<Record>) -> Vec<Record> {
+        let description = &self.description;
+        self.pool.install(|| {
+            batch
+                .into_par_iter()
+                .map(|record| {
+                    let Record::Sample(mut sample) = record else { return record };
+                    let Some(RefineState::Inferred(inferred)) = take_state::<RefineState>(&mut sample) else {
+                        return refine_error(
+                            &sample,
+                            &ModelError::Postprocess("the refiner produced nothing for this image".into()),
+                        );
+                    };
+                    match finish(inferred) {
+                        Ok(refined) => {
+                            sample.row.tags = Some(
+                                refined.tags.into_iter().map(|t| TagRow { tag: t.tag, score: t.score }).collect(),
+                            );
+                            sample.row.objects = Some(refined.objects.into_iter().map(object_row).collect());
+                            sample.row.refiner = Some(description.to_string());
+                            Record::Sample(sample)
+                        }
+                        Err(e) => refine_error(&sample, &e),
+                    }
+                })
+                .collect()
+        })
+    }
+}
+
+fn object_row(o: RefinedObject) -> ObjectRow {
+    ObjectRow {
+        label: o.label,
+        phrase: o.phrase,
+        score: o.score,
+        bbox: o.bbox,
+        mask: o.mask.map(|m| MaskRow { size: [m.size[0] as i32, m.size[1] as i32], counts: m.counts }),
+        mask_area: o.mask_area.map(|a| a as i64),
+        mask_score: o.mask_score,
     }
 }

@@ -79,6 +79,11 @@ pub struct Location {
 }
 
 impl Location {
+    /// A location in `store`, whose URIs print under `base` (`s3://bucket`, `https://host`).
+    pub fn new(store: Arc<dyn ObjectStore>, path: Path, base: Url) -> Location {
+        Location { store, path, base }
+    }
+
     /// The URI of `path` in this location's store.
     pub fn uri_of(&self, path: &Path) -> String {
         let base = self.base.as_str().trim_end_matches('/');

@@ -8,10 +8,12 @@
 
 mod error;
 mod features;
+mod refined;
 mod rows;
 
 pub use error::SchemaError;
 pub use features::huggingface_features;
+pub use refined::{MaskRow, ObjectRow, TagRow, object_fields, tag_fields};
 pub use rows::{ErrorRow, ImageRef, SampleRow};
 
 use std::collections::HashMap;
@@ -49,6 +51,19 @@ pub mod col {
     pub const ERROR: &str = "error";
     /// Name of the child field of list columns, as pyarrow writes it.
     pub const LIST_ITEM: &str = "item";
+    pub const TAGS: &str = "tags";
+    pub const TAG: &str = "tag";
+    pub const SCORE: &str = "score";
+    pub const OBJECTS: &str = "objects";
+    pub const LABEL: &str = "label";
+    pub const PHRASE: &str = "phrase";
+    pub const BOX: &str = "box";
+    pub const MASK: &str = "mask";
+    pub const MASK_SIZE: &str = "size";
+    pub const MASK_COUNTS: &str = "counts";
+    pub const MASK_AREA: &str = "mask_area";
+    pub const MASK_SCORE: &str = "mask_score";
+    pub const REFINER: &str = "refiner";
 }
 
 /// The tables a job writes, each under `<output>/<name>/`.
@@ -121,6 +136,17 @@ pub fn sample_schema() -> SchemaRef {
             Field::new(col::FORMAT, DataType::Utf8, false),
             Field::new(col::SHA256, DataType::Utf8, false),
             Field::new(col::META, DataType::Utf8, true),
+            Field::new(
+                col::TAGS,
+                DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Struct(tag_fields()), true))),
+                true,
+            ),
+            Field::new(
+                col::OBJECTS,
+                DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Struct(object_fields()), true))),
+                true,
+            ),
+            Field::new(col::REFINER, DataType::Utf8, true),
         ],
     )
 }

@@ -8,7 +8,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Int32Type};
 
-use crate::{SchemaError, col, error_schema, image_fields, sample_schema};
+use crate::refined::{objects_array, objects_from, tags_array, tags_from};
+use crate::{ObjectRow, SchemaError, TagRow, col, error_schema, image_fields, sample_schema};
 
 /// An image as stored: its encoded bytes, and the path it came from (the Hugging Face `datasets` Image struct).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -18,7 +19,7 @@ pub struct ImageRef {
 }
 
 /// One accepted input item.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SampleRow {
     /// Stable key, unique within the corpus (the WebDataset `__key__`, a manifest key, a file stem...).
     pub key: String,
@@ -38,6 +39,10 @@ pub struct SampleRow {
     pub sha256: String,
     /// Item metadata as JSON text (the WebDataset `.json` member, extra manifest columns).
     pub meta: Option<String>,
+    /// The refiner's tags, objects and description; `None` when the job ran no models.
+    pub tags: Option<Vec<TagRow>>,
+    pub objects: Option<Vec<ObjectRow>>,
+    pub refiner: Option<String>,
 }
 
 /// One rejected input item: which item, which stage rejected it, and why.
@@ -65,6 +70,13 @@ impl SampleRow {
             + self.meta.as_ref().map_or(0, String::len)
             + self.format.len()
             + self.sha256.len()
+            + self.refiner.as_ref().map_or(0, String::len)
+            + self.tags.as_ref().map_or(0, |t| t.iter().map(|t| t.tag.len() + 4).sum())
+            + self.objects.as_ref().map_or(0, |o| {
+                o.iter()
+                    .map(|o| o.label.len() + o.phrase.len() + o.mask.as_ref().map_or(0, |m| m.counts.len()) + 40)
+                    .sum()
+            })
             + 8
     }
 
@@ -87,6 +99,9 @@ impl SampleRow {
         let format = StringArray::from_iter_values(rows.iter().map(|r| &r.format));
         let sha = StringArray::from_iter_values(rows.iter().map(|r| &r.sha256));
         let meta: StringArray = rows.iter().map(|r| r.meta.as_deref()).collect();
+        let tags: Vec<Option<&Vec<TagRow>>> = rows.iter().map(|r| r.tags.as_ref()).collect();
+        let objects: Vec<Option<&Vec<ObjectRow>>> = rows.iter().map(|r| r.objects.as_ref()).collect();
+        let refiner: StringArray = rows.iter().map(|r| r.refiner.as_deref()).collect();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(key),
             Arc::new(source),
@@ -98,6 +113,9 @@ impl SampleRow {
             Arc::new(format),
             Arc::new(sha),
             Arc::new(meta),
+            tags_array(&tags),
+            objects_array(&objects),
+            Arc::new(refiner),
         ];
         Ok(RecordBatch::try_new(sample_schema(), columns)?)
     }
@@ -120,6 +138,15 @@ impl SampleRow {
         let format = strings(batch, col::FORMAT)?;
         let sha = strings(batch, col::SHA256)?;
         let meta = strings(batch, col::META)?;
+        let n = batch.num_rows();
+        // Files written without the refiner's columns read as unrefined.
+        let tags = batch.column_by_name(col::TAGS).map(tags_from).transpose()?.unwrap_or_else(|| vec![None; n]);
+        let objects =
+            batch.column_by_name(col::OBJECTS).map(objects_from).transpose()?.unwrap_or_else(|| vec![None; n]);
+        let refiner = match batch.column_by_name(col::REFINER) {
+            Some(_) => strings(batch, col::REFINER)?,
+            None => vec![None; n],
+        };
         let mut rows = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
             let caps = if captions.is_null(i) {
@@ -142,6 +169,9 @@ impl SampleRow {
                 format: format[i].clone().unwrap_or_default(),
                 sha256: sha[i].clone().unwrap_or_default(),
                 meta: meta[i].clone(),
+                tags: tags[i].clone(),
+                objects: objects[i].clone(),
+                refiner: refiner[i].clone(),
             });
         }
         Ok(rows)
@@ -235,6 +265,7 @@ fn ints(batch: &RecordBatch, name: &str) -> Result<Vec<i32>, SchemaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MaskRow;
 
     fn sample(i: usize) -> SampleRow {
         SampleRow {
@@ -248,6 +279,22 @@ mod tests {
             format: "jpeg".into(),
             sha256: "ab".repeat(32),
             meta: Some("{\"a\":1}".into()),
+            tags: (!i.is_multiple_of(3))
+                .then(|| vec![TagRow { tag: "dog".into(), score: 0.9 }, TagRow { tag: "red".into(), score: 0.7 }]),
+            objects: (!i.is_multiple_of(3)).then(|| {
+                (0..i)
+                    .map(|j| ObjectRow {
+                        label: "dog".into(),
+                        phrase: "dog".into(),
+                        score: 0.5 + j as f32 / 100.0,
+                        bbox: [0.1, 0.2, 0.3 + j as f32 / 100.0, 0.9],
+                        mask: j.is_multiple_of(2).then(|| MaskRow { size: [48, 64], counts: "PT3".into() }),
+                        mask_area: j.is_multiple_of(2).then_some(12),
+                        mask_score: j.is_multiple_of(2).then_some(0.8),
+                    })
+                    .collect()
+            }),
+            refiner: (!i.is_multiple_of(3)).then(|| "{}".to_string()),
         }
     }
 

@@ -11,7 +11,7 @@ use lyrics_pipeline::{Metrics, RunConfig, Stage, Worker};
 use super::{input_of, load_spec, registry, runtime};
 use crate::RunArgs;
 use crate::progress::{ProgressMode, Reporter, summary};
-use crate::stages::DecodeStage;
+use crate::stages::{DecodeStage, RefineFinishStage, RefineInferStage, RefinePrepareStage};
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let mode = args.progress.resolved();
@@ -22,6 +22,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     if let Some(threads) = args.threads {
         spec.pipeline.threads = threads;
+    }
+    if let Some(models) = &args.models {
+        spec.refine.models = Some(models.clone());
+    }
+    if let Some(device) = &args.device {
+        spec.refine.device = device.clone();
     }
     spec.validate()?;
     let input = input_of(&spec)?;
@@ -37,9 +43,27 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .thread_name(|i| format!("decode-{i}"))
         .build()
         .context("cannot start the decode threads")?;
+    let pool = Arc::new(pool);
+    let metrics = Arc::new(Metrics::default());
+    let registry = registry(&spec);
+    let runtime = runtime()?;
+    let refining = spec.refine.models.is_some();
     let operator =
-        ImageOperator { limits: spec.decode, resize: spec.resize, encode: spec.encode, keep_pixels: false };
-    let stages: Vec<Box<dyn Stage>> = vec![Box::new(DecodeStage::new(operator, Arc::new(pool)))];
+        ImageOperator { limits: spec.decode, resize: spec.resize, encode: spec.encode, keep_pixels: refining };
+    let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(DecodeStage::new(operator, pool.clone()))];
+    let mut refiner_description = String::new();
+    if let Some(models_uri) = &spec.refine.models {
+        let refiner = runtime.block_on(load_refiner(&spec, models_uri, &registry, mode))?;
+        refiner_description = refiner.description().to_string();
+        let config = Arc::new(refiner.config().clone());
+        let description: Arc<str> = Arc::from(refiner.description());
+        stages.push(Box::new(RefinePrepareStage::new(config, pool.clone())));
+        stages.push(Box::new(RefineInferStage::new(refiner, metrics.clone())));
+        stages.push(Box::new(RefineFinishStage::new(description, pool.clone())));
+        // Model inputs are large: smaller batches and queues keep memory bounded.
+        spec.pipeline.batch_size = spec.refine.batch_size;
+        spec.pipeline.channel_capacity = spec.pipeline.channel_capacity.min(2);
+    }
     let mut source = spec.input.source.clone();
     source.max_image_bytes = spec.decode.max_bytes;
     let config = RunConfig {
@@ -51,13 +75,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         batch_size: spec.pipeline.batch_size,
         channel_capacity: spec.pipeline.channel_capacity,
         worker,
-        spec_hash: spec.hash(),
+        spec_hash: spec.hash_with(&refiner_description),
         force: args.force,
     };
-    let metrics = Arc::new(Metrics::default());
-    let registry = registry(&spec);
     let reporter = Reporter::start(mode, metrics.clone(), Duration::from_secs_f64(args.log_every.max(0.1)));
-    let report = runtime()?.block_on(lyrics_pipeline::run(config, registry, stages, metrics.clone()));
+    let report = runtime.block_on(lyrics_pipeline::run(config, registry, stages, metrics.clone()));
     drop(reporter);
     let report = report?;
     eprint!("{}", summary(&report, &metrics, &format!("{}/{}", worker.index, worker.count)));
@@ -66,4 +88,27 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 fn init_logging(mode: ProgressMode) {
     crate::logging::init(if mode == ProgressMode::Bar { "warn" } else { "info" });
+}
+
+/// Reads the models file, makes its files local (downloading what the cache lacks), and loads the sessions.
+async fn load_refiner(
+    spec: &crate::spec::JobSpec,
+    models_uri: &str,
+    registry: &lyrics_pipeline::StoreRegistry,
+    mode: ProgressMode,
+) -> Result<lyrics_operators::models::Refiner> {
+    let device = lyrics_operators::models::Device::parse(&spec.refine.device)?;
+    let models = crate::models::read_models_file(models_uri, registry).await?;
+    let cache = crate::models::cache_dir(spec.refine.cache.as_deref().map(std::path::Path::new));
+    let paths = crate::models::pull(&models, &cache, registry, mode == ProgressMode::Bar).await?;
+    let threads = spec.refine.threads;
+    let config = models.config.clone();
+    let refiner = tokio::task::spawn_blocking(move || {
+        lyrics_operators::models::Refiner::load(&config, &paths, device, threads)
+    })
+    .await
+    .context("loading the models panicked")?
+    .with_context(|| format!("cannot load the models of {}", lyrics_pipeline::redact(models_uri)))?;
+    tracing::info!(device = %device, models = %lyrics_pipeline::redact(models_uri), "refiner loaded");
+    Ok(refiner)
 }

@@ -1,0 +1,326 @@
+//! The models file: which model of each family the refiner runs, from which files, with which thresholds.
+//!
+//! ```toml
+//! [tagger]
+//! family = "ram"                  # ram | ram_plus
+//! model = "ram_plus.onnx"         # a path (relative to this file), a URI, or hf://org/repo/path@revision
+//! tags = "ram_tag_list.txt"       # one tag per line
+//! thresholds = "thresholds.txt"   # optional per-class thresholds, one per line; else `threshold`
+//! threshold = 0.68
+//! batch_size = 4
+//!
+//! [detector]
+//! family = "grounding_dino"
+//! export = "idea"                 # idea (IDEA / X-AnyLabeling) | hf (Hugging Face / optimum)
+//! model = { source = "hf://org/repo/gdino.onnx@main", sha256 = "..." }
+//! tokenizer = "tokenizer.json"
+//!
+//! [segmenter]
+//! family = "sam"                  # sam (encoder + decoder) | salient_crop (ISNet on each box)
+//! encoder = "sam_encoder.onnx"
+//! decoder = "sam_decoder.onnx"
+//! ```
+//!
+//! Every file is a [`FileRef`]: a source string, or a table with `source` and an expected `sha256`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelError;
+
+/// A file of a model: where it comes from and, optionally, the SHA-256 it must have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FileRef {
+    Source(String),
+    Checked { source: String, sha256: Option<String> },
+}
+
+impl FileRef {
+    pub fn source(&self) -> &str {
+        match self {
+            FileRef::Source(source) | FileRef::Checked { source, .. } => source,
+        }
+    }
+
+    pub fn sha256(&self) -> Option<&str> {
+        match self {
+            FileRef::Source(_) => None,
+            FileRef::Checked { sha256, .. } => sha256.as_deref(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaggerFamily {
+    Ram,
+    RamPlus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaggerConfig {
+    pub family: TaggerFamily,
+    pub model: FileRef,
+    pub tags: FileRef,
+    #[serde(default)]
+    pub thresholds: Option<FileRef>,
+    #[serde(default = "default_tag_threshold")]
+    pub threshold: f32,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorFamily {
+    GroundingDino,
+}
+
+/// Which published ONNX contract of Grounding DINO the file follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorExport {
+    /// IDEA-Research / X-AnyLabeling: `img`, `input_ids`, `attention_mask`, `position_ids`, `token_type_ids`,
+    /// `text_token_mask` → `logits`, `boxes`.
+    #[default]
+    Idea,
+    /// Hugging Face transformers / optimum: `pixel_values`, `input_ids`, `token_type_ids`, `attention_mask`,
+    /// `pixel_mask` → `logits`, `pred_boxes`.
+    Hf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorConfig {
+    pub family: DetectorFamily,
+    #[serde(default)]
+    pub export: DetectorExport,
+    pub model: FileRef,
+    pub tokenizer: FileRef,
+    #[serde(default = "default_box_threshold")]
+    pub box_threshold: f32,
+    #[serde(default = "default_text_threshold")]
+    pub text_threshold: f32,
+    #[serde(default = "default_iou_threshold")]
+    pub iou_threshold: f32,
+    /// Text tokens the model takes at most (Grounding DINO: 256).
+    #[serde(default = "default_max_text_len")]
+    pub max_text_len: usize,
+    #[serde(default = "default_one")]
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmenterFamily {
+    Sam,
+    SalientCrop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmenterConfig {
+    pub family: SegmenterFamily,
+    /// SAM: the image encoder (`image` → `image_embeddings`).
+    #[serde(default)]
+    pub encoder: Option<FileRef>,
+    /// SAM: the official prompt decoder export.
+    #[serde(default)]
+    pub decoder: Option<FileRef>,
+    /// salient_crop: the ISNet model (`input` → `output`).
+    #[serde(default)]
+    pub model: Option<FileRef>,
+    /// salient_crop: margin added around the box before cropping, as a fraction of the box side.
+    #[serde(default = "default_margin")]
+    pub margin: f32,
+    /// salient_crop: probability above which a pixel is foreground.
+    #[serde(default = "default_half")]
+    pub mask_threshold: f32,
+    #[serde(default = "default_one")]
+    pub batch_size: usize,
+}
+
+/// A whole models file. Each family is optional, but a detector needs a tagger's tags as its prompt (or
+/// `prompt` in the job), and a segmenter needs a detector's boxes.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    #[serde(default)]
+    pub tagger: Option<TaggerConfig>,
+    #[serde(default)]
+    pub detector: Option<DetectorConfig>,
+    #[serde(default)]
+    pub segmenter: Option<SegmenterConfig>,
+}
+
+fn default_tag_threshold() -> f32 {
+    0.68
+}
+fn default_box_threshold() -> f32 {
+    0.25
+}
+fn default_text_threshold() -> f32 {
+    0.2
+}
+fn default_iou_threshold() -> f32 {
+    0.6
+}
+fn default_max_text_len() -> usize {
+    256
+}
+fn default_batch() -> usize {
+    4
+}
+fn default_one() -> usize {
+    1
+}
+fn default_margin() -> f32 {
+    0.1
+}
+fn default_half() -> f32 {
+    0.5
+}
+
+impl ModelsConfig {
+    pub fn parse(text: &str) -> Result<ModelsConfig, ModelError> {
+        let config: ModelsConfig = toml::from_str(text).map_err(|e| ModelError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ModelError> {
+        let unit = |key: &str, v: f32| -> Result<(), ModelError> {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(ModelError::Config(format!("{key} = {v} is out of range: allowed 0 to 1")))
+            }
+        };
+        let positive = |key: &str, v: usize| -> Result<(), ModelError> {
+            if v >= 1 { Ok(()) } else { Err(ModelError::Config(format!("{key} = {v}: must be at least 1"))) }
+        };
+        if let Some(t) = &self.tagger {
+            unit("tagger.threshold", t.threshold)?;
+            positive("tagger.batch_size", t.batch_size)?;
+        }
+        if let Some(d) = &self.detector {
+            unit("detector.box_threshold", d.box_threshold)?;
+            unit("detector.text_threshold", d.text_threshold)?;
+            unit("detector.iou_threshold", d.iou_threshold)?;
+            positive("detector.batch_size", d.batch_size)?;
+            positive("detector.max_text_len", d.max_text_len)?;
+        }
+        if let Some(s) = &self.segmenter {
+            positive("segmenter.batch_size", s.batch_size)?;
+            unit("segmenter.mask_threshold", s.mask_threshold)?;
+            if !(0.0..=10.0).contains(&s.margin) {
+                return Err(ModelError::Config(format!("segmenter.margin = {}: allowed 0 to 10", s.margin)));
+            }
+            let need = |key: &str, file: &Option<FileRef>| -> Result<(), ModelError> {
+                if file.is_some() {
+                    Ok(())
+                } else {
+                    Err(ModelError::Config(format!("segmenter.{key} is required for family {:?}", s.family)))
+                }
+            };
+            match s.family {
+                SegmenterFamily::Sam => {
+                    need("encoder", &s.encoder)?;
+                    need("decoder", &s.decoder)?;
+                }
+                SegmenterFamily::SalientCrop => need("model", &s.model)?,
+            }
+            if self.detector.is_none() {
+                return Err(ModelError::Config("a segmenter needs a [detector] to give it boxes".into()));
+            }
+        }
+        if self.tagger.is_none() && self.detector.is_some() {
+            return Err(ModelError::Config("a detector needs a [tagger] whose tags become its prompt".into()));
+        }
+        if self.tagger.is_none() && self.detector.is_none() && self.segmenter.is_none() {
+            return Err(ModelError::Config(
+                "the models file names no model ([tagger], [detector], [segmenter])".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every file the config names, by a stable key (`tagger.model`, `detector.tokenizer`, ...).
+    pub fn files(&self) -> BTreeMap<String, FileRef> {
+        let mut files = BTreeMap::new();
+        if let Some(t) = &self.tagger {
+            files.insert("tagger.model".into(), t.model.clone());
+            files.insert("tagger.tags".into(), t.tags.clone());
+            if let Some(th) = &t.thresholds {
+                files.insert("tagger.thresholds".into(), th.clone());
+            }
+        }
+        if let Some(d) = &self.detector {
+            files.insert("detector.model".into(), d.model.clone());
+            files.insert("detector.tokenizer".into(), d.tokenizer.clone());
+        }
+        if let Some(s) = &self.segmenter {
+            for (key, file) in [("encoder", &s.encoder), ("decoder", &s.decoder), ("model", &s.model)] {
+                if let Some(file) = file {
+                    files.insert(format!("segmenter.{key}"), file.clone());
+                }
+            }
+        }
+        files
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+        [tagger]
+        family = "ram_plus"
+        model = "t.onnx"
+        tags = { source = "hf://org/repo/tags.txt@v1", sha256 = "ab" }
+        [detector]
+        family = "grounding_dino"
+        export = "hf"
+        model = "d.onnx"
+        tokenizer = "tokenizer.json"
+        [segmenter]
+        family = "sam"
+        encoder = "e.onnx"
+        decoder = "s3://bucket/d.onnx"
+    "#;
+
+    #[test]
+    fn a_full_config_parses_with_defaults() {
+        let c = ModelsConfig::parse(FULL).unwrap();
+        let d = c.detector.as_ref().unwrap();
+        assert_eq!((d.box_threshold, d.text_threshold, d.iou_threshold), (0.25, 0.2, 0.6));
+        assert_eq!(d.export, DetectorExport::Hf);
+        assert_eq!(c.tagger.as_ref().unwrap().threshold, 0.68);
+        let files = c.files();
+        assert_eq!(files["tagger.tags"].sha256(), Some("ab"));
+        assert_eq!(files["segmenter.decoder"].source(), "s3://bucket/d.onnx");
+        assert_eq!(files.len(), 6);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = ModelsConfig::parse(&FULL.replace("\"sam\"", "\"salient_crop\"")).unwrap_err().to_string();
+        assert!(err.contains("segmenter.model"), "{err}");
+        let err = ModelsConfig::parse(&FULL.replace("family = \"ram_plus\"", "family = \"clip\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clip") && err.contains("ram_plus"), "{err}");
+        let err =
+            ModelsConfig::parse(&FULL.replace("export = \"hf\"", "box_threshold = 2.0")).unwrap_err().to_string();
+        assert!(err.contains("detector.box_threshold"), "{err}");
+        let err =
+            ModelsConfig::parse("[detector]\nfamily = \"grounding_dino\"\nmodel = \"d\"\ntokenizer = \"t\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("tagger"), "{err}");
+    }
+}

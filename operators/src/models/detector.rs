@@ -1,0 +1,260 @@
+//! Grounding DINO, open-vocabulary detection prompted with text, in both published ONNX contracts:
+//!
+//! - IDEA-Research / X-AnyLabeling (`img`, `input_ids`, `attention_mask`, `position_ids`, `token_type_ids`,
+//!   `text_token_mask` → `logits` [1, 900, 256], `boxes` cxcywh): the caller builds the sub-sentence attention
+//!   mask and position ids, as `generate_masks_with_special_tokens_and_transfer_map` does;
+//! - Hugging Face transformers / optimum (`pixel_values`, `input_ids`, `token_type_ids`, `attention_mask`,
+//!   `pixel_mask` → `logits`, `pred_boxes`): the graph builds them itself.
+//!
+//! Pre- and post-processing follow Grounding DINO's `inference.py` and the Grounded-SAM demo: shorter side 800,
+//! longer at most 1333 (PIL bilinear), ImageNet normalization; BERT tokenization from `tokenizer.json`; a query is
+//! kept when its best token score (sigmoid) is above `box_threshold`, its phrase is the decoded tokens scoring above
+//! `text_threshold` (`get_phrases_from_posmap`, [CLS] and positions from 255 on excluded), its score the best token
+//! score; boxes go to pixel corners of the original image and through class-agnostic NMS.
+
+use image::RgbImage;
+use tokenizers::Tokenizer;
+
+use super::preprocess::{IMAGENET_MEAN, IMAGENET_STD, dino_size, resize_bilinear, sigmoid, to_planar};
+use super::runtime::{Device, Input, OnnxModel};
+use super::{DetectorConfig, DetectorExport, ModelError};
+use crate::geometry::{BoxXyxy, cxcywh_to_xyxy, nms};
+
+/// One detection, in pixels of the original image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    pub phrase: String,
+    pub score: f32,
+    pub bbox: BoxXyxy,
+}
+
+/// The detector's image input: `[3, h, w]` and its size.
+#[derive(Debug, Clone)]
+pub struct DetectorImage {
+    pub tensor: Vec<f32>,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// The text inputs of one prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextInputs {
+    pub input_ids: Vec<i64>,
+    pub attention_mask: Vec<i64>,
+    pub token_type_ids: Vec<i64>,
+    pub position_ids: Vec<i64>,
+    /// Row-major `[L, L]` sub-sentence self-attention mask.
+    pub text_token_mask: Vec<bool>,
+}
+
+pub struct Detector {
+    model: OnnxModel,
+    tokenizer: Tokenizer,
+    export: DetectorExport,
+    special: Vec<u32>,
+    box_threshold: f32,
+    text_threshold: f32,
+    iou_threshold: f32,
+    max_text_len: usize,
+}
+
+const IDEA_INPUTS: [&str; 6] =
+    ["img", "input_ids", "attention_mask", "position_ids", "token_type_ids", "text_token_mask"];
+const HF_INPUTS: [&str; 5] = ["pixel_values", "input_ids", "token_type_ids", "attention_mask", "pixel_mask"];
+
+impl Detector {
+    pub fn load(
+        config: &DetectorConfig,
+        model: &std::path::Path,
+        tokenizer: &std::path::Path,
+        device: Device,
+        threads: usize,
+    ) -> Result<Detector, ModelError> {
+        let model = OnnxModel::load("detector", model, device, threads)?;
+        match config.export {
+            DetectorExport::Idea => model.expect(&IDEA_INPUTS, &["logits", "boxes"])?,
+            DetectorExport::Hf => model.expect(&HF_INPUTS, &["logits", "pred_boxes"])?,
+        }
+        let tokenizer = Tokenizer::from_file(tokenizer).map_err(|e| ModelError::Load {
+            model: "detector".into(),
+            path: tokenizer.display().to_string(),
+            message: format!("tokenizer: {e}"),
+        })?;
+        let special = ["[CLS]", "[SEP]", ".", "?"].iter().filter_map(|t| tokenizer.token_to_id(t)).collect();
+        Ok(Detector {
+            model,
+            tokenizer,
+            export: config.export,
+            special,
+            box_threshold: config.box_threshold,
+            text_threshold: config.text_threshold,
+            iou_threshold: config.iou_threshold,
+            max_text_len: config.max_text_len,
+        })
+    }
+
+    /// The model input of one image.
+    pub fn prepare(image: &RgbImage) -> Result<DetectorImage, ModelError> {
+        let (w, h) = dino_size(image.width(), image.height(), 800, 1333);
+        let resized = resize_bilinear(image, w, h)?;
+        let (w, h) = (w as usize, h as usize);
+        Ok(DetectorImage {
+            tensor: to_planar(&resized, 1.0 / 255.0, IMAGENET_MEAN, IMAGENET_STD, w, h),
+            width: w,
+            height: h,
+        })
+    }
+
+    /// Tokenizes `caption` and builds the sub-sentence mask and position ids, truncated to `max_text_len`.
+    pub fn text_inputs(&self, caption: &str) -> Result<TextInputs, ModelError> {
+        let encoding = self
+            .tokenizer
+            .encode(caption, true)
+            .map_err(|e| ModelError::Preprocess(format!("tokenize `{caption}`: {e}")))?;
+        let ids: Vec<u32> = encoding.get_ids().iter().copied().take(self.max_text_len).collect();
+        let (mask, positions) = sub_sentence_masks(&ids, &self.special);
+        let n = ids.len();
+        Ok(TextInputs {
+            input_ids: ids.iter().map(|&i| i64::from(i)).collect(),
+            attention_mask: encoding.get_attention_mask().iter().take(n).map(|&m| i64::from(m)).collect(),
+            token_type_ids: encoding.get_type_ids().iter().take(n).map(|&t| i64::from(t)).collect(),
+            position_ids: positions,
+            text_token_mask: mask,
+        })
+    }
+
+    /// Detections of `caption` in one prepared image of an original `orig_w`×`orig_h` image.
+    pub fn infer(
+        &mut self,
+        image: &DetectorImage,
+        caption: &str,
+        orig_w: u32,
+        orig_h: u32,
+    ) -> Result<Vec<Detection>, ModelError> {
+        let text = self.text_inputs(caption)?;
+        let n = text.input_ids.len();
+        let (w, h) = (image.width, image.height);
+        let pixels = Input::F32(vec![1, 3, h, w], image.tensor.clone());
+        let (inputs, boxes_name) = match self.export {
+            DetectorExport::Idea => (
+                vec![
+                    ("img", pixels),
+                    ("input_ids", Input::I64(vec![1, n], text.input_ids.clone())),
+                    (
+                        "attention_mask",
+                        Input::Bool(vec![1, n], text.attention_mask.iter().map(|m| *m != 0).collect()),
+                    ),
+                    ("position_ids", Input::I64(vec![1, n], text.position_ids.clone())),
+                    ("token_type_ids", Input::I64(vec![1, n], text.token_type_ids.clone())),
+                    ("text_token_mask", Input::Bool(vec![1, n, n], text.text_token_mask.clone())),
+                ],
+                "boxes",
+            ),
+            DetectorExport::Hf => (
+                vec![
+                    ("pixel_values", pixels),
+                    ("input_ids", Input::I64(vec![1, n], text.input_ids.clone())),
+                    ("token_type_ids", Input::I64(vec![1, n], text.token_type_ids.clone())),
+                    ("attention_mask", Input::I64(vec![1, n], text.attention_mask.clone())),
+                    ("pixel_mask", Input::I64(vec![1, h, w], vec![1; h * w])),
+                ],
+                "pred_boxes",
+            ),
+        };
+        let outputs = self.model.run(inputs, &["logits", boxes_name])?;
+        let (logits, boxes) = (&outputs["logits"], &outputs[boxes_name]);
+        let queries = boxes.data.len() / 4;
+        let width = logits.data.len() / queries.max(1);
+        if queries == 0 || logits.data.len() != queries * width {
+            return Err(ModelError::Contract {
+                model: "detector".into(),
+                message: format!("logits {:?} and boxes {:?} disagree", logits.shape, boxes.shape),
+            });
+        }
+        let mut detections = Vec::new();
+        for q in 0..queries {
+            let row = &logits.data[q * width..(q + 1) * width];
+            let scores: Vec<f32> = row.iter().map(|v| sigmoid(*v)).collect();
+            let best = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // Strictly above, as the reference filters; a NaN score keeps nothing.
+            if best.partial_cmp(&self.box_threshold) != Some(std::cmp::Ordering::Greater) {
+                continue;
+            }
+            let phrase = self.phrase(&scores, &text.input_ids)?;
+            let b = &boxes.data[q * 4..q * 4 + 4];
+            let bbox = cxcywh_to_xyxy([b[0], b[1], b[2], b[3]]).scaled(orig_w as f32, orig_h as f32);
+            detections.push(Detection { phrase, score: best, bbox });
+        }
+        let boxes: Vec<BoxXyxy> = detections.iter().map(|d| d.bbox).collect();
+        let scores: Vec<f32> = detections.iter().map(|d| d.score).collect();
+        let keep = nms(&boxes, &scores, self.iou_threshold);
+        Ok(keep.into_iter().map(|i| detections[i].clone()).collect())
+    }
+
+    /// `get_phrases_from_posmap`: the tokens scoring above the text threshold, [CLS] (position 0) and positions
+    /// from 255 on left out, decoded without special tokens.
+    fn phrase(&self, scores: &[f32], input_ids: &[i64]) -> Result<String, ModelError> {
+        let ids: Vec<u32> = scores
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| *i > 0 && *i < 255 && **s > self.text_threshold)
+            .filter_map(|(i, _)| input_ids.get(i).and_then(|id| u32::try_from(*id).ok()))
+            .collect();
+        self.tokenizer.decode(&ids, true).map_err(|e| ModelError::Postprocess(format!("decode phrase: {e}")))
+    }
+
+    pub fn model(&self) -> &OnnxModel {
+        &self.model
+    }
+}
+
+/// Grounding DINO's `generate_masks_with_special_tokens_and_transfer_map` for one prompt: each sub-sentence (the
+/// tokens after a special token up to and including the next) attends only to itself, with positions restarting at
+/// 0; the first and last tokens, when special, attend to themselves with position 0. Returns the row-major `[L, L]`
+/// mask and the position ids.
+pub fn sub_sentence_masks(ids: &[u32], special: &[u32]) -> (Vec<bool>, Vec<i64>) {
+    let n = ids.len();
+    let mut mask = vec![false; n * n];
+    for i in 0..n {
+        mask[i * n + i] = true;
+    }
+    let mut positions = vec![0i64; n];
+    let mut previous = 0usize;
+    for (col, id) in ids.iter().enumerate() {
+        if !special.contains(id) {
+            continue;
+        }
+        if col == 0 || col == n - 1 {
+            mask[col * n + col] = true;
+            positions[col] = 0;
+        } else {
+            for r in previous + 1..=col {
+                for c in previous + 1..=col {
+                    mask[r * n + c] = true;
+                }
+                positions[r] = (r - previous - 1) as i64;
+            }
+        }
+        previous = col;
+    }
+    (mask, positions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sub_sentences_attend_to_themselves() {
+        // [CLS] red , blue . green . [SEP] with '.' = 9, [CLS] = 1, [SEP] = 2.
+        let ids = [1, 5, 6, 7, 9, 8, 9, 2];
+        let (mask, positions) = sub_sentence_masks(&ids, &[1, 2, 9]);
+        assert_eq!(positions, vec![0, 0, 1, 2, 3, 0, 1, 0]);
+        let n = ids.len();
+        let row = |r: usize| (0..n).map(|c| mask[r * n + c] as u8).collect::<Vec<_>>();
+        assert_eq!(row(0), [1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(row(2), [0, 1, 1, 1, 1, 0, 0, 0]);
+        assert_eq!(row(5), [0, 0, 0, 0, 0, 1, 1, 0]);
+        assert_eq!(row(7), [0, 0, 0, 0, 0, 0, 0, 1]);
+    }
+}

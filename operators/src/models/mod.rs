@@ -1,0 +1,60 @@
+//! The visual refiner: a RAM-style tagger, a Grounding DINO detector prompted with its tags, and a segmenter for each
+//! box, on ONNX Runtime (see each family's module for the public export it follows).
+//!
+//! The work is split so the engine can overlap it: [`prepare`] turns a decoded image into every model input that
+//! depends on the image alone (resizing and normalization; pure CPU, run on the decode threads in parallel);
+//! [`Refiner::infer`] runs the sessions on a micro-batch (one thread owns them); [`finish`] encodes the masks
+//! (COCO RLE) and normalizes the boxes (CPU again, in parallel).
+
+mod config;
+mod detector;
+pub mod preprocess;
+mod refiner;
+pub mod runtime;
+mod segmenter;
+mod tagger;
+
+pub use config::{
+    DetectorConfig, DetectorExport, DetectorFamily, FileRef, ModelsConfig, SegmenterConfig, SegmenterFamily,
+    TaggerConfig, TaggerFamily,
+};
+pub use detector::{Detection, Detector, DetectorImage, TextInputs, sub_sentence_masks};
+pub use refiner::{Inferred, ModelPaths, Prepared, Refined, RefinedObject, Refiner, finish, label_of, prepare};
+pub use runtime::{Device, OnnxModel};
+pub use segmenter::{Mask, Segmenter, crop_region, salient_input, salient_output};
+pub use tagger::{Tag, Tagger, prompt_of};
+
+/// Why a model could not be loaded or run. Per-image failures become error rows; load failures stop the job.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("models file: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Runtime(String),
+    #[error("device {device}: {message}")]
+    Device { device: String, message: String },
+    #[error("cannot load {model} from {path}: {message}")]
+    Load { model: String, path: String, message: String },
+    #[error("{model} does not follow its contract: {message}")]
+    Contract { model: String, message: String },
+    #[error("{model} failed: {message}")]
+    Run { model: String, message: String },
+    #[error("preprocessing: {0}")]
+    Preprocess(String),
+    #[error("postprocessing: {0}")]
+    Postprocess(String),
+}
+
+impl ModelError {
+    /// Short cause for the `errors` table.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelError::Config(_) => "model_config",
+            ModelError::Runtime(_) | ModelError::Device { .. } | ModelError::Load { .. } => "model_load",
+            ModelError::Contract { .. } => "model_contract",
+            ModelError::Run { .. } => "model_run",
+            ModelError::Preprocess(_) => "model_preprocess",
+            ModelError::Postprocess(_) => "model_postprocess",
+        }
+    }
+}

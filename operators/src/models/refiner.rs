@@ -1,0 +1,356 @@
+//! The fused refiner: tagger → detector → segmenter, over micro-batches.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use image::RgbImage;
+use serde_json::json;
+
+use super::runtime::{Device, is_out_of_memory};
+use super::{Detector, DetectorImage, Mask, ModelError, ModelsConfig, Segmenter, Tag, Tagger, prompt_of};
+use crate::geometry::{BoxXyxy, Rle};
+
+/// Local files of a models config, by the keys of [`ModelsConfig::files`], with their SHA-256.
+#[derive(Debug, Clone, Default)]
+pub struct ModelPaths {
+    pub paths: BTreeMap<String, PathBuf>,
+    pub sha256: BTreeMap<String, String>,
+}
+
+impl ModelPaths {
+    fn get(&self, key: &str) -> Result<&PathBuf, ModelError> {
+        self.paths.get(key).ok_or_else(|| ModelError::Config(format!("{key} has no local file")))
+    }
+
+    fn text(&self, key: &str) -> Result<String, ModelError> {
+        let path = self.get(key)?;
+        std::fs::read_to_string(path)
+            .map_err(|e| ModelError::Config(format!("{key}: cannot read {}: {e}", path.display())))
+    }
+}
+
+/// The model inputs of one image that depend on the image alone.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    pub tagger: Option<Vec<f32>>,
+    pub detector: Option<DetectorImage>,
+    pub segmenter: Option<Vec<f32>>,
+}
+
+/// Computes [`Prepared`] for `image` under `config` (pure CPU; safe to run on many threads).
+pub fn prepare(config: &ModelsConfig, image: &RgbImage) -> Result<Prepared, ModelError> {
+    Ok(Prepared {
+        tagger: config.tagger.as_ref().map(|_| Tagger::prepare(image)).transpose()?,
+        detector: config.detector.as_ref().map(|_| Detector::prepare(image)).transpose()?,
+        segmenter: match &config.segmenter {
+            Some(s) => Segmenter::prepare(s.family, image)?,
+            None => None,
+        },
+    })
+}
+
+/// What the sessions produced for one image, in pixels.
+#[derive(Debug, Clone, Default)]
+pub struct Inferred {
+    pub width: u32,
+    pub height: u32,
+    pub tags: Vec<Tag>,
+    pub objects: Vec<(super::Detection, Option<Mask>)>,
+}
+
+/// One refined object, as stored: box normalized to `[0, 1]` of the displayed image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefinedObject {
+    /// The tag the phrase maps back to (exact, then prefix, then suffix match), else the phrase.
+    pub label: String,
+    pub phrase: String,
+    pub score: f32,
+    pub bbox: [f32; 4],
+    pub mask: Option<Rle>,
+    pub mask_area: Option<u64>,
+    pub mask_score: Option<f32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Refined {
+    pub tags: Vec<Tag>,
+    pub objects: Vec<RefinedObject>,
+}
+
+/// The tag `phrase` refers to: an exact (case-insensitive) match, else the first tag the phrase starts with or
+/// that starts with the phrase, else the first that ends with it or it ends with; `None` when nothing matches.
+pub fn label_of<'a>(phrase: &str, tags: &'a [Tag]) -> Option<&'a str> {
+    let p = phrase.trim().to_lowercase();
+    if p.is_empty() {
+        return None;
+    }
+    let lower: Vec<String> = tags.iter().map(|t| t.tag.to_lowercase()).collect();
+    let find = |f: &dyn Fn(&str) -> bool| lower.iter().position(|t| f(t)).map(|i| tags[i].tag.as_str());
+    find(&|t| t == p)
+        .or_else(|| find(&|t| t.starts_with(&p) || p.starts_with(t)))
+        .or_else(|| find(&|t| t.ends_with(&p) || p.ends_with(t)))
+}
+
+/// Encodes masks and normalizes boxes (pure CPU; safe to run on many threads).
+pub fn finish(inferred: Inferred) -> Result<Refined, ModelError> {
+    let (w, h) = (inferred.width as f32, inferred.height as f32);
+    let mut objects = Vec::with_capacity(inferred.objects.len());
+    for (detection, mask) in inferred.objects {
+        let label = label_of(&detection.phrase, &inferred.tags).unwrap_or(&detection.phrase).to_string();
+        let b = detection.bbox.clamped(w, h).scaled(1.0 / w.max(1.0), 1.0 / h.max(1.0)).0;
+        let (rle, area, score) = match mask {
+            Some(mask) => {
+                let rle = Rle::encode(&mask.pixels, mask.height, mask.width)
+                    .map_err(|e| ModelError::Postprocess(e.to_string()))?;
+                let area = mask.pixels.iter().filter(|p| **p).count() as u64;
+                (Some(rle), Some(area), Some(mask.score))
+            }
+            None => (None, None, None),
+        };
+        objects.push(RefinedObject {
+            label,
+            phrase: detection.phrase,
+            score: detection.score,
+            bbox: b,
+            mask: rle,
+            mask_area: area,
+            mask_score: score,
+        });
+    }
+    Ok(Refined { tags: inferred.tags, objects })
+}
+
+/// The loaded models of a run. One per process and device; the thread that owns it runs every session.
+pub struct Refiner {
+    config: ModelsConfig,
+    tagger: Option<Tagger>,
+    detector: Option<Detector>,
+    segmenter: Option<Segmenter>,
+    description: String,
+}
+
+impl Refiner {
+    pub fn load(
+        config: &ModelsConfig,
+        files: &ModelPaths,
+        device: Device,
+        threads: usize,
+    ) -> Result<Refiner, ModelError> {
+        let tagger = match &config.tagger {
+            Some(t) => {
+                let thresholds = if t.thresholds.is_some() { Some(files.text("tagger.thresholds")?) } else { None };
+                Some(Tagger::load(
+                    t,
+                    files.get("tagger.model")?,
+                    &files.text("tagger.tags")?,
+                    thresholds.as_deref(),
+                    device,
+                    threads,
+                )?)
+            }
+            None => None,
+        };
+        let detector = match &config.detector {
+            Some(d) => Some(Detector::load(
+                d,
+                files.get("detector.model")?,
+                files.get("detector.tokenizer")?,
+                device,
+                threads,
+            )?),
+            None => None,
+        };
+        let segmenter = match &config.segmenter {
+            Some(s) => {
+                let keys: &[&str] = match s.family {
+                    super::SegmenterFamily::Sam => &["segmenter.encoder", "segmenter.decoder"],
+                    super::SegmenterFamily::SalientCrop => &["segmenter.model"],
+                };
+                let paths: Vec<&std::path::Path> =
+                    keys.iter().map(|k| files.get(k).map(PathBuf::as_path)).collect::<Result<_, _>>()?;
+                Some(Segmenter::load(s, &paths, device, threads)?)
+            }
+            None => None,
+        };
+        let description = describe(config, files);
+        Ok(Refiner { config: config.clone(), tagger, detector, segmenter, description })
+    }
+
+    pub fn config(&self) -> &ModelsConfig {
+        &self.config
+    }
+
+    /// JSON naming every model, its file's checksum and its thresholds: the `refiner` column.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Total time spent inside `Session::run`, and the number of runs.
+    pub fn session_time(&self) -> (std::time::Duration, u64) {
+        let mut models: Vec<&super::OnnxModel> = Vec::new();
+        models.extend(self.tagger.as_ref().map(Tagger::model));
+        models.extend(self.detector.as_ref().map(Detector::model));
+        if let Some(s) = &self.segmenter {
+            models.extend(s.models());
+        }
+        (models.iter().map(|m| m.run_time).sum(), models.iter().map(|m| m.runs).sum())
+    }
+
+    /// Runs the models on a micro-batch; one result per image. A failure on one image does not fail the others.
+    pub fn infer(&mut self, batch: Vec<(&RgbImage, Prepared)>) -> Vec<Result<Inferred, ModelError>> {
+        let mut results: Vec<Result<Inferred, ModelError>> = batch
+            .iter()
+            .map(|(image, _)| Ok(Inferred { width: image.width(), height: image.height(), ..Inferred::default() }))
+            .collect();
+        if let Some(tagger) = self.tagger.as_mut() {
+            let batch_size = self.config.tagger.as_ref().map_or(1, |t| t.batch_size);
+            let inputs: Vec<Option<&[f32]>> = batch.iter().map(|(_, p)| p.tagger.as_deref()).collect();
+            let tagged = tag_in_batches(tagger, &inputs, batch_size);
+            for (result, tags) in results.iter_mut().zip(tagged) {
+                match tags {
+                    Ok(tags) => {
+                        if let Ok(r) = result {
+                            r.tags = tags;
+                        }
+                    }
+                    Err(e) => *result = Err(e),
+                }
+            }
+        }
+        for (i, (image, prepared)) in batch.iter().enumerate() {
+            let Ok(current) = results[i].as_mut() else { continue };
+            let outcome = (|| -> Result<(), ModelError> {
+                let Some(detector) = self.detector.as_mut() else { return Ok(()) };
+                if current.tags.is_empty() {
+                    return Ok(());
+                }
+                let prepared_image;
+                let detector_image = match &prepared.detector {
+                    Some(d) => d,
+                    None => {
+                        prepared_image = Detector::prepare(image)?;
+                        &prepared_image
+                    }
+                };
+                let detections =
+                    detector.infer(detector_image, &prompt_of(&current.tags), image.width(), image.height())?;
+                let masks: Vec<Option<Mask>> = match self.segmenter.as_mut() {
+                    Some(segmenter) => {
+                        let boxes: Vec<BoxXyxy> = detections
+                            .iter()
+                            .map(|d| d.bbox.clamped(image.width() as f32, image.height() as f32))
+                            .collect();
+                        segmenter
+                            .infer(image, prepared.segmenter.as_deref(), &boxes)?
+                            .into_iter()
+                            .map(Some)
+                            .collect()
+                    }
+                    None => vec![None; detections.len()],
+                };
+                current.objects = detections.into_iter().zip(masks).collect();
+                Ok(())
+            })();
+            if let Err(e) = outcome {
+                results[i] = Err(e);
+            }
+        }
+        results
+    }
+}
+
+/// Tags every image, `batch_size` at a time; on out-of-memory the batch is halved and retried, and a batch that
+/// fails otherwise is rerun image by image so only the failing image gets the error.
+fn tag_in_batches(
+    tagger: &mut Tagger,
+    inputs: &[Option<&[f32]>],
+    batch_size: usize,
+) -> Vec<Result<Vec<Tag>, ModelError>> {
+    let mut out: Vec<Result<Vec<Tag>, ModelError>> = Vec::with_capacity(inputs.len());
+    let mut size = batch_size.max(1);
+    let mut i = 0;
+    while i < inputs.len() {
+        let end = (i + size).min(inputs.len());
+        let chunk: Option<Vec<&[f32]>> = inputs[i..end].iter().copied().collect();
+        let Some(chunk) = chunk else {
+            out.extend((i..end).map(|_| Err(ModelError::Preprocess("no tagger input was prepared".into()))));
+            i = end;
+            continue;
+        };
+        match tagger.infer(&chunk) {
+            Ok(tags) => {
+                out.extend(tags.into_iter().map(Ok));
+                i = end;
+            }
+            Err(e) if is_out_of_memory(&e) && size > 1 => size = (size / 2).max(1),
+            Err(_) if end - i > 1 => {
+                for one in &chunk {
+                    out.push(tagger.infer(&[one]).map(|mut v| v.pop().unwrap_or_default()));
+                }
+                i = end;
+            }
+            Err(e) => {
+                out.push(Err(e));
+                i = end;
+            }
+        }
+    }
+    out
+}
+
+fn describe(config: &ModelsConfig, files: &ModelPaths) -> String {
+    let file = |key: &str| -> serde_json::Value {
+        let source = config.files().get(key).map(|f| f.source().to_string()).unwrap_or_default();
+        json!({ "source": source, "sha256": files.sha256.get(key).cloned().unwrap_or_default() })
+    };
+    // f32 settings printed as their shortest decimal, not their f64 expansion (0.6, not 0.6000000238418579).
+    let num = |v: f32| -> serde_json::Value { v.to_string().parse::<f64>().map_or(json!(null), |f| json!(f)) };
+    let mut out = serde_json::Map::new();
+    if let Some(t) = &config.tagger {
+        let mut v = json!({ "family": t.family, "model": file("tagger.model"), "tags": file("tagger.tags"), "threshold": num(t.threshold) });
+        if t.thresholds.is_some() {
+            v["thresholds"] = file("tagger.thresholds");
+        }
+        out.insert("tagger".into(), v);
+    }
+    if let Some(d) = &config.detector {
+        out.insert(
+            "detector".into(),
+            json!({
+                "family": d.family, "export": d.export, "model": file("detector.model"), "tokenizer": file("detector.tokenizer"),
+                "box_threshold": num(d.box_threshold), "text_threshold": num(d.text_threshold), "iou_threshold": num(d.iou_threshold),
+            }),
+        );
+    }
+    if let Some(s) = &config.segmenter {
+        let mut v = json!({ "family": s.family });
+        for key in ["encoder", "decoder", "model"] {
+            if files.paths.contains_key(&format!("segmenter.{key}")) {
+                v[key] = file(&format!("segmenter.{key}"));
+            }
+        }
+        if s.family == super::SegmenterFamily::SalientCrop {
+            v["margin"] = num(s.margin);
+            v["mask_threshold"] = num(s.mask_threshold);
+        }
+        out.insert("segmenter".into(), v);
+    }
+    serde_json::Value::Object(out).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phrases_map_back_to_tags() {
+        let tags: Vec<Tag> =
+            ["dog", "traffic light", "red"].iter().map(|t| Tag { tag: t.to_string(), score: 1.0 }).collect();
+        assert_eq!(label_of("Dog", &tags), Some("dog"));
+        assert_eq!(label_of("traffic", &tags), Some("traffic light"));
+        assert_eq!(label_of("dogs", &tags), Some("dog"));
+        assert_eq!(label_of("light", &tags), Some("traffic light"));
+        assert_eq!(label_of("cat", &tags), None);
+        assert_eq!(label_of("", &tags), None);
+    }
+}

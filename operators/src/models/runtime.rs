@@ -1,0 +1,235 @@
+//! ONNX Runtime: one environment per process, sessions on the CPU or a CUDA device, and a small typed wrapper
+//! over `Session::run`.
+//!
+//! The library is loaded at run time (`ort`'s `load-dynamic`): from `ORT_DYLIB_PATH`, else `libonnxruntime.so`
+//! beside the executable, else `.ort/libonnxruntime.so` under the working directory (where
+//! `scripts/fetch-onnxruntime.sh` puts it). A missing library is a clear error, never a panic. `--device cuda:N`
+//! registers the CUDA execution provider and fails if it cannot: there is no silent CPU fallback.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{DynValue, Tensor};
+
+use super::ModelError;
+
+/// Where sessions run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(i32),
+}
+
+impl Device {
+    /// Parses `cpu` or `cuda:N` (`cuda` alone is `cuda:0`).
+    pub fn parse(text: &str) -> Result<Device, ModelError> {
+        match text.trim() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<i32>().ok())
+                .filter(|n| *n >= 0)
+                .map(Device::Cuda)
+                .ok_or_else(|| ModelError::Config(format!("--device `{other}`: expected cpu or cuda:N"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// The ONNX Runtime library this process loads.
+pub fn library_path() -> Result<PathBuf, ModelError> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        return Ok(PathBuf::from(path));
+    }
+    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("libonnxruntime.so")));
+    let candidates = beside.into_iter().chain([PathBuf::from(".ort/libonnxruntime.so")]);
+    for candidate in candidates {
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    Err(ModelError::Runtime(
+        "the ONNX Runtime library was not found: set ORT_DYLIB_PATH to libonnxruntime.so, or run \
+         scripts/fetch-onnxruntime.sh"
+            .into(),
+    ))
+}
+
+fn environment() -> Result<&'static ort::environment::Environment, ModelError> {
+    let env = ENVIRONMENT.get_or_init(|| {
+        let path = library_path().map_err(|e| e.to_string())?;
+        if !path.exists() {
+            return Err(format!("ONNX Runtime library {} does not exist (ORT_DYLIB_PATH)", path.display()));
+        }
+        // ort panics inside its loader on some failures; keep that a clear error too.
+        let built = std::panic::catch_unwind(|| -> Result<ort::environment::Environment, String> {
+            let builder = ort::init_from(&path)
+                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+            builder.with_name("lyrics-prep").build().map_err(|e| format!("cannot start ONNX Runtime: {e}"))
+        });
+        built.unwrap_or_else(|_| Err(format!("cannot load ONNX Runtime from {}", path.display())))
+    });
+    env.as_ref().map_err(|e| ModelError::Runtime(e.clone()))
+}
+
+/// A loaded model: one session, its input and output names, and the time spent in `run`.
+pub struct OnnxModel {
+    pub name: String,
+    session: Session,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    /// Total time inside `Session::run`.
+    pub run_time: Duration,
+    pub runs: u64,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel").field("name", &self.name).field("inputs", &self.inputs).finish()
+    }
+}
+
+/// A dense f32 output: shape and values, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// One input value of a run.
+pub enum Input {
+    F32(Vec<usize>, Vec<f32>),
+    I64(Vec<usize>, Vec<i64>),
+    Bool(Vec<usize>, Vec<bool>),
+}
+
+impl OnnxModel {
+    /// Loads `path` on `device` with `threads` intra-op threads (0: ONNX Runtime's default).
+    pub fn load(name: &str, path: &Path, device: Device, threads: usize) -> Result<OnnxModel, ModelError> {
+        let env = environment()?;
+        let fail = |what: &str, e: &dyn std::fmt::Display| ModelError::Load {
+            model: name.to_string(),
+            path: path.display().to_string(),
+            message: format!("{what}: {e}"),
+        };
+        let mut builder = Session::builder(env).map_err(|e| fail("session", &e))?;
+        builder = builder
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| fail("optimization", &e))?;
+        if threads > 0 {
+            builder = builder.with_intra_threads(threads).map_err(|e| fail("threads", &e))?;
+        }
+        if let Device::Cuda(id) = device {
+            let cuda = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
+            builder = builder.with_execution_providers([cuda]).map_err(|e| ModelError::Device {
+                device: device.to_string(),
+                message: format!(
+                    "the CUDA execution provider could not be registered ({e}); it needs the onnxruntime-gpu library \
+                     (scripts/fetch-onnxruntime.sh --gpu, then ORT_DYLIB_PATH=.ort-gpu/libonnxruntime.so), CUDA 13 and cuDNN 9"
+                ),
+            })?;
+        }
+        let session = builder.commit_from_file(path).map_err(|e| fail("load", &e))?;
+        let inputs = session.inputs().iter().map(|i| i.name().to_string()).collect();
+        let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        Ok(OnnxModel { name: name.to_string(), session, inputs, outputs, run_time: Duration::ZERO, runs: 0 })
+    }
+
+    /// Checks the model has the named inputs and outputs of its contract.
+    pub fn expect(&self, inputs: &[&str], outputs: &[&str]) -> Result<(), ModelError> {
+        for want in inputs {
+            if !self.inputs.iter().any(|i| i == want) {
+                return Err(ModelError::Contract {
+                    model: self.name.clone(),
+                    message: format!("no input `{want}` (inputs: {})", self.inputs.join(", ")),
+                });
+            }
+        }
+        for want in outputs {
+            if !self.outputs.iter().any(|o| o == want) {
+                return Err(ModelError::Contract {
+                    model: self.name.clone(),
+                    message: format!("no output `{want}` (outputs: {})", self.outputs.join(", ")),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the model on named inputs; returns the named f32 outputs.
+    pub fn run(
+        &mut self,
+        inputs: Vec<(&str, Input)>,
+        outputs: &[&str],
+    ) -> Result<HashMap<String, Output>, ModelError> {
+        let fail = |e: &dyn std::fmt::Display| ModelError::Run { model: self.name.clone(), message: e.to_string() };
+        let mut values: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
+            Vec::with_capacity(inputs.len());
+        for (name, input) in inputs {
+            let value: DynValue = match input {
+                Input::F32(shape, data) => Tensor::from_array((shape, data)).map_err(|e| fail(&e))?.into_dyn(),
+                Input::I64(shape, data) => Tensor::from_array((shape, data)).map_err(|e| fail(&e))?.into_dyn(),
+                Input::Bool(shape, data) => Tensor::from_array((shape, data)).map_err(|e| fail(&e))?.into_dyn(),
+            };
+            values.push((name.to_string().into(), value.into()));
+        }
+        let started = Instant::now();
+        let result = self.session.run(values);
+        let elapsed = started.elapsed();
+        let result = result.map_err(|e| ModelError::Run { model: self.name.clone(), message: e.to_string() })?;
+        self.run_time += elapsed;
+        self.runs += 1;
+        let mut out = HashMap::new();
+        for name in outputs {
+            let value = result.get(*name).ok_or_else(|| ModelError::Contract {
+                model: self.name.clone(),
+                message: format!("no output `{name}`"),
+            })?;
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| ModelError::Contract {
+                model: self.name.clone(),
+                message: format!("output `{name}` is not f32: {e}"),
+            })?;
+            let shape = shape.iter().map(|d| usize::try_from(*d).unwrap_or(0)).collect();
+            out.insert(name.to_string(), Output { shape, data: data.to_vec() });
+        }
+        Ok(out)
+    }
+}
+
+/// Whether an error from a run says the device ran out of memory (the batch is then halved and retried).
+pub fn is_out_of_memory(error: &ModelError) -> bool {
+    let text = error.to_string().to_ascii_lowercase();
+    text.contains("out of memory")
+        || text.contains("failed to allocate")
+        || text.contains("bad_alloc")
+        || text.contains("cudaerrormemoryallocation")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(Device::parse("cpu").unwrap(), Device::Cpu);
+        assert_eq!(Device::parse("cuda:1").unwrap(), Device::Cuda(1));
+        assert_eq!(Device::parse("cuda").unwrap(), Device::Cuda(0));
+        assert!(Device::parse("tpu:0").unwrap_err().to_string().contains("cuda:N"));
+    }
+}

@@ -1,0 +1,156 @@
+//! The RAM / RAM++ tagger (recognize-anything; its ONNX exports take `image` or `img` [B, 3, 384, 384]).
+//!
+//! Follows `ram/models/ram.py` `generate_tag` and the Grounded-SAM RAM demo: the image resized to 384×384 (PIL
+//! bilinear, as `ram/transform.py`), ImageNet mean and std; a tag is kept when its sigmoid score is above its class
+//! threshold (strictly; `threshold` by default, per-class values from a file as `ram_tag_list_threshold.txt`), in
+//! tag-list order. Exports that output logits, probabilities, or the 0/1 targets of thresholds baked into the graph
+//! (`tag`, `targets`) are all read as scores in `[0, 1]`. The detector prompt is built as the demo builds it:
+//! `" | ".join(tags).replace(" |", ",").lower()` plus a final `.`.
+
+use image::RgbImage;
+
+use super::preprocess::{IMAGENET_MEAN, IMAGENET_STD, resize_bilinear, sigmoid, to_planar};
+use super::runtime::{Device, Input, OnnxModel};
+use super::{ModelError, TaggerConfig};
+
+pub const TAGGER_SIDE: u32 = 384;
+
+/// A tag with its score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tag {
+    pub tag: String,
+    pub score: f32,
+}
+
+pub struct Tagger {
+    model: OnnxModel,
+    input: String,
+    output: String,
+    tags: Vec<String>,
+    thresholds: Vec<f32>,
+}
+
+impl Tagger {
+    /// Loads the model; `tags` and `thresholds` are the contents of the tag list and the optional thresholds file.
+    pub fn load(
+        config: &TaggerConfig,
+        model: &std::path::Path,
+        tags: &str,
+        thresholds: Option<&str>,
+        device: Device,
+        threads: usize,
+    ) -> Result<Tagger, ModelError> {
+        let model = OnnxModel::load("tagger", model, device, threads)?;
+        let input = model.inputs.first().cloned().ok_or_else(|| ModelError::Contract {
+            model: "tagger".into(),
+            message: "the model has no input".into(),
+        })?;
+        let output = model.outputs.first().cloned().ok_or_else(|| ModelError::Contract {
+            model: "tagger".into(),
+            message: "the model has no output".into(),
+        })?;
+        let tags: Vec<String> = tags.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        if tags.is_empty() {
+            return Err(ModelError::Config("tagger.tags: the tag list is empty".into()));
+        }
+        let mut per_class = vec![config.threshold; tags.len()];
+        if let Some(text) = thresholds {
+            for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+                let value: f32 = line.trim().parse().map_err(|_| {
+                    ModelError::Config(format!(
+                        "tagger.thresholds: line {} `{}` is not a number",
+                        i + 1,
+                        line.trim()
+                    ))
+                })?;
+                if let Some(slot) = per_class.get_mut(i) {
+                    *slot = value;
+                }
+            }
+        }
+        Ok(Tagger { model, input, output, tags, thresholds: per_class })
+    }
+
+    pub fn tag_count(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// The model input of one image: `[3, 384, 384]`.
+    pub fn prepare(image: &RgbImage) -> Result<Vec<f32>, ModelError> {
+        let resized = resize_bilinear(image, TAGGER_SIDE, TAGGER_SIDE)?;
+        Ok(to_planar(
+            &resized,
+            1.0 / 255.0,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            TAGGER_SIDE as usize,
+            TAGGER_SIDE as usize,
+        ))
+    }
+
+    /// Tags of a batch of prepared images.
+    pub fn infer(&mut self, batch: &[&[f32]]) -> Result<Vec<Vec<Tag>>, ModelError> {
+        let side = TAGGER_SIDE as usize;
+        let mut data = Vec::with_capacity(batch.len() * 3 * side * side);
+        for image in batch {
+            data.extend_from_slice(image);
+        }
+        let inputs = vec![(self.input.as_str(), Input::F32(vec![batch.len(), 3, side, side], data))];
+        let output_name = self.output.clone();
+        let outputs = self.model.run(inputs, &[output_name.as_str()])?;
+        let scores = &outputs[&output_name];
+        let classes = scores.data.len() / batch.len().max(1);
+        if classes != self.tags.len() {
+            return Err(ModelError::Contract {
+                model: "tagger".into(),
+                message: format!(
+                    "the model scores {classes} classes but the tag list has {} tags",
+                    self.tags.len()
+                ),
+            });
+        }
+        // Logits leave [0, 1]; probabilities and 0/1 targets stay in it.
+        let are_logits = scores.data.iter().any(|v| !(0.0..=1.0).contains(v));
+        Ok(scores
+            .data
+            .chunks(classes)
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| {
+                        let score = if are_logits { sigmoid(*v) } else { *v };
+                        (score > self.thresholds[i]).then(|| Tag { tag: self.tags[i].clone(), score })
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    pub fn model(&self) -> &OnnxModel {
+        &self.model
+    }
+}
+
+/// The Grounding DINO prompt for `tags`, as the Grounded-SAM RAM demo builds it.
+pub fn prompt_of(tags: &[Tag]) -> String {
+    let joined = tags.iter().map(|t| t.tag.as_str()).collect::<Vec<_>>().join(" | ");
+    let mut caption = joined.replace(" |", ",").to_lowercase().trim().to_string();
+    if !caption.ends_with('.') {
+        caption.push('.');
+    }
+    caption
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_follow_the_demo() {
+        let tags =
+            |names: &[&str]| names.iter().map(|t| Tag { tag: t.to_string(), score: 1.0 }).collect::<Vec<_>>();
+        assert_eq!(prompt_of(&tags(&["Red", "blue", "traffic light"])), "red, blue, traffic light.");
+        assert_eq!(prompt_of(&tags(&["dog"])), "dog.");
+        assert_eq!(prompt_of(&[]), ".");
+    }
+}
