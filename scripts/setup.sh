@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beside the Rust toolchain, idempotently: the Python packages of
-# scripts/requirements-test.txt, and azurite (Azure blob emulator) from npm into .tools/.
+# scripts/requirements-test.txt, azurite (Azure blob emulator) from npm into .tools/, the ONNX Runtime library
+# into .ort/, and the real ISNet weights and test image into .models/.
 # Quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! python3 -c "import moto, boto3, pyarrow, duckdb, polars, datasets, PIL, azure.storage.blob" 2>/dev/null \
+if ! python3 -c "import moto, boto3, pyarrow, duckdb, polars, datasets, PIL, azure.storage.blob, onnxruntime, onnx, tokenizers" 2>/dev/null \
     || ! command -v moto_server >/dev/null; then
     echo "setup: installing Python test packages" >&2
     python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
@@ -16,3 +17,6 @@ if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
     mkdir -p .tools
     npm install --silent --no-audit --no-fund --prefix .tools azurite@3.35.0 >/dev/null
 fi
+
+scripts/fetch-onnxruntime.sh
+scripts/fetch-isnet.sh

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod formats;
+pub mod scenes;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
