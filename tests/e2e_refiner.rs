@@ -337,3 +337,34 @@ fn hub_sources_download_into_the_cache_with_checksums() {
     let failed = lyrics(&["models", "pull", "--models", &s(&models)], &env);
     assert!(!failed.status.success() && stderr(&failed).contains("does not match"), "{}", stderr(&failed));
 }
+
+#[test]
+fn a_model_that_cannot_load_fails_the_run_before_anything_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    for entry in std::fs::read_dir(models_dir()).unwrap().flatten() {
+        std::fs::copy(entry.path(), models.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(models.join("tagger.onnx"), b"this is not an ONNX graph").unwrap();
+    let out = dir.path().join("out");
+    let corpus = repo_root().join("examples/corpus");
+    let output = lyrics(
+        &[
+            "run",
+            "--input",
+            &s(&corpus),
+            "--output",
+            &s(&out),
+            "--models",
+            &s(&models.join("fixtures.toml")),
+            "--progress",
+            "off",
+        ],
+        &Env::new(),
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains("cannot load") && text.contains("tagger"), "{text}");
+    assert!(support::walk(&out.join("_lyrics/done")).is_empty(), "no unit may commit");
+}

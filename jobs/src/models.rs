@@ -115,10 +115,41 @@ fn cache_path(cache: &Path, url: &str, name: &str) -> PathBuf {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
+    use std::io::Read;
     let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hex::encode(hasher.finalize()))
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        context.update(&buffer[..n]);
+    }
+    Ok(hex::encode(context.finish()))
+}
+
+/// [`sha256_file`], remembered in the cache by path, size and modification time: model files run to gigabytes, and
+/// every run checksums them into its spec hash.
+fn sha256_remembered(path: &Path, cache: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let modified =
+        meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let id = hex::encode(Sha256::digest(absolute.to_string_lossy().as_bytes()));
+    let record = cache.join("checksums").join(format!("{}.json", &id[..24]));
+    let stamp = format!("{} {modified}", meta.len());
+    if let Ok(text) = std::fs::read_to_string(&record)
+        && let Some((recorded, sha)) = text.trim().rsplit_once(' ')
+        && recorded == stamp
+    {
+        return Ok(sha.to_string());
+    }
+    let sha = sha256_file(path)?;
+    if std::fs::create_dir_all(cache.join("checksums")).is_ok() {
+        let _ = std::fs::write(&record, format!("{stamp} {sha}\n"));
+    }
+    Ok(sha)
 }
 
 fn check(key: &str, file: &FileRef, actual: &str) -> Result<()> {
@@ -238,7 +269,7 @@ pub async fn pull(
                 target
             }
         };
-        let sha = sha256_file(&local)?;
+        let sha = sha256_remembered(&local, cache)?;
         if let Err(e) = check(&key, &file, &sha) {
             if local.starts_with(cache) {
                 let _ = std::fs::remove_file(&local);

@@ -143,16 +143,47 @@ impl Stage for RefinePrepareStage {
     }
 }
 
+/// Sessions that may still be loading on another thread.
+pub enum PendingRefiner {
+    Ready(Box<Refiner>),
+    Loading(std::thread::JoinHandle<Result<Refiner, ModelError>>),
+}
+
 /// Runs the sessions on each micro-batch, on the stage's own thread, which owns them.
 pub struct RefineInferStage {
-    refiner: Refiner,
+    refiner: Option<Box<Refiner>>,
+    loading: Option<std::thread::JoinHandle<Result<Refiner, ModelError>>>,
     metrics: Arc<Metrics>,
 }
 
 impl RefineInferStage {
-    pub fn new(refiner: Refiner, metrics: Arc<Metrics>) -> Self {
-        RefineInferStage { refiner, metrics }
+    pub fn new(refiner: PendingRefiner, metrics: Arc<Metrics>) -> Self {
+        match refiner {
+            PendingRefiner::Ready(refiner) => RefineInferStage { refiner: Some(refiner), loading: None, metrics },
+            PendingRefiner::Loading(handle) => RefineInferStage { refiner: None, loading: Some(handle), metrics },
+        }
     }
+
+    /// The sessions, waiting for them on the first batch. Models that fail to load end the process with the
+    /// reason: no unit can be refined, and none has been committed yet.
+    fn sessions(&mut self) -> &mut Refiner {
+        if let Some(handle) = self.loading.take() {
+            match handle.join() {
+                Ok(Ok(refiner)) => self.refiner = Some(Box::new(refiner)),
+                Ok(Err(e)) => fatal(&format!("cannot load the models: {e}")),
+                Err(_) => fatal("loading the models crashed"),
+            }
+        }
+        match self.refiner.as_mut() {
+            Some(refiner) => refiner,
+            None => fatal("the models were never loaded"),
+        }
+    }
+}
+
+fn fatal(message: &str) -> ! {
+    eprintln!("error: {}", lyrics_pipeline::store::redact_secrets(message));
+    std::process::exit(2)
 }
 
 impl Stage for RefineInferStage {
@@ -171,14 +202,16 @@ impl Stage for RefineInferStage {
                 slots.push(i);
             }
         }
-        let (before, _) = self.refiner.session_time();
+        let metrics = self.metrics.clone();
+        let refiner = self.sessions();
+        let (before, _) = refiner.session_time();
         let results = {
             let refs: Vec<(&image::RgbImage, Prepared)> =
                 inputs.iter_mut().map(|(p, prep)| (&*p, std::mem::take(prep))).collect();
-            self.refiner.infer(refs)
+            refiner.infer(refs)
         };
-        let (after, _) = self.refiner.session_time();
-        self.metrics.add_busy("refine.session_run", after.saturating_sub(before));
+        let (after, _) = refiner.session_time();
+        metrics.add_busy("refine.session_run", after.saturating_sub(before));
         for (slot, result) in slots.into_iter().zip(results) {
             let Record::Sample(sample) = &mut batch[slot] else { continue };
             match result {

@@ -11,7 +11,7 @@ use lyrics_pipeline::{Metrics, RunConfig, Stage, Worker};
 use super::{input_of, load_spec, registry, runtime};
 use crate::RunArgs;
 use crate::progress::{ProgressMode, Reporter, summary};
-use crate::stages::{DecodeStage, RefineFinishStage, RefineInferStage, RefinePrepareStage};
+use crate::stages::{DecodeStage, PendingRefiner, RefineFinishStage, RefineInferStage, RefinePrepareStage};
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let mode = args.progress.resolved();
@@ -53,12 +53,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(DecodeStage::new(operator, pool.clone()))];
     let mut refiner_description = String::new();
     if let Some(models_uri) = &spec.refine.models {
-        let refiner = runtime.block_on(load_refiner(&spec, models_uri, &registry, mode))?;
-        refiner_description = refiner.description().to_string();
-        let config = Arc::new(refiner.config().clone());
-        let description: Arc<str> = Arc::from(refiner.description());
+        let refiner = runtime.block_on(start_refiner(&spec, models_uri, &registry, mode))?;
+        refiner_description = refiner.description.clone();
+        let config = Arc::new(refiner.config.clone());
+        let description: Arc<str> = Arc::from(refiner.description.as_str());
         stages.push(Box::new(RefinePrepareStage::new(config, pool.clone())));
-        stages.push(Box::new(RefineInferStage::new(refiner, metrics.clone())));
+        stages.push(Box::new(RefineInferStage::new(refiner.sessions, metrics.clone())));
         stages.push(Box::new(RefineFinishStage::new(description, pool.clone())));
         // Model inputs are large: smaller batches and queues keep memory bounded.
         spec.pipeline.batch_size = spec.refine.batch_size;
@@ -90,25 +90,46 @@ fn init_logging(mode: ProgressMode) {
     crate::logging::init(if mode == ProgressMode::Bar { "warn" } else { "info" });
 }
 
-/// Reads the models file, makes its files local (downloading what the cache lacks), and loads the sessions.
-async fn load_refiner(
+/// A refiner on its way: what it is (known at once) and its sessions (possibly still loading).
+struct StartedRefiner {
+    config: lyrics_operators::models::ModelsConfig,
+    description: String,
+    sessions: PendingRefiner,
+}
+
+/// Reads the models file and makes its files local (downloading what the cache lacks); then loads the sessions, on
+/// the CPU in the background, so that loading overlaps planning, reading and decoding the first images. CUDA
+/// sessions load before the run starts, so a device that cannot be used fails the run before anything is written.
+async fn start_refiner(
     spec: &crate::spec::JobSpec,
     models_uri: &str,
     registry: &lyrics_pipeline::StoreRegistry,
     mode: ProgressMode,
-) -> Result<lyrics_operators::models::Refiner> {
-    let device = lyrics_operators::models::Device::parse(&spec.refine.device)?;
+) -> Result<StartedRefiner> {
+    use lyrics_operators::models::{Device, Refiner, describe};
+    let device = Device::parse(&spec.refine.device)?;
     let models = crate::models::read_models_file(models_uri, registry).await?;
     let cache = crate::models::cache_dir(spec.refine.cache.as_deref().map(std::path::Path::new));
     let paths = crate::models::pull(&models, &cache, registry, mode == ProgressMode::Bar).await?;
+    let description = describe(&models.config, &paths);
     let threads = spec.refine.threads;
     let config = models.config.clone();
-    let refiner = tokio::task::spawn_blocking(move || {
-        lyrics_operators::models::Refiner::load(&config, &paths, device, threads)
-    })
-    .await
-    .context("loading the models panicked")?
-    .with_context(|| format!("cannot load the models of {}", lyrics_pipeline::redact(models_uri)))?;
-    tracing::info!(device = %device, models = %lyrics_pipeline::redact(models_uri), "refiner loaded");
-    Ok(refiner)
+    let uri = lyrics_pipeline::redact(models_uri);
+    let load = move || {
+        let loaded = Refiner::load(&config, &paths, device, threads);
+        if loaded.is_ok() {
+            tracing::info!(device = %device, models = %uri, "refiner loaded");
+        }
+        loaded
+    };
+    let sessions = match device {
+        Device::Cpu => PendingRefiner::Loading(std::thread::Builder::new().name("model-load".into()).spawn(load)?),
+        Device::Cuda(_) => PendingRefiner::Ready(Box::new(
+            tokio::task::spawn_blocking(load)
+                .await
+                .context("loading the models panicked")?
+                .with_context(|| format!("cannot load the models of {}", lyrics_pipeline::redact(models_uri)))?,
+        )),
+    };
+    Ok(StartedRefiner { config: models.config, description, sessions })
 }

@@ -134,29 +134,31 @@ impl Detector {
         let text = self.text_inputs(caption)?;
         let n = text.input_ids.len();
         let (w, h) = (image.width, image.height);
-        let pixels = Input::F32(vec![1, 3, h, w], image.tensor.clone());
+        let pixels = Input::F32(vec![1, 3, h, w], &image.tensor);
+        let attention: Vec<bool> = text.attention_mask.iter().map(|m| *m != 0).collect();
+        let pixel_mask: Vec<i64> = match self.export {
+            DetectorExport::Hf => vec![1; h * w],
+            DetectorExport::Idea => Vec::new(),
+        };
         let (inputs, boxes_name) = match self.export {
             DetectorExport::Idea => (
                 vec![
                     ("img", pixels),
-                    ("input_ids", Input::I64(vec![1, n], text.input_ids.clone())),
-                    (
-                        "attention_mask",
-                        Input::Bool(vec![1, n], text.attention_mask.iter().map(|m| *m != 0).collect()),
-                    ),
-                    ("position_ids", Input::I64(vec![1, n], text.position_ids.clone())),
-                    ("token_type_ids", Input::I64(vec![1, n], text.token_type_ids.clone())),
-                    ("text_token_mask", Input::Bool(vec![1, n, n], text.text_token_mask.clone())),
+                    ("input_ids", Input::I64(vec![1, n], &text.input_ids)),
+                    ("attention_mask", Input::Bool(vec![1, n], &attention)),
+                    ("position_ids", Input::I64(vec![1, n], &text.position_ids)),
+                    ("token_type_ids", Input::I64(vec![1, n], &text.token_type_ids)),
+                    ("text_token_mask", Input::Bool(vec![1, n, n], &text.text_token_mask)),
                 ],
                 "boxes",
             ),
             DetectorExport::Hf => (
                 vec![
                     ("pixel_values", pixels),
-                    ("input_ids", Input::I64(vec![1, n], text.input_ids.clone())),
-                    ("token_type_ids", Input::I64(vec![1, n], text.token_type_ids.clone())),
-                    ("attention_mask", Input::I64(vec![1, n], text.attention_mask.clone())),
-                    ("pixel_mask", Input::I64(vec![1, h, w], vec![1; h * w])),
+                    ("input_ids", Input::I64(vec![1, n], &text.input_ids)),
+                    ("token_type_ids", Input::I64(vec![1, n], &text.token_type_ids)),
+                    ("attention_mask", Input::I64(vec![1, n], &text.attention_mask)),
+                    ("pixel_mask", Input::I64(vec![1, h, w], &pixel_mask)),
                 ],
                 "pred_boxes",
             ),
@@ -174,12 +176,13 @@ impl Detector {
         let mut detections = Vec::new();
         for q in 0..queries {
             let row = &logits.data[q * width..(q + 1) * width];
-            let scores: Vec<f32> = row.iter().map(|v| sigmoid(*v)).collect();
-            let best = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // The sigmoid is monotonic: test the best logit first, and score the tokens only of kept queries.
+            let best = sigmoid(row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
             // Strictly above, as the reference filters; a NaN score keeps nothing.
             if best.partial_cmp(&self.box_threshold) != Some(std::cmp::Ordering::Greater) {
                 continue;
             }
+            let scores: Vec<f32> = row.iter().map(|v| sigmoid(*v)).collect();
             let phrase = self.phrase(&scores, &text.input_ids)?;
             let b = &boxes.data[q * 4..q * 4 + 4];
             let bbox = cxcywh_to_xyxy([b[0], b[1], b[2], b[3]]).scaled(orig_w as f32, orig_h as f32);

@@ -19,7 +19,9 @@ pub use config::{
     TaggerConfig, TaggerFamily,
 };
 pub use detector::{Detection, Detector, DetectorImage, TextInputs, sub_sentence_masks};
-pub use refiner::{Inferred, ModelPaths, Prepared, Refined, RefinedObject, Refiner, finish, label_of, prepare};
+pub use refiner::{
+    Inferred, ModelPaths, Prepared, Refined, RefinedObject, Refiner, describe, finish, label_of, prepare,
+};
 pub use runtime::{Device, OnnxModel};
 pub use segmenter::{Mask, Segmenter, crop_region, salient_input, salient_output};
 pub use tagger::{Tag, Tagger, prompt_of};

@@ -298,7 +298,9 @@ fn tag_in_batches(
     out
 }
 
-fn describe(config: &ModelsConfig, files: &ModelPaths) -> String {
+/// JSON naming every model of `config`, its file's source and checksum, and its thresholds: the `refiner` column.
+/// Known before any session is loaded, so a run can hash it into its spec first.
+pub fn describe(config: &ModelsConfig, files: &ModelPaths) -> String {
     let file = |key: &str| -> serde_json::Value {
         let source = config.files().get(key).map(|f| f.source().to_string()).unwrap_or_default();
         json!({ "source": source, "sha256": files.sha256.get(key).cloned().unwrap_or_default() })

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{DynValue, Tensor};
+use ort::value::TensorRef;
 
 use super::ModelError;
 
@@ -112,11 +112,11 @@ pub struct Output {
     pub data: Vec<f32>,
 }
 
-/// One input value of a run.
-pub enum Input {
-    F32(Vec<usize>, Vec<f32>),
-    I64(Vec<usize>, Vec<i64>),
-    Bool(Vec<usize>, Vec<bool>),
+/// One input value of a run, borrowed: sessions read the caller's buffers in place, with no copy.
+pub enum Input<'a> {
+    F32(Vec<usize>, &'a [f32]),
+    I64(Vec<usize>, &'a [i64]),
+    Bool(Vec<usize>, &'a [bool]),
 }
 
 impl OnnxModel {
@@ -135,6 +135,9 @@ impl OnnxModel {
         if threads > 0 {
             builder = builder.with_intra_threads(threads).map_err(|e| fail("threads", &e))?;
         }
+        // Idle intra-op threads would spin-wait for the next run, taking the cores the pipeline's decode and
+        // pre/post-processing stages need in the meantime.
+        builder = builder.with_intra_op_spinning(false).map_err(|e| fail("spinning", &e))?;
         if let Device::Cuda(id) = device {
             let cuda = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
             builder = builder.with_execution_providers([cuda]).map_err(|e| ModelError::Device {
@@ -175,19 +178,19 @@ impl OnnxModel {
     /// Runs the model on named inputs; returns the named f32 outputs.
     pub fn run(
         &mut self,
-        inputs: Vec<(&str, Input)>,
+        inputs: Vec<(&str, Input<'_>)>,
         outputs: &[&str],
     ) -> Result<HashMap<String, Output>, ModelError> {
         let fail = |e: &dyn std::fmt::Display| ModelError::Run { model: self.name.clone(), message: e.to_string() };
         let mut values: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
             Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
-            let value: DynValue = match input {
-                Input::F32(shape, data) => Tensor::from_array((shape, data)).map_err(|e| fail(&e))?.into_dyn(),
-                Input::I64(shape, data) => Tensor::from_array((shape, data)).map_err(|e| fail(&e))?.into_dyn(),
-                Input::Bool(shape, data) => Tensor::from_array((shape, data)).map_err(|e| fail(&e))?.into_dyn(),
+            let value: ort::session::SessionInputValue<'_> = match input {
+                Input::F32(shape, data) => TensorRef::from_array_view((shape, data)).map_err(|e| fail(&e))?.into(),
+                Input::I64(shape, data) => TensorRef::from_array_view((shape, data)).map_err(|e| fail(&e))?.into(),
+                Input::Bool(shape, data) => TensorRef::from_array_view((shape, data)).map_err(|e| fail(&e))?.into(),
             };
-            values.push((name.to_string().into(), value.into()));
+            values.push((name.to_string().into(), value));
         }
         let started = Instant::now();
         let result = self.session.run(values);

@@ -108,25 +108,27 @@ impl Segmenter {
                 };
                 let side = SAM_SIDE;
                 let out = encoder.run(
-                    vec![(encoder_input.as_str(), Input::F32(vec![1, 3, side, side], tensor.to_vec()))],
+                    vec![(encoder_input.as_str(), Input::F32(vec![1, 3, side, side], tensor))],
                     &["image_embeddings"],
                 )?;
                 let embeddings = &out["image_embeddings"];
                 let (ow, oh) = image.dimensions();
                 let (nw, nh) = longest_side_size(ow, oh, side as u32);
                 let (sx, sy) = (nw as f32 / ow as f32, nh as f32 / oh as f32);
+                let no_mask = vec![0f32; 256 * 256];
+                let orig_size = [oh as f32, ow as f32];
                 boxes
                     .iter()
                     .map(|b| {
                         let [x1, y1, x2, y2] = b.0;
-                        let coords = vec![x1 * sx, y1 * sy, x2 * sx, y2 * sy];
+                        let coords = [x1 * sx, y1 * sy, x2 * sx, y2 * sy];
                         let inputs = vec![
-                            ("image_embeddings", Input::F32(embeddings.shape.clone(), embeddings.data.clone())),
-                            ("point_coords", Input::F32(vec![1, 2, 2], coords)),
-                            ("point_labels", Input::F32(vec![1, 2], vec![2.0, 3.0])),
-                            ("mask_input", Input::F32(vec![1, 1, 256, 256], vec![0.0; 256 * 256])),
-                            ("has_mask_input", Input::F32(vec![1], vec![0.0])),
-                            ("orig_im_size", Input::F32(vec![2], vec![oh as f32, ow as f32])),
+                            ("image_embeddings", Input::F32(embeddings.shape.clone(), &embeddings.data)),
+                            ("point_coords", Input::F32(vec![1, 2, 2], &coords)),
+                            ("point_labels", Input::F32(vec![1, 2], &[2.0, 3.0])),
+                            ("mask_input", Input::F32(vec![1, 1, 256, 256], &no_mask)),
+                            ("has_mask_input", Input::F32(vec![1], &[0.0])),
+                            ("orig_im_size", Input::F32(vec![2], &orig_size)),
                         ];
                         let out = decoder.run(inputs, &["masks", "iou_predictions"])?;
                         let (masks, ious) = (&out["masks"], &out["iou_predictions"]);
@@ -231,7 +233,7 @@ fn salient_mask(
     let (w, h) = image.dimensions();
     let crop = crop_region(bbox, margin, w, h);
     let input = salient_input(image, crop)?;
-    let out = model.run(vec![("input", Input::F32(vec![1, 3, ISNET_SIDE, ISNET_SIDE], input))], &["output"])?;
+    let out = model.run(vec![("input", Input::F32(vec![1, 3, ISNET_SIDE, ISNET_SIDE], &input))], &["output"])?;
     salient_output(&out["output"].data, crop, bbox, w, h, threshold)
 }
 

@@ -95,7 +95,7 @@ impl Tagger {
         for image in batch {
             data.extend_from_slice(image);
         }
-        let inputs = vec![(self.input.as_str(), Input::F32(vec![batch.len(), 3, side, side], data))];
+        let inputs = vec![(self.input.as_str(), Input::F32(vec![batch.len(), 3, side, side], &data))];
         let output_name = self.output.clone();
         let outputs = self.model.run(inputs, &[output_name.as_str()])?;
         let scores = &outputs[&output_name];
