@@ -149,7 +149,7 @@ impl Segmenter {
                     .collect()
             }
             Segmenter::SalientCrop { model, margin, threshold } => {
-                boxes.iter().map(|b| salient_mask(model, image, b, *margin, *threshold)).collect()
+                salient_masks(model, image, boxes, *margin, *threshold)
             }
         }
     }
@@ -223,18 +223,50 @@ pub fn salient_output(
     Ok(Mask { width, height, pixels, score: if count == 0 { 0.0 } else { sum / count as f32 } })
 }
 
-fn salient_mask(
+/// ISNet on every box, pipelined: while the model runs on box k, a second thread prepares the input of box k + 1
+/// and finishes the mask of box k − 1, so cropping, resizing and thresholding hide behind inference.
+fn salient_masks(
     model: &mut OnnxModel,
     image: &RgbImage,
-    bbox: &BoxXyxy,
+    boxes: &[BoxXyxy],
     margin: f32,
     threshold: f32,
-) -> Result<Mask, ModelError> {
+) -> Result<Vec<Mask>, ModelError> {
     let (w, h) = image.dimensions();
-    let crop = crop_region(bbox, margin, w, h);
-    let input = salient_input(image, crop)?;
-    let out = model.run(vec![("input", Input::F32(vec![1, 3, ISNET_SIDE, ISNET_SIDE], &input))], &["output"])?;
-    salient_output(&out["output"].data, crop, bbox, w, h, threshold)
+    let crops: Vec<_> = boxes.iter().map(|b| crop_region(b, margin, w, h)).collect();
+    let finish =
+        |probabilities: Vec<f32>, k: usize| salient_output(&probabilities, crops[k], &boxes[k], w, h, threshold);
+    let mut masks = Vec::with_capacity(boxes.len());
+    let mut input = salient_input(image, crops[0])?;
+    let mut previous: Option<(Vec<f32>, usize)> = None;
+    for k in 0..boxes.len() {
+        let (run, (next, done)) = std::thread::scope(|scope| {
+            let side = scope.spawn(|| {
+                let next = crops.get(k + 1).map(|crop| salient_input(image, *crop));
+                let done = previous.take().map(|(probabilities, j)| finish(probabilities, j));
+                (next, done)
+            });
+            let run =
+                model.run(vec![("input", Input::F32(vec![1, 3, ISNET_SIDE, ISNET_SIDE], &input))], &["output"]);
+            let side = side
+                .join()
+                .unwrap_or_else(|_| (None, Some(Err(ModelError::Postprocess("mask thread crashed".into())))));
+            (run, side)
+        });
+        if let Some(done) = done {
+            masks.push(done?);
+        }
+        let mut outputs = run?;
+        let probabilities = outputs.remove("output").map(|o| o.data).unwrap_or_default();
+        previous = Some((probabilities, k));
+        if let Some(next) = next {
+            input = next?;
+        }
+    }
+    if let Some((probabilities, j)) = previous {
+        masks.push(finish(probabilities, j)?);
+    }
+    Ok(masks)
 }
 
 #[cfg(test)]
