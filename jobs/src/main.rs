@@ -37,6 +37,36 @@ enum Command {
     Status(StatusArgs),
     /// Fetch, list or verify the files of a models file (cached with SHA-256 checks).
     Models(ModelsArgs),
+    /// Write a finished job's instruct table as the JSON files LLaVA-style trainers read.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The job's output URI or path.
+    #[arg(long)]
+    output: String,
+    /// llava-json: one JSON array (llava.json); jsonl: one conversation per line (instruct.jsonl).
+    #[arg(long, value_enum, default_value = "llava-json")]
+    format: ExportFormat,
+    /// Folder to write into.
+    #[arg(long)]
+    to: String,
+    /// write: the images go to TO/images/; none: the JSON names them only.
+    #[arg(long, value_enum, default_value = "write")]
+    images: ExportImages,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    LlavaJson,
+    Jsonl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportImages {
+    Write,
+    None,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +185,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => commands::plan::plan(args),
         Command::Status(args) => commands::status::status(args),
         Command::Models(args) => models::command(&args.action, &args.models, args.cache.as_deref()),
+        Command::Export(args) => commands::export::export(args),
     };
     match result {
         Ok(code) => code,

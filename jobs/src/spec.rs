@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use lyrics_operators::image::{DecodeLimits, EncodeSpec, ResizeMode, ResizeSpec};
+use lyrics_operators::text::{GroundedFormat, InstructOptions};
 use lyrics_pipeline::{InputFormat, SinkOptions, SourceOptions, StorageOptions};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -21,6 +22,32 @@ pub struct JobSpec {
     pub storage: StorageOptions,
     pub pipeline: PipelineSection,
     pub refine: RefineSection,
+    pub text: TextSection,
+}
+
+/// `[text]`: grounded text and instruction data from the refined objects (written when the refiner runs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TextSection {
+    /// Write the `pretrain` and `instruct` tables when the refiner runs.
+    pub enabled: bool,
+    /// Grounded formats written as columns of `pretrain`.
+    pub formats: Vec<GroundedFormat>,
+    /// Format of the boxes inserted into `grounded_caption`.
+    pub inline_format: GroundedFormat,
+    /// `[text.instruct]`: tasks, languages, box format and object filters of the instruction data.
+    pub instruct: InstructOptions,
+}
+
+impl Default for TextSection {
+    fn default() -> Self {
+        TextSection {
+            enabled: true,
+            formats: GroundedFormat::ALL.to_vec(),
+            inline_format: GroundedFormat::Kosmos2,
+            instruct: InstructOptions::default(),
+        }
+    }
 }
 
 /// `[refine]`: the visual refiner. Runs when `models` (or `--models`) names a models file.
@@ -122,6 +149,15 @@ impl JobSpec {
         range("storage.retry_timeout_s", self.storage.retry_timeout_s, 0.0, 86_400.0)?;
         range("storage.backoff_s", self.storage.backoff_s, 0.0, 3_600.0)?;
         range("refine.batch_size", self.refine.batch_size, 1, 4096)?;
+        range("text.instruct.min_score", self.text.instruct.min_score, 0.0, 1.0)?;
+        range("text.instruct.min_box_area", self.text.instruct.min_box_area, 0.0, 1.0)?;
+        range("text.instruct.duplicate_iou", self.text.instruct.duplicate_iou, 0.0, 1.0)?;
+        range("text.instruct.max_objects", self.text.instruct.max_objects, 1, 100_000)?;
+        for language in &self.text.instruct.languages {
+            if language != "en" && language != "zh" {
+                bail!("text.instruct.languages: `{language}` is not a language of the phrasings; allowed: en, zh");
+            }
+        }
         lyrics_operators::models::Device::parse(&self.refine.device)
             .map_err(|e| anyhow::anyhow!("refine.device: {e}"))?;
         Ok(())
@@ -143,6 +179,7 @@ impl JobSpec {
             resize: &'a ResizeSpec,
             encode: &'a EncodeSpec,
             refiner: &'a str,
+            text: Option<&'a TextSection>,
         }
         let shaping = Shaping {
             input: &self.input,
@@ -151,6 +188,7 @@ impl JobSpec {
             resize: &self.resize,
             encode: &self.encode,
             refiner,
+            text: (!refiner.is_empty() && self.text.enabled).then_some(&self.text),
         };
         let json = serde_json::to_vec(&shaping).unwrap_or_default();
         hex::encode(Sha256::digest(json))

@@ -7,6 +7,7 @@ use lyrics_operators::image::ImageOperator;
 use lyrics_operators::models::{
     Inferred, ModelError, ModelsConfig, Prepared, RefinedObject, Refiner, finish, prepare,
 };
+use lyrics_operators::text::{TextOptions, texts};
 use lyrics_pipeline::{ItemError, Metrics, RawItem, Record, Sample, Stage};
 use lyrics_schemas::{ImageRef, MaskRow, ObjectRow, SampleRow, TagRow};
 use rayon::prelude::*;
@@ -41,8 +42,8 @@ fn decode(operator: &ImageOperator, record: Record) -> Record {
     // A decoder bug must cost one item, not the job.
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| operator.process(bytes)));
     match outcome {
-        Ok(Ok(image)) => Record::Sample(Box::new(Sample {
-            row: SampleRow {
+        Ok(Ok(image)) => Record::Sample(Box::new(Sample::new(
+            SampleRow {
                 key,
                 source,
                 image: ImageRef { bytes: Some(image.bytes), path: image_path },
@@ -55,8 +56,8 @@ fn decode(operator: &ImageOperator, record: Record) -> Record {
                 meta,
                 ..SampleRow::default()
             },
-            state: image.pixels.map(|p| Box::new(Pixels(p)) as Box<dyn std::any::Any + Send>),
-        })),
+            image.pixels.map(|p| Box::new(Pixels(p)) as Box<dyn std::any::Any + Send>),
+        ))),
         Ok(Err(e)) => {
             Record::error(&key, &source, ItemError::new("decode", e.kind(), format!("image {named}: {e}")))
         }
@@ -282,5 +283,40 @@ fn object_row(o: RefinedObject) -> ObjectRow {
         mask: o.mask.map(|m| MaskRow { size: [m.size[0] as i32, m.size[1] as i32], counts: m.counts }),
         mask_area: o.mask_area.map(|a| a as i64),
         mask_score: o.mask_score,
+    }
+}
+
+/// The grounded text of refined samples: the `pretrain` row (formats, grounded caption, spans) and the `instruct`
+/// conversations, built in parallel.
+pub struct TextStage {
+    options: Arc<TextOptions>,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl TextStage {
+    pub fn new(options: Arc<TextOptions>, pool: Arc<rayon::ThreadPool>) -> Self {
+        TextStage { options, pool }
+    }
+}
+
+impl Stage for TextStage {
+    fn name(&self) -> &str {
+        "text"
+    }
+
+    fn process(&mut self, batch: Vec<Record>) -> Vec<Record> {
+        let options = &self.options;
+        self.pool.install(|| {
+            batch
+                .into_par_iter()
+                .map(|record| {
+                    let Record::Sample(mut sample) = record else { return record };
+                    let (pretrain, instruct) = texts(&sample.row, options);
+                    sample.pretrain = Some(pretrain);
+                    sample.instruct = instruct;
+                    Record::Sample(sample)
+                })
+                .collect()
+        })
     }
 }

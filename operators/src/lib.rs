@@ -5,3 +5,4 @@
 pub mod geometry;
 pub mod image;
 pub mod models;
+pub mod text;

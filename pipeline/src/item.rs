@@ -2,7 +2,7 @@
 
 use std::any::Any;
 
-use lyrics_schemas::{ErrorRow, SampleRow};
+use lyrics_schemas::{ErrorRow, InstructRow, PretrainRow, SampleRow};
 
 /// One input item as a source read it: the encoded image and its text, not yet validated.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +48,16 @@ impl ItemError {
 pub struct Sample {
     pub row: SampleRow,
     pub state: Option<Box<dyn Any + Send>>,
+    /// The sample's row of the `pretrain` table, when a text stage made one.
+    pub pretrain: Option<PretrainRow>,
+    /// The sample's rows of the `instruct` table.
+    pub instruct: Vec<InstructRow>,
+}
+
+impl Sample {
+    pub fn new(row: SampleRow, state: Option<Box<dyn Any + Send>>) -> Sample {
+        Sample { row, state, pretrain: None, instruct: Vec::new() }
+    }
 }
 
 impl std::fmt::Debug for Sample {

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::PipelineError;
 use crate::commit::{self, PlanRecord, UnitMarker};
-use crate::item::Record;
+use crate::item::{Record, Sample};
 use crate::metrics::Metrics;
 use crate::partition::Worker;
 use crate::plan::{self, InputFormat, WorkUnit};
@@ -219,7 +219,15 @@ impl OpenUnit {
         match record {
             Record::Sample(sample) => {
                 self.rows += 1;
-                self.writer.samples.push(sample.row).await
+                let Sample { row, pretrain, instruct, .. } = *sample;
+                self.writer.samples.push(row).await?;
+                if let Some(pretrain) = pretrain {
+                    self.writer.pretrain.push(pretrain).await?;
+                }
+                for conversation in instruct {
+                    self.writer.instruct.push(conversation).await?;
+                }
+                Ok(())
             }
             Record::Error(row) => self.push_error(row).await,
             Record::Raw(raw) => {

@@ -6,7 +6,7 @@
 //! depend only on the rows, so a retried unit rewrites identical shards.
 
 use arrow::array::RecordBatch;
-use lyrics_schemas::{ErrorRow, SampleRow, Table, col};
+use lyrics_schemas::{ErrorRow, InstructRow, PretrainRow, SampleRow, Table, col};
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
@@ -82,6 +82,26 @@ impl TableRow for ErrorRow {
     }
     fn approx_bytes(&self) -> usize {
         ErrorRow::approx_bytes(self)
+    }
+}
+
+impl TableRow for PretrainRow {
+    const TABLE: Table = Table::Pretrain;
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, PipelineError> {
+        PretrainRow::to_batch(rows).map_err(|e| PipelineError::Internal(e.to_string()))
+    }
+    fn approx_bytes(&self) -> usize {
+        PretrainRow::approx_bytes(self)
+    }
+}
+
+impl TableRow for InstructRow {
+    const TABLE: Table = Table::Instruct;
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, PipelineError> {
+        InstructRow::to_batch(rows).map_err(|e| PipelineError::Internal(e.to_string()))
+    }
+    fn approx_bytes(&self) -> usize {
+        InstructRow::approx_bytes(self)
     }
 }
 
@@ -232,6 +252,8 @@ impl<R: TableRow> TableWriter<R> {
 pub struct UnitWriter {
     pub samples: TableWriter<SampleRow>,
     pub errors: TableWriter<ErrorRow>,
+    pub pretrain: TableWriter<PretrainRow>,
+    pub instruct: TableWriter<InstructRow>,
 }
 
 impl UnitWriter {
@@ -244,6 +266,8 @@ impl UnitWriter {
         Ok(UnitWriter {
             samples: TableWriter::new(output.clone(), options, part_bytes, unit)?,
             errors: TableWriter::new(output.clone(), options, part_bytes, unit)?,
+            pretrain: TableWriter::new(output.clone(), options, part_bytes, unit)?,
+            instruct: TableWriter::new(output.clone(), options, part_bytes, unit)?,
         })
     }
 
@@ -252,6 +276,8 @@ impl UnitWriter {
         let result = async {
             let mut shards = self.samples.finish().await?;
             shards.extend(self.errors.finish().await?);
+            shards.extend(self.pretrain.finish().await?);
+            shards.extend(self.instruct.finish().await?);
             Ok(shards)
         }
         .await;
@@ -264,5 +290,7 @@ impl UnitWriter {
     pub async fn abort(self) {
         self.samples.abort().await;
         self.errors.abort().await;
+        self.pretrain.abort().await;
+        self.instruct.abort().await;
     }
 }

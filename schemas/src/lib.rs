@@ -10,11 +10,13 @@ mod error;
 mod features;
 mod refined;
 mod rows;
+mod text;
 
 pub use error::SchemaError;
 pub use features::huggingface_features;
 pub use refined::{MaskRow, ObjectRow, TagRow, object_fields, tag_fields};
 pub use rows::{ErrorRow, ImageRef, SampleRow};
+pub use text::{InstructRow, PretrainRow, SpanRow, span_fields, turn_fields};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,6 +66,20 @@ pub mod col {
     pub const MASK_AREA: &str = "mask_area";
     pub const MASK_SCORE: &str = "mask_score";
     pub const REFINER: &str = "refiner";
+    pub const LYRICS: &str = "lyrics";
+    pub const QWEN: &str = "qwen";
+    pub const KOSMOS2: &str = "kosmos2";
+    pub const SHIKRA: &str = "shikra";
+    pub const GROUNDED_CAPTION: &str = "grounded_caption";
+    pub const CAPTION_SPANS: &str = "caption_spans";
+    pub const START: &str = "start";
+    pub const END: &str = "end";
+    pub const ID: &str = "id";
+    pub const TASK: &str = "task";
+    pub const LANGUAGE: &str = "language";
+    pub const CONVERSATIONS: &str = "conversations";
+    pub const FROM: &str = "from";
+    pub const VALUE: &str = "value";
 }
 
 /// The tables a job writes, each under `<output>/<name>/`.
@@ -73,16 +89,22 @@ pub enum Table {
     Samples,
     /// One row per rejected input item, naming the item, the stage and the cause.
     Errors,
+    /// One row per refined sample: the grounded text formats for pre-training.
+    Pretrain,
+    /// One row per instruction conversation (LLaVA/ShareGPT) for fine-tuning.
+    Instruct,
 }
 
 impl Table {
-    pub const ALL: [Table; 2] = [Table::Samples, Table::Errors];
+    pub const ALL: [Table; 4] = [Table::Samples, Table::Errors, Table::Pretrain, Table::Instruct];
 
     /// The table's name: its folder under the output and its `lyrics.table` metadata.
     pub fn name(self) -> &'static str {
         match self {
             Table::Samples => "samples",
             Table::Errors => "errors",
+            Table::Pretrain => "pretrain",
+            Table::Instruct => "instruct",
         }
     }
 
@@ -95,6 +117,8 @@ impl Table {
         match self {
             Table::Samples => sample_schema(),
             Table::Errors => error_schema(),
+            Table::Pretrain => pretrain_schema(),
+            Table::Instruct => instruct_schema(),
         }
     }
 }
@@ -147,6 +171,56 @@ pub fn sample_schema() -> SchemaRef {
                 true,
             ),
             Field::new(col::REFINER, DataType::Utf8, true),
+        ],
+    )
+}
+
+fn utf8(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, true)
+}
+
+/// Schema of the `pretrain` table.
+pub fn pretrain_schema() -> SchemaRef {
+    with_metadata(
+        Table::Pretrain,
+        vec![
+            Field::new(col::KEY, DataType::Utf8, false),
+            Field::new(col::IMAGE, DataType::Struct(image_fields()), true),
+            utf8(col::CAPTION),
+            utf8(col::LYRICS),
+            utf8(col::QWEN),
+            utf8(col::KOSMOS2),
+            utf8(col::SHIKRA),
+            utf8(col::GROUNDED_CAPTION),
+            Field::new(
+                col::CAPTION_SPANS,
+                DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Struct(span_fields()), true))),
+                true,
+            ),
+            Field::new(
+                col::OBJECTS,
+                DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Struct(object_fields()), true))),
+                true,
+            ),
+        ],
+    )
+}
+
+/// Schema of the `instruct` table.
+pub fn instruct_schema() -> SchemaRef {
+    with_metadata(
+        Table::Instruct,
+        vec![
+            Field::new(col::ID, DataType::Utf8, false),
+            Field::new(col::KEY, DataType::Utf8, false),
+            Field::new(col::IMAGE, DataType::Utf8, false),
+            Field::new(col::TASK, DataType::Utf8, false),
+            Field::new(col::LANGUAGE, DataType::Utf8, false),
+            Field::new(
+                col::CONVERSATIONS,
+                DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Struct(turn_fields()), true))),
+                true,
+            ),
         ],
     )
 }

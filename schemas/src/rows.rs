@@ -178,6 +178,23 @@ impl SampleRow {
     }
 }
 
+/// The `image` column of a batch as image references.
+pub(crate) fn image_refs(batch: &RecordBatch) -> Result<Vec<ImageRef>, SchemaError> {
+    let image = column(batch, col::IMAGE)?;
+    let image = image.as_struct_opt().ok_or_else(|| SchemaError::column_type(col::IMAGE, image.data_type()))?;
+    let bytes = binaries(image.column_by_name(col::IMAGE_BYTES), col::IMAGE_BYTES)?;
+    let paths = strings_of(image.column_by_name(col::IMAGE_PATH), col::IMAGE_PATH)?;
+    Ok((0..image.len())
+        .map(|i| {
+            if image.is_null(i) {
+                ImageRef::default()
+            } else {
+                ImageRef { bytes: bytes[i].clone(), path: paths[i].clone() }
+            }
+        })
+        .collect())
+}
+
 impl ErrorRow {
     /// Bytes the row adds to a shard before compression.
     pub fn approx_bytes(&self) -> usize {
@@ -214,7 +231,7 @@ impl ErrorRow {
     }
 }
 
-fn image_array<'a>(images: impl Iterator<Item = &'a ImageRef>) -> StructArray {
+pub(crate) fn image_array<'a>(images: impl Iterator<Item = &'a ImageRef>) -> StructArray {
     let mut bytes = BinaryBuilder::new();
     let mut path = StringBuilder::new();
     for image in images {
@@ -225,15 +242,15 @@ fn image_array<'a>(images: impl Iterator<Item = &'a ImageRef>) -> StructArray {
     StructArray::new(image_fields(), columns, None)
 }
 
-fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, SchemaError> {
+pub(crate) fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, SchemaError> {
     batch.column_by_name(name).ok_or_else(|| SchemaError::MissingColumn(name.to_string()))
 }
 
-fn strings(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>, SchemaError> {
+pub(crate) fn strings(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>, SchemaError> {
     strings_of(Some(column(batch, name)?), name)
 }
 
-fn strings_of(array: Option<&ArrayRef>, name: &str) -> Result<Vec<Option<String>>, SchemaError> {
+pub(crate) fn strings_of(array: Option<&ArrayRef>, name: &str) -> Result<Vec<Option<String>>, SchemaError> {
     let array = array.ok_or_else(|| SchemaError::MissingColumn(name.to_string()))?;
     let out = match array.data_type() {
         DataType::Utf8 => array.as_string::<i32>().iter().map(|v| v.map(str::to_string)).collect(),

@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lyrics_operators::image::ImageOperator;
+use lyrics_operators::text::TextOptions;
 use lyrics_pipeline::{Metrics, RunConfig, Stage, Worker};
 
 use super::{input_of, load_spec, registry, runtime};
 use crate::RunArgs;
 use crate::progress::{ProgressMode, Reporter, summary};
-use crate::stages::{DecodeStage, PendingRefiner, RefineFinishStage, RefineInferStage, RefinePrepareStage};
+use crate::stages::{
+    DecodeStage, PendingRefiner, RefineFinishStage, RefineInferStage, RefinePrepareStage, TextStage,
+};
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let mode = args.progress.resolved();
@@ -60,6 +63,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         stages.push(Box::new(RefinePrepareStage::new(config, pool.clone())));
         stages.push(Box::new(RefineInferStage::new(refiner.sessions, metrics.clone())));
         stages.push(Box::new(RefineFinishStage::new(description, pool.clone())));
+        if spec.text.enabled {
+            let options = TextOptions {
+                formats: spec.text.formats.clone(),
+                inline_format: spec.text.inline_format,
+                instruct: spec.text.instruct.clone(),
+            };
+            stages.push(Box::new(TextStage::new(Arc::new(options), pool.clone())));
+        }
         // Model inputs are large: smaller batches and queues keep memory bounded.
         spec.pipeline.batch_size = spec.refine.batch_size;
         spec.pipeline.channel_capacity = spec.pipeline.channel_capacity.min(2);

@@ -1,0 +1,286 @@
+//! The tables of grounded text: `pretrain` (one row per refined sample: the grounded formats, the grounded caption
+//! and its GRIT-style spans, the objects) and `instruct` (one row per LLaVA/ShareGPT conversation).
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float32Array, Int32Array, ListArray, RecordBatch, StringArray, StructArray,
+};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Field, Fields, Float32Type, Int32Type};
+
+use crate::refined::{objects_array, objects_from};
+use crate::rows::{column, image_array, image_refs, strings};
+use crate::{ImageRef, ObjectRow, SchemaError, col, instruct_schema, pretrain_schema};
+
+/// A caption span grounded by one box (GRIT's `ref_exps` entry): character offsets `[start, end)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRow {
+    pub start: i32,
+    pub end: i32,
+    pub phrase: String,
+    pub bbox: [f32; 4],
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PretrainRow {
+    pub key: String,
+    pub image: ImageRef,
+    pub caption: Option<String>,
+    pub lyrics: Option<String>,
+    pub qwen: Option<String>,
+    pub kosmos2: Option<String>,
+    pub shikra: Option<String>,
+    /// The caption with boxes inline after the spans they ground.
+    pub grounded_caption: Option<String>,
+    pub caption_spans: Vec<SpanRow>,
+    pub objects: Vec<ObjectRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InstructRow {
+    pub id: String,
+    pub key: String,
+    /// The image's file name, as LLaVA-style trainers resolve it against their image folder.
+    pub image: String,
+    pub task: String,
+    pub language: String,
+    /// `(from, value)` turns: `human` and `gpt` alternating, `<image>` in the first human turn.
+    pub conversations: Vec<(String, String)>,
+}
+
+fn item(data_type: DataType) -> Arc<Field> {
+    Arc::new(Field::new(col::LIST_ITEM, data_type, true))
+}
+
+pub fn span_fields() -> Fields {
+    Fields::from(vec![
+        Field::new(col::START, DataType::Int32, false),
+        Field::new(col::END, DataType::Int32, false),
+        Field::new(col::PHRASE, DataType::Utf8, false),
+        Field::new(col::BOX, DataType::List(item(DataType::Float32)), false),
+    ])
+}
+
+pub fn turn_fields() -> Fields {
+    Fields::from(vec![Field::new(col::FROM, DataType::Utf8, false), Field::new(col::VALUE, DataType::Utf8, false)])
+}
+
+impl PretrainRow {
+    pub fn approx_bytes(&self) -> usize {
+        let texts = [&self.caption, &self.lyrics, &self.qwen, &self.kosmos2, &self.shikra, &self.grounded_caption];
+        self.key.len()
+            + self.image.bytes.as_ref().map_or(0, Vec::len)
+            + texts.iter().map(|t| t.as_ref().map_or(0, String::len)).sum::<usize>()
+            + self.caption_spans.len() * 32
+            + self
+                .objects
+                .iter()
+                .map(|o| o.label.len() + o.phrase.len() + o.mask.as_ref().map_or(0, |m| m.counts.len()) + 40)
+                .sum::<usize>()
+    }
+
+    pub fn to_batch(rows: &[PretrainRow]) -> Result<RecordBatch, SchemaError> {
+        let text = |f: &dyn Fn(&PretrainRow) -> Option<&str>| -> ArrayRef {
+            Arc::new(rows.iter().map(f).collect::<StringArray>())
+        };
+        let spans: Vec<&SpanRow> = rows.iter().flat_map(|r| r.caption_spans.iter()).collect();
+        let n = spans.len();
+        let boxes = ListArray::new(
+            item(DataType::Float32),
+            OffsetBuffer::from_lengths(std::iter::repeat_n(4, n)),
+            Arc::new(Float32Array::from_iter_values(spans.iter().flat_map(|s| s.bbox))),
+            None,
+        );
+        let span_values = StructArray::new(
+            span_fields(),
+            vec![
+                Arc::new(Int32Array::from_iter_values(spans.iter().map(|s| s.start))) as ArrayRef,
+                Arc::new(Int32Array::from_iter_values(spans.iter().map(|s| s.end))),
+                Arc::new(StringArray::from_iter_values(spans.iter().map(|s| &s.phrase))),
+                Arc::new(boxes),
+            ],
+            None,
+        );
+        let span_lists = ListArray::new(
+            item(DataType::Struct(span_fields())),
+            OffsetBuffer::from_lengths(rows.iter().map(|r| r.caption_spans.len())),
+            Arc::new(span_values),
+            None,
+        );
+        let objects: Vec<Option<&Vec<ObjectRow>>> = rows.iter().map(|r| Some(&r.objects)).collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.key))),
+            Arc::new(image_array(rows.iter().map(|r| &r.image))),
+            text(&|r| r.caption.as_deref()),
+            text(&|r| r.lyrics.as_deref()),
+            text(&|r| r.qwen.as_deref()),
+            text(&|r| r.kosmos2.as_deref()),
+            text(&|r| r.shikra.as_deref()),
+            text(&|r| r.grounded_caption.as_deref()),
+            Arc::new(span_lists),
+            objects_array(&objects),
+        ];
+        Ok(RecordBatch::try_new(pretrain_schema(), columns)?)
+    }
+
+    pub fn from_batch(batch: &RecordBatch) -> Result<Vec<PretrainRow>, SchemaError> {
+        let key = strings(batch, col::KEY)?;
+        let images = image_refs(batch)?;
+        let [caption, lyrics, qwen, kosmos2, shikra, grounded] =
+            [col::CAPTION, col::LYRICS, col::QWEN, col::KOSMOS2, col::SHIKRA, col::GROUNDED_CAPTION]
+                .map(|c| strings(batch, c));
+        let (caption, lyrics, qwen, kosmos2, shikra, grounded) =
+            (caption?, lyrics?, qwen?, kosmos2?, shikra?, grounded?);
+        let spans = column(batch, col::CAPTION_SPANS)?;
+        let spans = spans
+            .as_list_opt::<i32>()
+            .ok_or_else(|| SchemaError::column_type(col::CAPTION_SPANS, spans.data_type()))?;
+        let objects = objects_from(column(batch, col::OBJECTS)?)?;
+        let mut rows = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let value = spans.value(i);
+            let s = value
+                .as_struct_opt()
+                .ok_or_else(|| SchemaError::column_type(col::CAPTION_SPANS, value.data_type()))?;
+            let mut caption_spans = Vec::with_capacity(s.len());
+            for j in 0..s.len() {
+                let int = |name: &str| -> Result<i32, SchemaError> {
+                    let a = s.column_by_name(name).ok_or_else(|| SchemaError::MissingColumn(name.into()))?;
+                    Ok(a.as_primitive_opt::<Int32Type>()
+                        .ok_or_else(|| SchemaError::column_type(name, a.data_type()))?
+                        .value(j))
+                };
+                let phrase =
+                    s.column_by_name(col::PHRASE).ok_or_else(|| SchemaError::MissingColumn(col::PHRASE.into()))?;
+                let phrase = crate::rows::strings_of(Some(phrase), col::PHRASE)?[j].clone().unwrap_or_default();
+                let b = s.column_by_name(col::BOX).ok_or_else(|| SchemaError::MissingColumn(col::BOX.into()))?;
+                let b = b
+                    .as_list_opt::<i32>()
+                    .ok_or_else(|| SchemaError::column_type(col::BOX, b.data_type()))?
+                    .value(j);
+                let b = b
+                    .as_primitive_opt::<Float32Type>()
+                    .ok_or_else(|| SchemaError::column_type(col::BOX, b.data_type()))?;
+                let bbox = [0, 1, 2, 3].map(|k| if k < b.len() { b.value(k) } else { 0.0 });
+                caption_spans.push(SpanRow { start: int(col::START)?, end: int(col::END)?, phrase, bbox });
+            }
+            rows.push(PretrainRow {
+                key: key[i].clone().unwrap_or_default(),
+                image: images[i].clone(),
+                caption: caption[i].clone(),
+                lyrics: lyrics[i].clone(),
+                qwen: qwen[i].clone(),
+                kosmos2: kosmos2[i].clone(),
+                shikra: shikra[i].clone(),
+                grounded_caption: grounded[i].clone(),
+                caption_spans,
+                objects: objects[i].clone().unwrap_or_default(),
+            });
+        }
+        Ok(rows)
+    }
+}
+
+impl InstructRow {
+    pub fn approx_bytes(&self) -> usize {
+        self.id.len()
+            + self.key.len()
+            + self.image.len()
+            + self.conversations.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>()
+            + 16
+    }
+
+    pub fn to_batch(rows: &[InstructRow]) -> Result<RecordBatch, SchemaError> {
+        let turns: Vec<&(String, String)> = rows.iter().flat_map(|r| r.conversations.iter()).collect();
+        let values = StructArray::new(
+            turn_fields(),
+            vec![
+                Arc::new(StringArray::from_iter_values(turns.iter().map(|t| &t.0))) as ArrayRef,
+                Arc::new(StringArray::from_iter_values(turns.iter().map(|t| &t.1))),
+            ],
+            None,
+        );
+        let conversations = ListArray::new(
+            item(DataType::Struct(turn_fields())),
+            OffsetBuffer::from_lengths(rows.iter().map(|r| r.conversations.len())),
+            Arc::new(values),
+            None,
+        );
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.id))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.key))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.image))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.task))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.language))),
+            Arc::new(conversations),
+        ];
+        Ok(RecordBatch::try_new(instruct_schema(), columns)?)
+    }
+
+    pub fn from_batch(batch: &RecordBatch) -> Result<Vec<InstructRow>, SchemaError> {
+        let [id, key, image, task, language] =
+            [col::ID, col::KEY, col::IMAGE, col::TASK, col::LANGUAGE].map(|c| strings(batch, c));
+        let (id, key, image, task, language) = (id?, key?, image?, task?, language?);
+        let conversations = column(batch, col::CONVERSATIONS)?;
+        let conversations = conversations
+            .as_list_opt::<i32>()
+            .ok_or_else(|| SchemaError::column_type(col::CONVERSATIONS, conversations.data_type()))?;
+        let mut rows = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let value = conversations.value(i);
+            let s = value
+                .as_struct_opt()
+                .ok_or_else(|| SchemaError::column_type(col::CONVERSATIONS, value.data_type()))?;
+            let from = crate::rows::strings_of(s.column_by_name(col::FROM), col::FROM)?;
+            let text = crate::rows::strings_of(s.column_by_name(col::VALUE), col::VALUE)?;
+            rows.push(InstructRow {
+                id: id[i].clone().unwrap_or_default(),
+                key: key[i].clone().unwrap_or_default(),
+                image: image[i].clone().unwrap_or_default(),
+                task: task[i].clone().unwrap_or_default(),
+                language: language[i].clone().unwrap_or_default(),
+                conversations: from
+                    .into_iter()
+                    .zip(text)
+                    .map(|(f, v)| (f.unwrap_or_default(), v.unwrap_or_default()))
+                    .collect(),
+            });
+        }
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretrain_and_instruct_round_trip() {
+        let pretrain = vec![PretrainRow {
+            key: "k".into(),
+            image: ImageRef { bytes: Some(vec![1, 2]), path: Some("k.jpg".into()) },
+            caption: Some("a dog".into()),
+            lyrics: Some("dog: [0.100, 0.100, 0.500, 0.500]. a dog".into()),
+            qwen: None,
+            kosmos2: Some("<phrase>dog</phrase>".into()),
+            shikra: None,
+            grounded_caption: Some("<phrase>a dog</phrase><object></object>".into()),
+            caption_spans: vec![SpanRow { start: 0, end: 5, phrase: "dog".into(), bbox: [0.1, 0.1, 0.5, 0.5] }],
+            objects: vec![],
+        }];
+        assert_eq!(PretrainRow::from_batch(&PretrainRow::to_batch(&pretrain).unwrap()).unwrap(), pretrain);
+        let instruct = vec![InstructRow {
+            id: "k-rec".into(),
+            key: "k".into(),
+            image: "k.jpg".into(),
+            task: "rec".into(),
+            language: "en".into(),
+            conversations: vec![
+                ("human".into(), "<image>\nWhere is the dog?".into()),
+                ("gpt".into(), "[0.1, 0.1, 0.5, 0.5]".into()),
+            ],
+        }];
+        assert_eq!(InstructRow::from_batch(&InstructRow::to_batch(&instruct).unwrap()).unwrap(), instruct);
+    }
+}
