@@ -39,6 +39,27 @@ enum Command {
     Models(ModelsArgs),
     /// Write a finished job's instruct table as the JSON files LLaVA-style trainers read.
     Export(ExportArgs),
+    /// Query a job's output with SQL (DataFusion): tables samples, errors, pretrain, instruct.
+    Sql(SqlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The job's output URI or path.
+    #[arg(long)]
+    pub output: String,
+    /// How to print the result: an aligned table, CSV (scalar columns only), or one JSON object per line.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: SqlFormat,
+    /// The query, e.g. "SELECT o.label, count(*) FROM (SELECT unnest(objects) AS o FROM samples) GROUP BY 1".
+    pub query: String,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SqlFormat {
+    Table,
+    Csv,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +207,7 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::status::status(args),
         Command::Models(args) => models::command(&args.action, &args.models, args.cache.as_deref()),
         Command::Export(args) => commands::export::export(args),
+        Command::Sql(args) => commands::sql::sql(args),
     };
     match result {
         Ok(code) => code,

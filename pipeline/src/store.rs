@@ -90,6 +90,11 @@ impl Location {
         format!("{base}/{path}")
     }
 
+    /// The store's base URL (`s3://bucket`, `file:///`), under which query engines register the store.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
     /// The URI of this location, for messages.
     pub fn uri(&self) -> String {
         self.uri_of(&self.path)

@@ -3,6 +3,7 @@
 pub mod export;
 pub mod plan;
 pub mod run;
+pub mod sql;
 pub mod status;
 
 use std::sync::Arc;
