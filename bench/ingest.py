@@ -615,7 +615,10 @@ def cpu_model() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000, help="corpus size (default 2000)")
-    ap.add_argument("--runs", type=int, default=3, help="runs per tool; the median is reported (default 3)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per tool per round; the median is reported (default 3)")
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="rounds over all tools, interleaving them on a noisy machine (default 1)"
+    )
     ap.add_argument(
         "--binary",
         action="append",
@@ -634,8 +637,8 @@ def main() -> int:
         help="comma-separated tools to leave out: lyrics-prep,pillow,img2dataset,daft,rss,limit",
     )
     args = ap.parse_args()
-    if args.images < 1 or args.runs < 1:
-        ap.error("--images and --runs must be at least 1")
+    if args.images < 1 or args.runs < 1 or args.rounds < 1:
+        ap.error("--images, --runs and --rounds must be at least 1")
     args.rss_sizes = [int(x) for x in args.rss_sizes.split(",") if x.strip()]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     args.binaries = []
@@ -652,36 +655,50 @@ def main() -> int:
         cfg = work / "lyrics-job.toml"
         cfg.write_text(JOB_SPEC)
 
-        rows: list[tuple[str, dict | str]] = []
+        # Tools run round by round (each round: every tool once, `--runs` times), so that a slow spell of the
+        # shared machine hits every tool alike and the ratios between them stay honest.
+        results: dict[str, dict | str] = {}
+        order: list[str] = []
 
         def measure(name: str, fn, *fargs) -> None:
+            if name not in order:
+                order.append(name)
+            if isinstance(results.get(name), str):
+                return
             log(f"{name}: {args.runs} run(s)")
             try:
                 res = fn(*fargs)
-                rows.append((name, res))
+                if name in results:
+                    results[name]["times"] += res["times"]
+                else:
+                    results[name] = res
                 log(f"{name}: median {statistics.median(n / t for t in res['times']):.1f} images/s")
             except Unavailable as e:
-                rows.append((name, f"unavailable: {e}"))
+                results[name] = f"unavailable: {e}"
             except Exception as e:  # noqa: BLE001
                 log(f"{name} failed:\n{traceback.format_exc()}")
-                rows.append((name, f"unavailable: {type(e).__name__}: {e}"))
+                results[name] = f"unavailable: {type(e).__name__}: {e}"
 
-        if "lyrics-prep" not in skip:
-            for label, binary in args.binaries:
-                measure(label, bench_lyrics, args, work, cfg, n, binary)
-        if "pillow" not in skip:
-            measure("Pillow, 1 process", bench_pillow, args, work, n, 1)
-            measure("Pillow, 2 processes", bench_pillow, args, work, n, 2)
         venv_problems: dict[str, str] = {}
         if not {"img2dataset", "daft"} <= skip:
             try:
                 venv_problems = ensure_venv(work)
             except Exception as e:  # noqa: BLE001
                 venv_problems = {p: f"venv: {e}" for p in ("daft", "img2dataset", "pyarrow", "pillow")}
-        if "img2dataset" not in skip:
-            measure("img2dataset", bench_img2dataset, args, work, n, venv_problems)
-        if "daft" not in skip:
-            measure("Daft", bench_daft, args, work, n, venv_problems)
+        for round_ in range(args.rounds):
+            if args.rounds > 1:
+                log(f"round {round_ + 1} of {args.rounds}")
+            if "lyrics-prep" not in skip:
+                for label, binary in args.binaries:
+                    measure(label, bench_lyrics, args, work, cfg, n, binary)
+            if "pillow" not in skip:
+                measure("Pillow, 1 process", bench_pillow, args, work, n, 1)
+                measure("Pillow, 2 processes", bench_pillow, args, work, n, 2)
+            if "img2dataset" not in skip:
+                measure("img2dataset", bench_img2dataset, args, work, n, venv_problems)
+            if "daft" not in skip:
+                measure("Daft", bench_daft, args, work, n, venv_problems)
+        rows = [(name, results[name]) for name in order]
 
         rss_lines = [] if "rss" in skip else bench_rss(args, work, cfg, n)
         limit = None
@@ -705,7 +722,8 @@ def main() -> int:
         "",
         f"{os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}. Wall time of the whole command (process start and imports "
-        f"included), {args.runs} run(s) per tool.",
+        f"included), {args.runs * args.rounds} run(s) per tool"
+        f"{f' in {args.rounds} interleaved rounds' if args.rounds > 1 else ''}.",
         "",
         "| tool | images/s (median) | min | max | output quality | notes |",
         "|---|---:|---:|---:|---|---|",
