@@ -8,9 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use image::ImageEncoder;
 use lyrics_schemas::SampleRow;
-use support::scenes::{Kind, Scene, box_iou, decode_rle, mask_iou};
+use support::scenes::{Kind, Scene, box_iou, decode_rle, encode_png, mask_iou};
 use support::*;
 
 fn s(path: &Path) -> String {
@@ -19,14 +18,6 @@ fn s(path: &Path) -> String {
 
 fn models_dir() -> PathBuf {
     repo_root().join("examples/models")
-}
-
-fn encode_png(img: &image::RgbImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
-        .unwrap();
-    out
 }
 
 fn encode_jpeg(img: &image::RgbImage) -> Vec<u8> {

@@ -7,20 +7,11 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use support::scenes::{Kind, Scene};
+use support::scenes::{Kind, Scene, encode_png};
 use support::*;
 
 fn s(path: &Path) -> String {
     path.to_string_lossy().into_owned()
-}
-
-fn png(img: &image::RgbImage) -> Vec<u8> {
-    use image::ImageEncoder;
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
-        .unwrap();
-    out
 }
 
 /// Runs a query and returns its rows as JSON objects.
@@ -51,7 +42,7 @@ fn refined_corpus(dir: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(&corpus).unwrap();
     let mut tar = Tar::default();
     for (key, scene) in &scenes {
-        tar.add(&format!("{key}.png"), &png(&scene.render()));
+        tar.add(&format!("{key}.png"), &encode_png(&scene.render()));
         tar.add(&format!("{key}.txt"), b"shapes on grey");
     }
     tar.add("d.jpg", b"not a jpeg at all");

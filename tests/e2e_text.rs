@@ -8,7 +8,7 @@ use std::path::Path;
 
 use lyrics_operators::text::{GroundedFormat, parse_objects};
 use lyrics_schemas::{InstructRow, PretrainRow};
-use support::scenes::{Kind, Scene, box_iou};
+use support::scenes::{Kind, Scene, box_iou, encode_png};
 use support::*;
 
 fn s(path: &Path) -> String {
@@ -34,15 +34,6 @@ fn table<T>(dir: &Path, name: &str, read: impl Fn(&arrow::array::RecordBatch) ->
     out
 }
 
-fn png(img: &image::RgbImage) -> Vec<u8> {
-    use image::ImageEncoder;
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
-        .unwrap();
-    out
-}
-
 #[test]
 fn grounded_texts_carry_the_drawn_coordinates_and_instructions_load_in_trainers() {
     use Kind::{Ellipse, Rectangle};
@@ -64,7 +55,7 @@ fn grounded_texts_carry_the_drawn_coordinates_and_instructions_load_in_trainers(
     std::fs::create_dir_all(&corpus).unwrap();
     let mut tar = Tar::default();
     for (key, scene, caption) in &scenes {
-        tar.add(&format!("{key}.png"), &png(&scene.render()));
+        tar.add(&format!("{key}.png"), &encode_png(&scene.render()));
         tar.add(&format!("{key}.txt"), caption.as_bytes());
     }
     std::fs::write(corpus.join("scenes.tar"), tar.finish()).unwrap();

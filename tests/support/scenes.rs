@@ -174,3 +174,13 @@ pub fn decode_rle(size: [i32; 2], counts: &str) -> Vec<bool> {
     }
     mask
 }
+
+/// A scene as PNG bytes.
+pub fn encode_png(img: &RgbImage) -> Vec<u8> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .expect("PNG encoding of an in-memory image");
+    out
+}
