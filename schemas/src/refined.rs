@@ -10,6 +10,7 @@ use arrow::array::{
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Fields, Float32Type, Int32Type, Int64Type};
 
+use crate::rows::strings_of;
 use crate::{SchemaError, col};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -140,13 +141,39 @@ fn child<'a>(s: &'a StructArray, name: &str) -> Result<&'a ArrayRef, SchemaError
     s.column_by_name(name).ok_or_else(|| SchemaError::MissingColumn(name.to_string()))
 }
 
-fn strings_at(a: &ArrayRef, name: &str) -> Result<Vec<String>, SchemaError> {
-    match a.data_type() {
-        DataType::Utf8 => Ok(a.as_string::<i32>().iter().map(|v| v.unwrap_or_default().to_string()).collect()),
-        DataType::LargeUtf8 => Ok(a.as_string::<i64>().iter().map(|v| v.unwrap_or_default().to_string()).collect()),
-        DataType::Utf8View => Ok(a.as_string_view().iter().map(|v| v.unwrap_or_default().to_string()).collect()),
-        other => Err(SchemaError::column_type(name, other)),
-    }
+/// A string child of a struct, nulls read as empty strings.
+fn strings_at(s: &StructArray, name: &str) -> Result<Vec<String>, SchemaError> {
+    Ok(strings_of(s.column_by_name(name), name)?.into_iter().map(Option::unwrap_or_default).collect())
+}
+
+/// Each row of a `list<struct>` column as its struct array; `None` where the row is null.
+pub(crate) fn struct_rows(array: &ArrayRef, name: &str) -> Result<Vec<Option<StructArray>>, SchemaError> {
+    let list = array.as_list_opt::<i32>().ok_or_else(|| SchemaError::column_type(name, array.data_type()))?;
+    (0..list.len())
+        .map(|i| {
+            if list.is_null(i) {
+                return Ok(None);
+            }
+            let value = list.value(i);
+            let s = value.as_struct_opt().ok_or_else(|| SchemaError::column_type(name, value.data_type()))?;
+            Ok(Some(s.clone()))
+        })
+        .collect()
+}
+
+/// The `box` child of a struct: a `list<float32>` of `[x1, y1, x2, y2]` per entry, missing corners read as 0.
+pub(crate) fn boxes_at(s: &StructArray) -> Result<Vec<[f32; 4]>, SchemaError> {
+    let boxes = child(s, col::BOX)?;
+    let boxes = boxes.as_list_opt::<i32>().ok_or_else(|| SchemaError::column_type(col::BOX, boxes.data_type()))?;
+    (0..boxes.len())
+        .map(|j| {
+            let b = boxes.value(j);
+            let b = b
+                .as_primitive_opt::<Float32Type>()
+                .ok_or_else(|| SchemaError::column_type(col::BOX, b.data_type()))?;
+            Ok([0, 1, 2, 3].map(|k| if k < b.len() { b.value(k) } else { 0.0 }))
+        })
+        .collect()
 }
 
 fn floats_at(a: &ArrayRef, name: &str) -> Result<Vec<Option<f32>>, SchemaError> {
@@ -156,87 +183,67 @@ fn floats_at(a: &ArrayRef, name: &str) -> Result<Vec<Option<f32>>, SchemaError> 
 
 /// The `tags` column read back.
 pub fn tags_from(array: &ArrayRef) -> Result<Vec<Option<Vec<TagRow>>>, SchemaError> {
-    let list = array.as_list_opt::<i32>().ok_or_else(|| SchemaError::column_type(col::TAGS, array.data_type()))?;
-    let mut out = Vec::with_capacity(list.len());
-    for i in 0..list.len() {
-        if list.is_null(i) {
-            out.push(None);
-            continue;
-        }
-        let value = list.value(i);
-        let s = value.as_struct_opt().ok_or_else(|| SchemaError::column_type(col::TAGS, value.data_type()))?;
-        let tags = strings_at(child(s, col::TAG)?, col::TAG)?;
-        let scores = floats_at(child(s, col::SCORE)?, col::SCORE)?;
-        out.push(Some(
-            tags.into_iter()
-                .zip(scores)
-                .map(|(tag, score)| TagRow { tag, score: score.unwrap_or_default() })
-                .collect(),
-        ));
-    }
-    Ok(out)
+    struct_rows(array, col::TAGS)?
+        .into_iter()
+        .map(|s| {
+            let Some(s) = s else { return Ok(None) };
+            let tags = strings_at(&s, col::TAG)?;
+            let scores = floats_at(child(&s, col::SCORE)?, col::SCORE)?;
+            Ok(Some(
+                tags.into_iter()
+                    .zip(scores)
+                    .map(|(tag, score)| TagRow { tag, score: score.unwrap_or_default() })
+                    .collect(),
+            ))
+        })
+        .collect()
 }
 
 /// The `objects` column read back.
 pub fn objects_from(array: &ArrayRef) -> Result<Vec<Option<Vec<ObjectRow>>>, SchemaError> {
-    let list =
-        array.as_list_opt::<i32>().ok_or_else(|| SchemaError::column_type(col::OBJECTS, array.data_type()))?;
-    let mut out = Vec::with_capacity(list.len());
-    for i in 0..list.len() {
-        if list.is_null(i) {
-            out.push(None);
-            continue;
-        }
-        let value = list.value(i);
-        let s = value.as_struct_opt().ok_or_else(|| SchemaError::column_type(col::OBJECTS, value.data_type()))?;
-        let labels = strings_at(child(s, col::LABEL)?, col::LABEL)?;
-        let phrases = strings_at(child(s, col::PHRASE)?, col::PHRASE)?;
-        let scores = floats_at(child(s, col::SCORE)?, col::SCORE)?;
-        let boxes = child(s, col::BOX)?
-            .as_list_opt::<i32>()
-            .ok_or_else(|| SchemaError::column_type(col::BOX, s.data_type()))?;
-        let mask = child(s, col::MASK)?
-            .as_struct_opt()
-            .ok_or_else(|| SchemaError::column_type(col::MASK, s.data_type()))?;
-        let sizes = child(mask, col::MASK_SIZE)?
-            .as_list_opt::<i32>()
-            .ok_or_else(|| SchemaError::column_type(col::MASK_SIZE, mask.data_type()))?;
-        let counts = strings_at(child(mask, col::MASK_COUNTS)?, col::MASK_COUNTS)?;
-        let areas = child(s, col::MASK_AREA)?;
-        let areas = areas
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(|| SchemaError::column_type(col::MASK_AREA, areas.data_type()))?;
-        let mask_scores = floats_at(child(s, col::MASK_SCORE)?, col::MASK_SCORE)?;
-        let mut objects = Vec::with_capacity(s.len());
-        for j in 0..s.len() {
-            let b = boxes.value(j);
-            let b = b
-                .as_primitive_opt::<Float32Type>()
-                .ok_or_else(|| SchemaError::column_type(col::BOX, b.data_type()))?;
-            let bbox = [0, 1, 2, 3].map(|k| if k < b.len() { b.value(k) } else { 0.0 });
-            let mask = if mask.is_null(j) {
-                None
-            } else {
-                let size = sizes.value(j);
-                let size = size
-                    .as_primitive_opt::<Int32Type>()
-                    .ok_or_else(|| SchemaError::column_type(col::MASK_SIZE, size.data_type()))?;
-                Some(MaskRow {
-                    size: [0, 1].map(|k| if k < size.len() { size.value(k) } else { 0 }),
-                    counts: counts[j].clone(),
-                })
-            };
-            objects.push(ObjectRow {
-                label: labels[j].clone(),
-                phrase: phrases[j].clone(),
-                score: scores[j].unwrap_or_default(),
-                bbox,
-                mask,
-                mask_area: (!areas.is_null(j)).then(|| areas.value(j)),
-                mask_score: mask_scores[j],
-            });
-        }
-        out.push(Some(objects));
+    struct_rows(array, col::OBJECTS)?.into_iter().map(|s| s.as_ref().map(objects_of).transpose()).collect()
+}
+
+/// The objects of one row.
+fn objects_of(s: &StructArray) -> Result<Vec<ObjectRow>, SchemaError> {
+    let labels = strings_at(s, col::LABEL)?;
+    let phrases = strings_at(s, col::PHRASE)?;
+    let scores = floats_at(child(s, col::SCORE)?, col::SCORE)?;
+    let boxes = boxes_at(s)?;
+    let mask =
+        child(s, col::MASK)?.as_struct_opt().ok_or_else(|| SchemaError::column_type(col::MASK, s.data_type()))?;
+    let sizes = child(mask, col::MASK_SIZE)?
+        .as_list_opt::<i32>()
+        .ok_or_else(|| SchemaError::column_type(col::MASK_SIZE, mask.data_type()))?;
+    let counts = strings_at(mask, col::MASK_COUNTS)?;
+    let areas = child(s, col::MASK_AREA)?;
+    let areas = areas
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| SchemaError::column_type(col::MASK_AREA, areas.data_type()))?;
+    let mask_scores = floats_at(child(s, col::MASK_SCORE)?, col::MASK_SCORE)?;
+    let mut objects = Vec::with_capacity(s.len());
+    for (j, bbox) in boxes.into_iter().enumerate() {
+        let mask = if mask.is_null(j) {
+            None
+        } else {
+            let size = sizes.value(j);
+            let size = size
+                .as_primitive_opt::<Int32Type>()
+                .ok_or_else(|| SchemaError::column_type(col::MASK_SIZE, size.data_type()))?;
+            Some(MaskRow {
+                size: [0, 1].map(|k| if k < size.len() { size.value(k) } else { 0 }),
+                counts: counts[j].clone(),
+            })
+        };
+        objects.push(ObjectRow {
+            label: labels[j].clone(),
+            phrase: phrases[j].clone(),
+            score: scores[j].unwrap_or_default(),
+            bbox,
+            mask,
+            mask_area: (!areas.is_null(j)).then(|| areas.value(j)),
+            mask_score: mask_scores[j],
+        });
     }
-    Ok(out)
+    Ok(objects)
 }

@@ -7,10 +7,10 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Float32Array, Int32Array, ListArray, RecordBatch, StringArray, StructArray,
 };
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Fields, Float32Type, Int32Type};
+use arrow::datatypes::{DataType, Field, Fields, Int32Type};
 
-use crate::refined::{objects_array, objects_from};
-use crate::rows::{column, image_array, image_refs, strings};
+use crate::refined::{boxes_at, objects_array, objects_from, struct_rows};
+use crate::rows::{column, image_array, image_refs, strings, strings_of};
 use crate::{ImageRef, ObjectRow, SchemaError, col, instruct_schema, pretrain_schema};
 
 /// A caption span grounded by one box (GRIT's `ref_exps` entry): character offsets `[start, end)`.
@@ -132,39 +132,14 @@ impl PretrainRow {
                 .map(|c| strings(batch, c));
         let (caption, lyrics, qwen, kosmos2, shikra, grounded) =
             (caption?, lyrics?, qwen?, kosmos2?, shikra?, grounded?);
-        let spans = column(batch, col::CAPTION_SPANS)?;
-        let spans = spans
-            .as_list_opt::<i32>()
-            .ok_or_else(|| SchemaError::column_type(col::CAPTION_SPANS, spans.data_type()))?;
+        let spans = struct_rows(column(batch, col::CAPTION_SPANS)?, col::CAPTION_SPANS)?;
         let objects = objects_from(column(batch, col::OBJECTS)?)?;
         let mut rows = Vec::with_capacity(batch.num_rows());
-        for i in 0..batch.num_rows() {
-            let value = spans.value(i);
-            let s = value
-                .as_struct_opt()
-                .ok_or_else(|| SchemaError::column_type(col::CAPTION_SPANS, value.data_type()))?;
-            let mut caption_spans = Vec::with_capacity(s.len());
-            for j in 0..s.len() {
-                let int = |name: &str| -> Result<i32, SchemaError> {
-                    let a = s.column_by_name(name).ok_or_else(|| SchemaError::MissingColumn(name.into()))?;
-                    Ok(a.as_primitive_opt::<Int32Type>()
-                        .ok_or_else(|| SchemaError::column_type(name, a.data_type()))?
-                        .value(j))
-                };
-                let phrase =
-                    s.column_by_name(col::PHRASE).ok_or_else(|| SchemaError::MissingColumn(col::PHRASE.into()))?;
-                let phrase = crate::rows::strings_of(Some(phrase), col::PHRASE)?[j].clone().unwrap_or_default();
-                let b = s.column_by_name(col::BOX).ok_or_else(|| SchemaError::MissingColumn(col::BOX.into()))?;
-                let b = b
-                    .as_list_opt::<i32>()
-                    .ok_or_else(|| SchemaError::column_type(col::BOX, b.data_type()))?
-                    .value(j);
-                let b = b
-                    .as_primitive_opt::<Float32Type>()
-                    .ok_or_else(|| SchemaError::column_type(col::BOX, b.data_type()))?;
-                let bbox = [0, 1, 2, 3].map(|k| if k < b.len() { b.value(k) } else { 0.0 });
-                caption_spans.push(SpanRow { start: int(col::START)?, end: int(col::END)?, phrase, bbox });
-            }
+        for (i, s) in spans.into_iter().enumerate() {
+            let caption_spans = match s {
+                Some(s) => spans_of(&s)?,
+                None => Vec::new(),
+            };
             rows.push(PretrainRow {
                 key: key[i].clone().unwrap_or_default(),
                 image: images[i].clone(),
@@ -180,6 +155,28 @@ impl PretrainRow {
         }
         Ok(rows)
     }
+}
+
+/// The caption spans of one `pretrain` row.
+fn spans_of(s: &StructArray) -> Result<Vec<SpanRow>, SchemaError> {
+    let int = |name: &str| -> Result<Int32Array, SchemaError> {
+        let a = s.column_by_name(name).ok_or_else(|| SchemaError::MissingColumn(name.into()))?;
+        Ok(a.as_primitive_opt::<Int32Type>().ok_or_else(|| SchemaError::column_type(name, a.data_type()))?.clone())
+    };
+    let (starts, ends) = (int(col::START)?, int(col::END)?);
+    let phrases = strings_of(s.column_by_name(col::PHRASE), col::PHRASE)?;
+    let boxes = boxes_at(s)?;
+    Ok(phrases
+        .into_iter()
+        .zip(boxes)
+        .enumerate()
+        .map(|(j, (phrase, bbox))| SpanRow {
+            start: starts.value(j),
+            end: ends.value(j),
+            phrase: phrase.unwrap_or_default(),
+            bbox,
+        })
+        .collect())
 }
 
 impl InstructRow {
@@ -222,18 +219,16 @@ impl InstructRow {
         let [id, key, image, task, language] =
             [col::ID, col::KEY, col::IMAGE, col::TASK, col::LANGUAGE].map(|c| strings(batch, c));
         let (id, key, image, task, language) = (id?, key?, image?, task?, language?);
-        let conversations = column(batch, col::CONVERSATIONS)?;
-        let conversations = conversations
-            .as_list_opt::<i32>()
-            .ok_or_else(|| SchemaError::column_type(col::CONVERSATIONS, conversations.data_type()))?;
+        let conversations = struct_rows(column(batch, col::CONVERSATIONS)?, col::CONVERSATIONS)?;
         let mut rows = Vec::with_capacity(batch.num_rows());
-        for i in 0..batch.num_rows() {
-            let value = conversations.value(i);
-            let s = value
-                .as_struct_opt()
-                .ok_or_else(|| SchemaError::column_type(col::CONVERSATIONS, value.data_type()))?;
-            let from = crate::rows::strings_of(s.column_by_name(col::FROM), col::FROM)?;
-            let text = crate::rows::strings_of(s.column_by_name(col::VALUE), col::VALUE)?;
+        for (i, s) in conversations.into_iter().enumerate() {
+            let (from, text) = match s {
+                Some(s) => (
+                    strings_of(s.column_by_name(col::FROM), col::FROM)?,
+                    strings_of(s.column_by_name(col::VALUE), col::VALUE)?,
+                ),
+                None => (Vec::new(), Vec::new()),
+            };
             rows.push(InstructRow {
                 id: id[i].clone().unwrap_or_default(),
                 key: key[i].clone().unwrap_or_default(),
