@@ -121,25 +121,19 @@ impl Stage for RefinePrepareStage {
 
     fn process(&mut self, batch: Vec<Record>) -> Vec<Record> {
         let config = &self.config;
-        self.pool.install(|| {
-            batch
-                .into_par_iter()
-                .map(|record| {
-                    let Record::Sample(mut sample) = record else { return record };
-                    let Some(Pixels(pixels)) = take_state::<Pixels>(&mut sample) else {
-                        let error = ModelError::Preprocess("no decoded pixels reached the refiner".into());
-                        return refine_error(&sample, &error);
-                    };
-                    match std::panic::catch_unwind(AssertUnwindSafe(|| prepare(config, &pixels))) {
-                        Ok(Ok(prepared)) => {
-                            sample.state = Some(Box::new(RefineState::Prepared(pixels, prepared)));
-                            Record::Sample(sample)
-                        }
-                        Ok(Err(e)) => refine_error(&sample, &e),
-                        Err(_) => refine_error(&sample, &ModelError::Preprocess("preprocessing crashed".into())),
-                    }
-                })
-                .collect()
+        map_samples(&self.pool, batch, |mut sample| {
+            let Some(Pixels(pixels)) = take_state::<Pixels>(&mut sample) else {
+                let error = ModelError::Preprocess("no decoded pixels reached the refiner".into());
+                return refine_error(&sample, &error);
+            };
+            match std::panic::catch_unwind(AssertUnwindSafe(|| prepare(config, &pixels))) {
+                Ok(Ok(prepared)) => {
+                    sample.state = Some(Box::new(RefineState::Prepared(pixels, prepared)));
+                    Record::Sample(sample)
+                }
+                Ok(Err(e)) => refine_error(&sample, &e),
+                Err(_) => refine_error(&sample, &ModelError::Preprocess("preprocessing crashed".into())),
+            }
         })
     }
 }
@@ -246,30 +240,23 @@ impl Stage for RefineFinishStage {
 
     fn process(&mut self, batch: Vec<Record>) -> Vec<Record> {
         let description = &self.description;
-        self.pool.install(|| {
-            batch
-                .into_par_iter()
-                .map(|record| {
-                    let Record::Sample(mut sample) = record else { return record };
-                    let Some(RefineState::Inferred(inferred)) = take_state::<RefineState>(&mut sample) else {
-                        return refine_error(
-                            &sample,
-                            &ModelError::Postprocess("the refiner produced nothing for this image".into()),
-                        );
-                    };
-                    match finish(inferred) {
-                        Ok(refined) => {
-                            sample.row.tags = Some(
-                                refined.tags.into_iter().map(|t| TagRow { tag: t.tag, score: t.score }).collect(),
-                            );
-                            sample.row.objects = Some(refined.objects.into_iter().map(object_row).collect());
-                            sample.row.refiner = Some(description.to_string());
-                            Record::Sample(sample)
-                        }
-                        Err(e) => refine_error(&sample, &e),
-                    }
-                })
-                .collect()
+        map_samples(&self.pool, batch, |mut sample| {
+            let Some(RefineState::Inferred(inferred)) = take_state::<RefineState>(&mut sample) else {
+                return refine_error(
+                    &sample,
+                    &ModelError::Postprocess("the refiner produced nothing for this image".into()),
+                );
+            };
+            match finish(inferred) {
+                Ok(refined) => {
+                    sample.row.tags =
+                        Some(refined.tags.into_iter().map(|t| TagRow { tag: t.tag, score: t.score }).collect());
+                    sample.row.objects = Some(refined.objects.into_iter().map(object_row).collect());
+                    sample.row.refiner = Some(description.to_string());
+                    Record::Sample(sample)
+                }
+                Err(e) => refine_error(&sample, &e),
+            }
         })
     }
 }
@@ -306,17 +293,28 @@ impl Stage for TextStage {
 
     fn process(&mut self, batch: Vec<Record>) -> Vec<Record> {
         let options = &self.options;
-        self.pool.install(|| {
-            batch
-                .into_par_iter()
-                .map(|record| {
-                    let Record::Sample(mut sample) = record else { return record };
-                    let (pretrain, instruct) = texts(&sample.row, options);
-                    sample.pretrain = Some(pretrain);
-                    sample.instruct = instruct;
-                    Record::Sample(sample)
-                })
-                .collect()
+        map_samples(&self.pool, batch, |mut sample| {
+            let (pretrain, instruct) = texts(&sample.row, options);
+            sample.pretrain = Some(pretrain);
+            sample.instruct = instruct;
+            Record::Sample(sample)
         })
     }
+}
+
+/// Runs `f` on every sample of `batch` on `pool`, keeping the order; raw items and error rows pass through.
+fn map_samples(
+    pool: &rayon::ThreadPool,
+    batch: Vec<Record>,
+    f: impl Fn(Box<Sample>) -> Record + Send + Sync,
+) -> Vec<Record> {
+    pool.install(|| {
+        batch
+            .into_par_iter()
+            .map(|record| match record {
+                Record::Sample(sample) => f(sample),
+                other => other,
+            })
+            .collect()
+    })
 }
