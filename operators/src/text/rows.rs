@@ -27,7 +27,7 @@ pub fn image_file_name(key: &str, format: &str) -> String {
 
 /// The pretrain row and instruction rows of one refined sample.
 pub fn texts(row: &SampleRow, options: &TextOptions) -> (PretrainRow, Vec<InstructRow>) {
-    let objects = row.objects.clone().unwrap_or_default();
+    let objects = row.objects.as_deref().unwrap_or_default();
     let caption = row.caption.as_deref();
     let by_phrase: Vec<GroundedObject> =
         objects.iter().map(|o| GroundedObject { phrase: o.phrase.clone(), bbox: o.bbox }).collect();
@@ -60,7 +60,7 @@ pub fn texts(row: &SampleRow, options: &TextOptions) -> (PretrainRow, Vec<Instru
                 })
             })
             .collect(),
-        objects: objects.clone(),
+        objects: objects.to_vec(),
     };
     let tags: Vec<String> = row.tags.iter().flatten().map(|t| t.tag.clone()).collect();
     let candidates: Vec<Candidate> = objects
