@@ -137,7 +137,8 @@ pub fn mask_iou(a: &[bool], b: &[bool]) -> f32 {
     if union == 0 { 1.0 } else { inter as f32 / union as f32 }
 }
 
-/// Decodes COCO RLE counts (pycocotools' format) into a row-major mask.
+/// Decodes COCO RLE counts (pycocotools' format) into a row-major mask. Written apart from the operators' `Rle` on
+/// purpose: the tests judge that encoder's output, so a bug shared by its encoder and decoder must not cancel out.
 pub fn decode_rle(size: [i32; 2], counts: &str) -> Vec<bool> {
     let (h, w) = (size[0] as usize, size[1] as usize);
     let bytes = counts.as_bytes();
