@@ -65,7 +65,7 @@ fn every_hostile_item_ends_as_exactly_one_row() {
         ("empty", "empty"),
         ("bomb", "decompression_bomb"),
         ("text", "not_an_image"),
-        ("../evil.jpg", "unsafe_path"),
+        ("../evil", "unsafe_path"),
         ("onlytext", "missing_image"),
         ("good", "duplicate_key"),
     ];

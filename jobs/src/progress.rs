@@ -99,8 +99,15 @@ fn line(m: &Metrics) -> String {
     )
 }
 
-fn megabytes(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
+/// A byte count in the unit that fits it: `812 B`, `14.2 kB`, `3.1 MB`, `1.20 GB`.
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1_000 => format!("{bytes} B"),
+        1_000..1_000_000 => format!("{:.1} kB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
+        _ => format!("{:.2} GB", b / 1e9),
+    }
 }
 
 /// The summary printed when a run ends.
@@ -120,18 +127,32 @@ pub fn summary(report: &RunReport, metrics: &Metrics, worker: &str) -> String {
         report.units_mine,
         report.units_in_plan
     );
-    out += &format!("  items    {items} read ({})\n", megabytes(Metrics::get(&metrics.bytes_read)));
+    out += &format!("  items    {items} read ({})\n", human_bytes(Metrics::get(&metrics.bytes_read)));
     out += &format!(
         "  rows     {} samples, {} errors\n",
         Metrics::get(&metrics.samples),
         Metrics::get(&metrics.errors)
     );
+    let products: Vec<String> = metrics
+        .rows_by_table()
+        .into_iter()
+        .filter(|(table, _)| table != "samples" && table != "errors")
+        .map(|(table, n)| format!("{n} {table}"))
+        .collect();
+    if !products.is_empty() {
+        out += &format!("  tables   {}\n", products.join(", "));
+    }
     let kinds = metrics.errors_by_kind();
     if !kinds.is_empty() {
         let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
         out += &format!("  errors   {}\n", list.join(", "));
     }
-    out += &format!("  written  {}\n", megabytes(Metrics::get(&metrics.bytes_written)));
+    let warnings = metrics.warnings_by_kind();
+    if !warnings.is_empty() {
+        let list: Vec<String> = warnings.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        out += &format!("  warnings {}\n", list.join(", "));
+    }
+    out += &format!("  written  {}\n", human_bytes(Metrics::get(&metrics.bytes_written)));
     out += &format!("  rate     {:.1} images/s\n", rate(items, elapsed));
     let busy: Vec<String> =
         metrics.busy().iter().map(|(stage, t)| format!("{stage} {:.2} s", t.as_secs_f64())).collect();
@@ -147,4 +168,18 @@ pub fn summary(report: &RunReport, metrics: &Metrics, worker: &str) -> String {
         "  output   incomplete: rerun the same command to retry the failed units\n"
     };
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn sizes_are_shown_in_the_unit_that_fits() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(812), "812 B");
+        assert_eq!(human_bytes(14_200), "14.2 kB");
+        assert_eq!(human_bytes(3_100_000), "3.1 MB");
+        assert_eq!(human_bytes(1_200_000_000), "1.20 GB");
+    }
 }

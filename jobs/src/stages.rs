@@ -1,4 +1,6 @@
-//! Wiring operators into the engine: each stage adapts an operator to [`lyrics_pipeline::Stage`].
+//! Wiring operators into the engine: each stage adapts an operator to [`lyrics_pipeline::Stage`], over the
+//! job's sample [`State`]. Per-sample work runs under `catch_unwind` item by item ([`map_samples`]), so a bug
+//! that panics on one image costs that image only.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -8,9 +10,26 @@ use lyrics_operators::models::{
     Inferred, ModelError, ModelsConfig, Prepared, RefinedObject, Refiner, finish, prepare,
 };
 use lyrics_operators::text::{TextOptions, texts};
-use lyrics_pipeline::{ItemError, Metrics, RawItem, Record, Sample, Stage};
-use lyrics_schemas::{ImageRef, MaskRow, ObjectRow, SampleRow, TagRow};
+use lyrics_pipeline::{ItemError, Metrics, RawItem, Sample, Stage, StageError, TableHandle, panic_row};
+use lyrics_schemas::{ImageRef, InstructRow, MaskRow, ObjectRow, PretrainRow, SampleRow, TagRow};
 use rayon::prelude::*;
+
+/// What a sample carries from stage to stage.
+#[derive(Default)]
+pub enum State {
+    /// Nothing: the sample is complete as its row says.
+    #[default]
+    Empty,
+    /// The decoded, oriented pixels, for the refiner (decoded once).
+    Pixels(image::RgbImage),
+    /// The pixels and every model input that depends on them alone.
+    Prepared(image::RgbImage, Prepared),
+    /// The models' outputs, waiting to be post-processed.
+    Inferred(Inferred),
+}
+
+/// A record of this job.
+pub type Record = lyrics_pipeline::Record<State>;
 
 /// Decodes, validates, orients and resizes every raw item of a batch in parallel on a rayon pool.
 pub struct DecodeStage {
@@ -24,14 +43,14 @@ impl DecodeStage {
     }
 }
 
-impl Stage for DecodeStage {
+impl Stage<State> for DecodeStage {
     fn name(&self) -> &str {
         "decode"
     }
 
-    fn process(&mut self, batch: Vec<Record>) -> Vec<Record> {
+    fn process(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, StageError> {
         let operator = &self.operator;
-        self.pool.install(|| batch.into_par_iter().map(|record| decode(operator, record)).collect())
+        Ok(self.pool.install(|| batch.into_par_iter().map(|record| decode(operator, record)).collect()))
     }
 }
 
@@ -56,7 +75,7 @@ fn decode(operator: &ImageOperator, record: Record) -> Record {
                 meta,
                 ..SampleRow::default()
             },
-            image.pixels.map(|p| Box::new(Pixels(p)) as Box<dyn std::any::Any + Send>),
+            image.pixels.map_or(State::Empty, State::Pixels),
         ))),
         Ok(Err(e)) => {
             Record::error(&key, &source, ItemError::new("decode", e.kind(), format!("image {named}: {e}")))
@@ -69,27 +88,7 @@ fn decode(operator: &ImageOperator, record: Record) -> Record {
     }
 }
 
-/// The decoded pixels a sample carries from the decode stage to the refiner.
-pub struct Pixels(pub image::RgbImage);
-
-/// A sample between the refiner's stages.
-enum RefineState {
-    Prepared(image::RgbImage, Prepared),
-    Inferred(Inferred),
-}
-
-fn take_state<T: 'static>(sample: &mut Sample) -> Option<T> {
-    let state = sample.state.take()?;
-    match state.downcast::<T>() {
-        Ok(t) => Some(*t),
-        Err(other) => {
-            sample.state = Some(other);
-            None
-        }
-    }
-}
-
-fn refine_error(sample: &Sample, error: &ModelError) -> Record {
+fn refine_error(sample: &Sample<State>, error: &ModelError) -> Record {
     Record::error(
         &sample.row.key,
         &sample.row.source,
@@ -114,27 +113,26 @@ impl RefinePrepareStage {
     }
 }
 
-impl Stage for RefinePrepareStage {
+impl Stage<State> for RefinePrepareStage {
     fn name(&self) -> &str {
         "refine.prepare"
     }
 
-    fn process(&mut self, batch: Vec<Record>) -> Vec<Record> {
+    fn process(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, StageError> {
         let config = &self.config;
-        map_samples(&self.pool, batch, |mut sample| {
-            let Some(Pixels(pixels)) = take_state::<Pixels>(&mut sample) else {
+        Ok(map_samples(&self.pool, "refine.prepare", batch, |mut sample| {
+            let State::Pixels(pixels) = std::mem::take(&mut sample.state) else {
                 let error = ModelError::Preprocess("no decoded pixels reached the refiner".into());
                 return refine_error(&sample, &error);
             };
-            match std::panic::catch_unwind(AssertUnwindSafe(|| prepare(config, &pixels))) {
-                Ok(Ok(prepared)) => {
-                    sample.state = Some(Box::new(RefineState::Prepared(pixels, prepared)));
+            match prepare(config, &pixels) {
+                Ok(prepared) => {
+                    sample.state = State::Prepared(pixels, prepared);
                     Record::Sample(sample)
                 }
-                Ok(Err(e)) => refine_error(&sample, &e),
-                Err(_) => refine_error(&sample, &ModelError::Preprocess("preprocessing crashed".into())),
+                Err(e) => refine_error(&sample, &e),
             }
-        })
+        }))
     }
 }
 
@@ -159,46 +157,54 @@ impl RefineInferStage {
         }
     }
 
-    /// The sessions, waiting for them on the first batch. Models that fail to load end the process with the
-    /// reason: no unit can be refined, and none has been committed yet.
-    fn sessions(&mut self) -> &mut Refiner {
+    /// The sessions, waiting for them on the first batch. Models that fail to load end the job with the
+    /// reason: no unit can be refined.
+    fn sessions(&mut self) -> Result<&mut Refiner, StageError> {
         if let Some(handle) = self.loading.take() {
             match handle.join() {
                 Ok(Ok(refiner)) => self.refiner = Some(Box::new(refiner)),
-                Ok(Err(e)) => fatal(&format!("cannot load the models: {e}")),
-                Err(_) => fatal("loading the models crashed"),
+                Ok(Err(e)) => return Err(StageError(format!("cannot load the models: {e}"))),
+                Err(_) => return Err(StageError("loading the models crashed".into())),
             }
         }
-        match self.refiner.as_mut() {
-            Some(refiner) => refiner,
-            None => fatal("the models were never loaded"),
+        self.refiner.as_deref_mut().ok_or_else(|| StageError("the models could not be loaded".into()))
+    }
+}
+
+impl Drop for RefineInferStage {
+    /// Waits for sessions still loading: ONNX Runtime must not be torn down by the process exiting while a
+    /// thread is inside it (a job with nothing left to do ends before the models have loaded).
+    fn drop(&mut self) {
+        if let Some(handle) = self.loading.take() {
+            let _ = handle.join();
         }
     }
 }
 
-fn fatal(message: &str) -> ! {
-    eprintln!("error: {}", lyrics_pipeline::store::redact_secrets(message));
-    std::process::exit(2)
-}
-
-impl Stage for RefineInferStage {
+impl Stage<State> for RefineInferStage {
     fn name(&self) -> &str {
         "refine.infer"
     }
 
-    fn process(&mut self, mut batch: Vec<Record>) -> Vec<Record> {
+    fn process(&mut self, mut batch: Vec<Record>) -> Result<Vec<Record>, StageError> {
+        let metrics = self.metrics.clone();
+        let refiner = self.sessions()?;
+        for record in &batch {
+            lyrics_pipeline::panic_point("refine.infer", record.identity().0);
+        }
         let mut inputs = Vec::new();
         let mut slots = Vec::new();
         for (i, record) in batch.iter_mut().enumerate() {
-            if let Record::Sample(sample) = record
-                && let Some(RefineState::Prepared(pixels, prepared)) = take_state::<RefineState>(sample)
-            {
-                inputs.push((pixels, prepared));
-                slots.push(i);
+            if let Record::Sample(sample) = record {
+                match std::mem::take(&mut sample.state) {
+                    State::Prepared(pixels, prepared) => {
+                        inputs.push((pixels, prepared));
+                        slots.push(i);
+                    }
+                    other => sample.state = other,
+                }
             }
         }
-        let metrics = self.metrics.clone();
-        let refiner = self.sessions();
         let (before, _) = refiner.session_time();
         let results = {
             let refs: Vec<(&image::RgbImage, Prepared)> =
@@ -210,14 +216,14 @@ impl Stage for RefineInferStage {
         for (slot, result) in slots.into_iter().zip(results) {
             let Record::Sample(sample) = &mut batch[slot] else { continue };
             match result {
-                Ok(inferred) => sample.state = Some(Box::new(RefineState::Inferred(inferred))),
+                Ok(inferred) => sample.state = State::Inferred(inferred),
                 Err(e) => {
                     let error = refine_error(sample, &e);
                     batch[slot] = error;
                 }
             }
         }
-        batch
+        Ok(batch)
     }
 }
 
@@ -233,15 +239,15 @@ impl RefineFinishStage {
     }
 }
 
-impl Stage for RefineFinishStage {
+impl Stage<State> for RefineFinishStage {
     fn name(&self) -> &str {
         "refine.finish"
     }
 
-    fn process(&mut self, batch: Vec<Record>) -> Vec<Record> {
+    fn process(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, StageError> {
         let description = &self.description;
-        map_samples(&self.pool, batch, |mut sample| {
-            let Some(RefineState::Inferred(inferred)) = take_state::<RefineState>(&mut sample) else {
+        Ok(map_samples(&self.pool, "refine.finish", batch, |mut sample| {
+            let State::Inferred(inferred) = std::mem::take(&mut sample.state) else {
                 return refine_error(
                     &sample,
                     &ModelError::Postprocess("the refiner produced nothing for this image".into()),
@@ -257,7 +263,7 @@ impl Stage for RefineFinishStage {
                 }
                 Err(e) => refine_error(&sample, &e),
             }
-        })
+        }))
     }
 }
 
@@ -278,41 +284,60 @@ fn object_row(o: RefinedObject) -> ObjectRow {
 pub struct TextStage {
     options: Arc<TextOptions>,
     pool: Arc<rayon::ThreadPool>,
+    pretrain: TableHandle<PretrainRow>,
+    instruct: TableHandle<InstructRow>,
 }
 
 impl TextStage {
-    pub fn new(options: Arc<TextOptions>, pool: Arc<rayon::ThreadPool>) -> Self {
-        TextStage { options, pool }
+    /// The stage, writing the tables it declared in `tables`.
+    pub fn new(
+        options: Arc<TextOptions>,
+        pool: Arc<rayon::ThreadPool>,
+        tables: &mut lyrics_pipeline::Tables,
+    ) -> Result<Self, lyrics_pipeline::PipelineError> {
+        Ok(TextStage { options, pool, pretrain: tables.declare()?, instruct: tables.declare()? })
     }
 }
 
-impl Stage for TextStage {
+impl Stage<State> for TextStage {
     fn name(&self) -> &str {
         "text"
     }
 
-    fn process(&mut self, batch: Vec<Record>) -> Vec<Record> {
+    fn process(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, StageError> {
         let options = &self.options;
-        map_samples(&self.pool, batch, |mut sample| {
-            let (pretrain, instruct) = texts(&sample.row, options);
-            sample.pretrain = Some(pretrain);
-            sample.instruct = instruct;
+        let (pretrain, instruct) = (self.pretrain, self.instruct);
+        Ok(map_samples(&self.pool, "text", batch, |mut sample| {
+            let (row, conversations) = texts(&sample.row, options);
+            pretrain.push(&mut sample.products, row);
+            for conversation in conversations {
+                instruct.push(&mut sample.products, conversation);
+            }
             Record::Sample(sample)
-        })
+        }))
     }
 }
 
-/// Runs `f` on every sample of `batch` on `pool`, keeping the order; raw items and error rows pass through.
+/// Runs `f` on every sample of `batch` on `pool`, keeping the order; raw items and error rows pass through. A
+/// panic in `f` makes that sample an error row of kind `panic`, naming `stage`.
 fn map_samples(
     pool: &rayon::ThreadPool,
+    stage: &str,
     batch: Vec<Record>,
-    f: impl Fn(Box<Sample>) -> Record + Send + Sync,
+    f: impl Fn(Box<Sample<State>>) -> Record + Send + Sync,
 ) -> Vec<Record> {
     pool.install(|| {
         batch
             .into_par_iter()
             .map(|record| match record {
-                Record::Sample(sample) => f(sample),
+                Record::Sample(sample) => {
+                    let (key, source) = (sample.row.key.clone(), sample.row.source.clone());
+                    std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        lyrics_pipeline::panic_point(stage, &key);
+                        f(sample)
+                    }))
+                    .unwrap_or_else(|payload| Record::Error(panic_row(stage, &key, &source, payload.as_ref())))
+                }
                 other => other,
             })
             .collect()

@@ -6,16 +6,20 @@
 //!   unit killed between its shards and its marker is simply redone, rewriting identical bytes.
 //! - `manifest.json` and `<output>/_SUCCESS`: written by whichever worker finds every unit committed. Their content
 //!   depends only on the markers, so two workers finishing together write the same bytes.
+//!
+//! Everything that reads an output (`status`, `sql`, `export`, `render`) reads it through [`OutputView`]: the
+//! plan, and either the manifest (a finished job) or the committed units' markers (a job still running), so no
+//! reader ever sees a shard of a unit that has not committed, and the sums are made in one place.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
-use crate::plan::{Plan, WorkUnit};
+use crate::plan::Plan;
 use crate::sink::ShardInfo;
 use crate::store::Location;
 
@@ -35,8 +39,16 @@ pub struct PlanRecord {
     pub plan_hash: String,
     /// The input, credentials redacted.
     pub input: String,
+    /// The tables the job writes, in order (`samples`, `errors`, then those its stages declared).
+    #[serde(default = "default_tables")]
+    pub tables: Vec<String>,
     #[serde(flatten)]
     pub plan: Plan,
+}
+
+/// The tables of outputs written before plans recorded them.
+fn default_tables() -> Vec<String> {
+    lyrics_schemas::Table::ALL.iter().map(|t| t.name().to_string()).collect()
 }
 
 /// `_lyrics/done/UUUUUU.json`: what a committed unit wrote.
@@ -47,6 +59,9 @@ pub struct UnitMarker {
     pub rows: u64,
     pub errors: u64,
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// Problems that cost no item (a second image member under one key), by kind.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub warnings_by_kind: BTreeMap<String, u64>,
     pub shards: Vec<ShardInfo>,
 }
 
@@ -61,6 +76,8 @@ pub struct Manifest {
     /// Rows per table.
     pub rows: BTreeMap<String, u64>,
     pub errors_by_kind: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub warnings_by_kind: BTreeMap<String, u64>,
     pub shards: Vec<ShardInfo>,
 }
 
@@ -129,7 +146,7 @@ pub async fn open_output(output: &Location, record: &PlanRecord, force: bool) ->
             )));
         }
         tracing::warn!(output = %output.uri(), "--force: deleting the previous job's output");
-        clear(output).await?;
+        clear(output, &existing.tables).await?;
     }
     let path = output.child(PLAN_FILE);
     let bytes = serde_json::to_vec_pretty(record).map_err(|e| PipelineError::Internal(e.to_string()))?;
@@ -152,9 +169,11 @@ fn short(hash: &str) -> &str {
 }
 
 /// Deletes what lyrics-prep writes under `output` (its tables, state and success marker), nothing else.
-async fn clear(output: &Location) -> Result<(), PipelineError> {
+async fn clear(output: &Location, tables: &[String]) -> Result<(), PipelineError> {
     let mut doomed: Vec<Path> = Vec::new();
-    for dir in lyrics_schemas::Table::ALL.map(|t| t.name()).into_iter().chain([STATE_DIR]) {
+    let mut dirs: BTreeSet<&str> = lyrics_schemas::Table::ALL.map(|t| t.name()).into_iter().collect();
+    dirs.extend(tables.iter().map(String::as_str));
+    for dir in dirs.into_iter().chain([STATE_DIR]) {
         let prefix = output.child(dir);
         let listed: Vec<_> = output
             .store
@@ -202,34 +221,45 @@ pub async fn read_manifest(output: &Location) -> Result<Option<Manifest>, Pipeli
     get_json(output, MANIFEST_FILE).await
 }
 
+/// The markers of `units`, in order, read a few at a time; a missing one is an error (it was listed as committed).
+async fn read_markers(output: &Location, units: &[u64]) -> Result<Vec<UnitMarker>, PipelineError> {
+    futures::stream::iter(units.iter().map(|&unit| async move {
+        read_marker(output, unit).await?.ok_or_else(|| PipelineError::Resume {
+            output: output.uri(),
+            message: format!("the marker of unit {unit} vanished while it was read"),
+        })
+    }))
+    .buffered(16)
+    .try_collect()
+    .await
+}
+
 /// Writes the manifest and `_SUCCESS` when every unit of the plan is committed. Returns whether it did.
 pub async fn finalize(output: &Location, record: &PlanRecord) -> Result<bool, PipelineError> {
     let committed = committed_units(output).await?;
-    let all: Vec<&WorkUnit> = record.plan.units.iter().collect();
-    if !all.iter().all(|u| committed.contains(&u.id)) {
+    let all: Vec<u64> = record.plan.units.iter().map(|u| u.id).collect();
+    if !all.iter().all(|u| committed.contains(u)) {
         return Ok(false);
     }
+    let markers = read_markers(output, &all).await?;
     let mut manifest = Manifest {
         created_by: created_by(),
         schema_version: lyrics_schemas::SCHEMA_VERSION.to_string(),
         spec_hash: record.spec_hash.clone(),
         units: all.len() as u64,
         items: 0,
-        rows: BTreeMap::new(),
+        rows: record.tables.iter().map(|t| (t.clone(), 0)).collect(),
         errors_by_kind: BTreeMap::new(),
+        warnings_by_kind: BTreeMap::new(),
         shards: Vec::new(),
     };
-    for table in lyrics_schemas::Table::ALL {
-        manifest.rows.insert(table.name().to_string(), 0);
-    }
-    for unit in all {
-        let marker = read_marker(output, unit.id).await?.ok_or_else(|| PipelineError::Resume {
-            output: output.uri(),
-            message: format!("the marker of unit {} vanished while finalizing", unit.id),
-        })?;
+    for marker in markers {
         manifest.items += marker.items;
         for (kind, n) in marker.errors_by_kind {
             *manifest.errors_by_kind.entry(kind).or_default() += n;
+        }
+        for (kind, n) in marker.warnings_by_kind {
+            *manifest.warnings_by_kind.entry(kind).or_default() += n;
         }
         for shard in marker.shards {
             *manifest.rows.entry(shard.table.clone()).or_default() += shard.rows;
@@ -245,4 +275,97 @@ pub async fn finalize(output: &Location, record: &PlanRecord) -> Result<bool, Pi
         .await
         .map_err(|e| PipelineError::sink(output.uri_of(&success), e))?;
     Ok(true)
+}
+
+/// What readers of an output may see: its plan, and the shards of committed units only, with their sums. Read
+/// once, at [`OutputView::open`]; a job still running shows what had committed by then.
+#[derive(Debug, Clone)]
+pub struct OutputView {
+    pub plan: PlanRecord,
+    /// The manifest, when the job is finished.
+    pub manifest: Option<Manifest>,
+    /// Units committed.
+    pub units_done: u64,
+    /// Items read by the committed units.
+    pub items: u64,
+    pub errors_by_kind: BTreeMap<String, u64>,
+    pub warnings_by_kind: BTreeMap<String, u64>,
+    /// The visible shards, by path.
+    pub shards: Vec<ShardInfo>,
+}
+
+impl OutputView {
+    /// The view of `output`, or `None` when it holds no lyrics-prep job (no plan).
+    pub async fn open(output: &Location) -> Result<Option<OutputView>, PipelineError> {
+        let Some(plan) = read_plan(output).await? else { return Ok(None) };
+        if let Some(manifest) = read_manifest(output).await? {
+            return Ok(Some(OutputView {
+                units_done: manifest.units,
+                items: manifest.items,
+                errors_by_kind: manifest.errors_by_kind.clone(),
+                warnings_by_kind: manifest.warnings_by_kind.clone(),
+                shards: manifest.shards.clone(),
+                manifest: Some(manifest),
+                plan,
+            }));
+        }
+        let committed = committed_units(output).await?;
+        let units: Vec<u64> = plan.plan.units.iter().map(|u| u.id).filter(|id| committed.contains(id)).collect();
+        let mut view = OutputView {
+            plan,
+            manifest: None,
+            units_done: units.len() as u64,
+            items: 0,
+            errors_by_kind: BTreeMap::new(),
+            warnings_by_kind: BTreeMap::new(),
+            shards: Vec::new(),
+        };
+        for marker in read_markers(output, &units).await? {
+            view.items += marker.items;
+            for (kind, n) in marker.errors_by_kind {
+                *view.errors_by_kind.entry(kind).or_default() += n;
+            }
+            for (kind, n) in marker.warnings_by_kind {
+                *view.warnings_by_kind.entry(kind).or_default() += n;
+            }
+            view.shards.extend(marker.shards);
+        }
+        view.shards.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Some(view))
+    }
+
+    /// Whether every unit committed and the manifest was written.
+    pub fn complete(&self) -> bool {
+        self.manifest.is_some()
+    }
+
+    pub fn units_total(&self) -> u64 {
+        self.plan.plan.units.len() as u64
+    }
+
+    /// The tables of the job: those its plan names, then any other a shard belongs to.
+    pub fn tables(&self) -> Vec<String> {
+        let mut tables = self.plan.tables.clone();
+        for shard in &self.shards {
+            if !tables.contains(&shard.table) {
+                tables.push(shard.table.clone());
+            }
+        }
+        tables
+    }
+
+    /// The visible shards of `table`, in path order.
+    pub fn shards_of<'a>(&'a self, table: &'a str) -> impl Iterator<Item = &'a ShardInfo> + 'a {
+        self.shards.iter().filter(move |s| s.table == table)
+    }
+
+    /// Rows visible in `table`.
+    pub fn rows(&self, table: &str) -> u64 {
+        self.shards_of(table).map(|s| s.rows).sum()
+    }
+
+    /// Bytes of the visible shards.
+    pub fn bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.bytes).sum()
+    }
 }

@@ -13,6 +13,9 @@ pub enum PipelineError {
     Resume { output: String, message: String },
     #[error("cannot write {uri}: {message}")]
     Sink { uri: String, message: String },
+    /// A stage found that the job cannot go on (see [`crate::Stage`]).
+    #[error("stage {stage}: {message}")]
+    Stage { stage: String, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -4,6 +4,9 @@
 //!
 //! Points: `after-shard` (a shard of the unit is complete, the unit is not), `before-marker` (every shard of the
 //! unit is complete, its commit marker is not written).
+//!
+//! Panic points, for the tests that a panic costs one item and never the unit: `LYRICS_FAILPOINT=<name>:<key>`
+//! makes [`panic_point`] panic when a stage reaches point `name` with the item `key`.
 
 use std::sync::OnceLock;
 
@@ -16,5 +19,15 @@ pub(crate) fn hit(name: &str, unit: u64) {
     {
         eprintln!("failpoint {spec} reached: aborting");
         std::process::abort();
+    }
+}
+
+/// Panics when the failpoint `<name>:<key>` is set: stages call it with the item they are working on.
+pub fn panic_point(name: &str, key: &str) {
+    let spec = SPEC.get_or_init(|| std::env::var("LYRICS_FAILPOINT").ok());
+    if let Some(spec) = spec
+        && spec.split_once(':').is_some_and(|(n, k)| n == name && k == key)
+    {
+        panic!("failpoint {spec} reached");
     }
 }

@@ -21,6 +21,8 @@ pub struct Metrics {
     read_blocked_ns: AtomicU64,
     busy: Mutex<BTreeMap<String, Duration>>,
     errors_by_kind: Mutex<BTreeMap<String, u64>>,
+    warnings_by_kind: Mutex<BTreeMap<String, u64>>,
+    rows_by_table: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Default for Metrics {
@@ -39,6 +41,8 @@ impl Default for Metrics {
             read_blocked_ns: AtomicU64::new(0),
             busy: Mutex::new(BTreeMap::new()),
             errors_by_kind: Mutex::new(BTreeMap::new()),
+            warnings_by_kind: Mutex::new(BTreeMap::new()),
+            rows_by_table: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -67,10 +71,22 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn add_error_kind(&self, kind: &str) {
-        if let Ok(mut map) = self.errors_by_kind.lock() {
-            *map.entry(kind.to_string()).or_default() += 1;
-        }
+    /// Counts what a committed unit wrote, as its marker says.
+    pub(crate) fn record_unit(&self, marker: &crate::commit::UnitMarker) {
+        Metrics::add(&self.units_done, 1);
+        Metrics::add(&self.samples, marker.rows);
+        Metrics::add(&self.errors, marker.errors);
+        Metrics::add(&self.bytes_written, marker.shards.iter().map(|s| s.bytes).sum());
+        let merge = |map: &Mutex<BTreeMap<String, u64>>, counts: &mut dyn Iterator<Item = (String, u64)>| {
+            if let Ok(mut map) = map.lock() {
+                for (name, n) in counts {
+                    *map.entry(name).or_default() += n;
+                }
+            }
+        };
+        merge(&self.errors_by_kind, &mut marker.errors_by_kind.iter().map(|(k, n)| (k.clone(), *n)));
+        merge(&self.warnings_by_kind, &mut marker.warnings_by_kind.iter().map(|(k, n)| (k.clone(), *n)));
+        merge(&self.rows_by_table, &mut marker.shards.iter().map(|s| (s.table.clone(), s.rows)));
     }
 
     /// Busy time per stage, in pipeline order of first report.
@@ -80,5 +96,15 @@ impl Metrics {
 
     pub fn errors_by_kind(&self) -> BTreeMap<String, u64> {
         self.errors_by_kind.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Warnings by kind: problems that cost no item (see [`crate::source::Emitter::warn`]).
+    pub fn warnings_by_kind(&self) -> BTreeMap<String, u64> {
+        self.warnings_by_kind.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Rows written per table by the units committed in this run.
+    pub fn rows_by_table(&self) -> BTreeMap<String, u64> {
+        self.rows_by_table.lock().map(|m| m.clone()).unwrap_or_default()
     }
 }

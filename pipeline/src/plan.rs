@@ -5,16 +5,15 @@
 //! order, so every worker (and every rerun) agrees on what unit `u` is; their hash detects an input that changed
 //! under an existing output.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::PipelineError;
-use crate::source::{SourceOptions, coco, manifest};
+use crate::source::{self, Source, SourceContext, SourceOptions};
 use crate::store::{Location, StoreRegistry};
 
 /// The input formats, inferred from file extensions unless forced.
@@ -119,22 +118,29 @@ pub struct Plan {
 impl Plan {
     /// A digest of the units: equal for equal inputs, different when the input changed.
     pub fn fingerprint(&self) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(self.format.name());
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+        hasher.update(self.format.name().as_bytes());
         for unit in &self.units {
-            hasher.update(serde_json::to_vec(unit).unwrap_or_default());
+            hasher.update(&serde_json::to_vec(unit).unwrap_or_default());
         }
-        hex::encode(hasher.finalize())
+        hex::encode(hasher.finish())
     }
 }
 
-/// Lists `input` (an object or a prefix) and plans its units.
+/// A planned input: its units, and the source that reads them.
+pub struct Planned {
+    pub plan: Plan,
+    pub source: Box<dyn Source>,
+}
+
+/// Lists `input` (an object or a prefix), infers or takes its format, and lets that format's source plan the
+/// units.
 pub async fn plan(
-    registry: &StoreRegistry,
+    registry: &Arc<StoreRegistry>,
     input: &str,
     forced: Option<InputFormat>,
     options: &SourceOptions,
-) -> Result<Plan, PipelineError> {
+) -> Result<Planned, PipelineError> {
     let location = registry.locate(input)?;
     let objects = list(&location).await?;
     if objects.is_empty() {
@@ -144,15 +150,17 @@ pub async fn plan(
         Some(format) => format,
         None => infer_format(input, &objects)?,
     };
-    let mut chosen: Vec<&ObjectMeta> = objects
+    let total = objects.len();
+    let mut chosen: Vec<ObjectMeta> = objects
         .iter()
         .filter(|o| format == InputFormat::Images || InputFormat::of_file(o.location.as_ref()) == Some(format))
+        .cloned()
         .collect();
     if forced.is_some() && format != InputFormat::Images && chosen.is_empty() {
         // A forced format reads every listed object, whatever its extension.
-        chosen = objects.iter().collect();
+        chosen = objects;
     }
-    let ignored = objects.len() - chosen.len();
+    let ignored = total - chosen.len();
     if ignored > 0 {
         tracing::warn!(
             ignored,
@@ -161,66 +169,13 @@ pub async fn plan(
             format.name()
         );
     }
-    let mut units = Vec::new();
-    match format {
-        InputFormat::Webdataset | InputFormat::Parquet => {
-            for o in chosen {
-                units.push(WorkUnit {
-                    id: 0,
-                    object: o.location.to_string(),
-                    range: [0, 0],
-                    first_row: 0,
-                    files: vec![],
-                });
-            }
-        }
-        InputFormat::Jsonl | InputFormat::Csv => {
-            for o in chosen {
-                let at = location.at(o.location.clone());
-                for (range, first_row) in manifest::split(&at, format, options.rows_per_unit).await? {
-                    units.push(WorkUnit { id: 0, object: o.location.to_string(), range, first_row, files: vec![] });
-                }
-            }
-        }
-        InputFormat::Coco => {
-            for o in chosen {
-                let at = location.at(o.location.clone());
-                let images = coco::load(&at).await?.images.len() as u64;
-                let per = options.rows_per_unit.max(1);
-                let mut start = 0;
-                while start < images {
-                    let end = (start + per).min(images);
-                    units.push(WorkUnit {
-                        id: 0,
-                        object: o.location.to_string(),
-                        range: [start, end],
-                        first_row: start,
-                        files: vec![],
-                    });
-                    start = end;
-                }
-            }
-        }
-        InputFormat::Images => {
-            // Group by stem so an image and its sidecars land in one unit, then cut every `files_per_unit` items.
-            let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for o in chosen {
-                let path = o.location.as_ref();
-                let stem = path.rsplit_once('.').map_or(path, |(stem, _)| stem);
-                groups.entry(stem.to_string()).or_default().push(path.to_string());
-            }
-            let per = options.files_per_unit.max(1) as usize;
-            let groups: Vec<Vec<String>> = groups.into_values().collect();
-            for chunk in groups.chunks(per) {
-                let files = chunk.iter().flatten().cloned().collect();
-                units.push(WorkUnit { id: 0, object: String::new(), range: [0, 0], first_row: 0, files });
-            }
-        }
-    }
+    let ctx = SourceContext { registry: registry.clone(), input: location, options: options.clone() };
+    let source = source::open(format, ctx);
+    let mut units = source.plan(&chosen).await?;
     for (id, unit) in units.iter_mut().enumerate() {
         unit.id = id as u64;
     }
-    Ok(Plan { format, units })
+    Ok(Planned { plan: Plan { format, units }, source })
 }
 
 /// Every object at `location`: the object itself, or everything under it as a prefix, sorted by path. Names

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use lyrics_schemas::ErrorRow;
@@ -16,43 +16,49 @@ use tokio::sync::mpsc;
 
 use crate::PipelineError;
 use crate::commit::{self, PlanRecord, UnitMarker};
-use crate::item::{Record, Sample};
+use crate::item::{ItemError, Msg, Record, SourceRecord};
 use crate::metrics::Metrics;
 use crate::partition::Worker;
 use crate::plan::{self, InputFormat, WorkUnit};
 use crate::sink::{SinkOptions, UnitWriter};
-use crate::source::{self, Emitter, ReadContext, SourceOptions};
-use crate::store::{Location, StoreRegistry, redact};
+use crate::source::{Emitter, Source, SourceOptions};
+use crate::store::{StoreRegistry, redact};
+use crate::table::{ERRORS, SAMPLES, Tables};
 
-/// A transformation between read and write, run on a thread of its own.
+/// A transformation between read and write, run on a thread of its own; `S` is the state its samples carry.
 ///
-/// `process` is called once per batch, in input order, and must return exactly one record per input record, in
-/// the same order (a record it cannot handle becomes an error record naming the item). It may block (CPU work on
-/// a thread pool, a model call on a device); it must not panic on bad input. Records of several units never share
-/// a batch.
-pub trait Stage: Send + 'static {
-    /// Name in logs and in the busy-time summary.
+/// `process` is called once per batch, in input order, and returns exactly one record per input record, in the
+/// same order: a record it cannot handle becomes an error record naming the item ([`Record::error`]). It may
+/// block (CPU work on a thread pool, a model call on a device). Records of several units never share a batch.
+///
+/// A stage never ends the process. When the job as a whole cannot go on (a model that does not load, a device
+/// that is refused), it returns a [`StageError`]: the runner stops reading, leaves the unit in progress
+/// uncommitted, and [`run`] returns [`PipelineError::Stage`] (the binary's exit status 2); units committed before
+/// stay committed. A panic inside `process` costs the items of that batch, each becoming an error row of kind
+/// `panic`, never the unit: a unit that panicked would fail on every rerun. Stages that handle items one at a
+/// time should catch panics per item (`catch_unwind`), so a panic costs one item only.
+pub trait Stage<S>: Send + 'static {
+    /// Name in logs, in error rows and in the busy-time summary.
     fn name(&self) -> &str;
-    fn process(&mut self, batch: Vec<Record>) -> Vec<Record>;
+    fn process(&mut self, batch: Vec<Record<S>>) -> Result<Vec<Record<S>>, StageError>;
 }
 
-/// What flows through the channels.
-pub(crate) enum Msg {
-    Batch {
-        unit: u64,
-        records: Vec<Record>,
-    },
-    /// The unit's last record has been sent; `result` says whether the source read it whole.
-    UnitEnd {
-        unit: u64,
-        items: u64,
-        result: Result<(), String>,
-    },
-    /// A stage lost a batch of the unit (it panicked): the unit must not be committed.
-    UnitFailed {
-        unit: u64,
-        message: String,
-    },
+/// A failure that ends the job: nothing more can be processed (see [`Stage`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StageError(pub String);
+
+/// The error row of an item that a panic cost.
+pub fn panic_row(stage: &str, key: &str, source: &str, payload: &(dyn std::any::Any + Send)) -> ErrorRow {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    let mut row = ItemError::new("process", "panic", format!("stage {stage} crashed on this item: {what}"))
+        .into_row(key, source);
+    row.stage = stage.to_string();
+    row
 }
 
 /// Everything a run needs to know.
@@ -88,20 +94,23 @@ pub struct RunReport {
     pub finalized: bool,
 }
 
-/// Plans the input, then processes this worker's uncommitted units through `stages`.
-pub async fn run(
+/// Plans the input, then processes this worker's uncommitted units through `stages`, writing the `tables`.
+pub async fn run<S: Send + 'static>(
     config: RunConfig,
     registry: Arc<StoreRegistry>,
-    stages: Vec<Box<dyn Stage>>,
+    stages: Vec<Box<dyn Stage<S>>>,
+    tables: Tables,
     metrics: Arc<Metrics>,
 ) -> Result<RunReport, PipelineError> {
-    let plan = plan::plan(&registry, &config.input, config.format, &config.source).await?;
+    let planned = plan::plan(&registry, &config.input, config.format, &config.source).await?;
+    let plan = planned.plan;
     let output = registry.locate(&config.output)?;
     let record = PlanRecord {
         created_by: commit::created_by(),
         spec_hash: config.spec_hash.clone(),
         plan_hash: plan.fingerprint(),
         input: redact(&config.input),
+        tables: tables.names(),
         plan: plan.clone(),
     };
     commit::open_output(&output, &record, config.force).await?;
@@ -121,53 +130,32 @@ pub async fn run(
     );
 
     let capacity = config.channel_capacity.max(1);
-    let (read_tx, mut rx) = mpsc::channel::<Msg>(capacity);
-    let input = registry.locate(&config.input)?;
-    let ctx = Arc::new(ReadContext {
-        registry: registry.clone(),
-        input,
-        format: plan.format,
-        options: config.source.clone(),
-        coco: Default::default(),
-    });
-    let reader = tokio::spawn(read_all(ctx, todo, read_tx, config.batch_size, metrics.clone()));
+    let (read_tx, read_rx) = mpsc::channel::<Msg<SourceRecord>>(capacity);
+    let reader = tokio::spawn(read_all(planned.source, todo, read_tx, config.batch_size, metrics.clone()));
+    let fatal: Arc<Mutex<Option<PipelineError>>> = Arc::default();
     let mut threads = Vec::new();
-    for mut stage in stages {
-        let (tx, next_rx) = mpsc::channel::<Msg>(capacity);
-        let mut stage_rx = std::mem::replace(&mut rx, next_rx);
-        let metrics = metrics.clone();
-        let name = stage.name().to_string();
-        let thread = std::thread::Builder::new()
-            .name(format!("stage-{name}"))
-            .spawn(move || {
-                while let Some(msg) = stage_rx.blocking_recv() {
-                    let out = match msg {
-                        Msg::Batch { unit, records } => {
-                            let started = Instant::now();
-                            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| stage.process(records)));
-                            metrics.add_busy(&name, started.elapsed());
-                            match outcome {
-                                Ok(records) => Msg::Batch { unit, records },
-                                Err(_) => {
-                                    Msg::UnitFailed { unit, message: format!("stage {name} panicked on a batch") }
-                                }
-                            }
-                        }
-                        other => other,
-                    };
-                    if tx.blocking_send(out).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| PipelineError::Internal(format!("cannot start a stage thread: {e}")))?;
-        threads.push(thread);
-    }
     let part_bytes = registry.options().upload_part_bytes;
-    let (done, failed) = write_all(rx, &output, config.sink, part_bytes, &metrics).await;
+    let writer = Writer { output: &output, tables: &tables, sink: config.sink, part_bytes, metrics: &metrics };
+    let (done, failed) = match stages.len() {
+        0 => writer.write_all::<SourceRecord, S>(read_rx).await,
+        _ => {
+            let mut stages = stages.into_iter();
+            let mut rx = match stages.next() {
+                Some(first) => spawn_stage(first, read_rx, capacity, &metrics, &fatal, &mut threads)?,
+                None => return Err(PipelineError::Internal("no first stage".into())),
+            };
+            for stage in stages {
+                rx = spawn_stage(stage, rx, capacity, &metrics, &fatal, &mut threads)?;
+            }
+            writer.write_all::<Record<S>, S>(rx).await
+        }
+    };
     reader.await.map_err(|e| PipelineError::Internal(format!("read task failed: {e}")))?;
     for thread in threads {
         thread.join().map_err(|_| PipelineError::Internal("a stage thread panicked".into()))?;
+    }
+    if let Some(error) = fatal.lock().ok().and_then(|mut slot| slot.take()) {
+        return Err(error);
     }
     let finalized = if failed.is_empty() { commit::finalize(&output, &record).await? } else { false };
     Ok(RunReport {
@@ -181,21 +169,90 @@ pub async fn run(
     })
 }
 
+/// Starts `stage` on a thread of its own, reading `rx`; returns the channel of its output.
+fn spawn_stage<I, S>(
+    mut stage: Box<dyn Stage<S>>,
+    mut rx: mpsc::Receiver<Msg<I>>,
+    capacity: usize,
+    metrics: &Arc<Metrics>,
+    fatal: &Arc<Mutex<Option<PipelineError>>>,
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+) -> Result<mpsc::Receiver<Msg<Record<S>>>, PipelineError>
+where
+    I: Into<Record<S>> + Send + 'static,
+    S: Send + 'static,
+{
+    let (tx, next_rx) = mpsc::channel::<Msg<Record<S>>>(capacity);
+    let metrics = metrics.clone();
+    let fatal = fatal.clone();
+    let name = stage.name().to_string();
+    let thread = std::thread::Builder::new()
+        .name(format!("stage-{name}"))
+        .spawn(move || {
+            while let Some(msg) = rx.blocking_recv() {
+                let out = match msg {
+                    Msg::Batch { unit, records } => {
+                        let records: Vec<Record<S>> = records.into_iter().map(Into::into).collect();
+                        let identities: Vec<(String, String)> =
+                            records.iter().map(|r| (r.identity().0.to_string(), r.identity().1.to_string())).collect();
+                        let started = Instant::now();
+                        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| stage.process(records)));
+                        metrics.add_busy(&name, started.elapsed());
+                        match outcome {
+                            Ok(Ok(records)) => Msg::Batch { unit, records },
+                            Ok(Err(error)) => {
+                                let message = format!("stage {name}: {error}");
+                                tracing::error!(unit, "{}", crate::store::redact_secrets(&message));
+                                if let Ok(mut slot) = fatal.lock() {
+                                    slot.get_or_insert(PipelineError::Stage { stage: name.clone(), message: error.0 });
+                                }
+                                let _ = tx.blocking_send(Msg::UnitFailed { unit, message });
+                                // Dropping the channels stops the stages before and after this one.
+                                break;
+                            }
+                            Err(payload) => {
+                                tracing::error!(unit, stage = %name, "a stage panicked; the batch's items become error rows");
+                                let records = identities
+                                    .iter()
+                                    .map(|(key, source)| Record::Error(panic_row(&name, key, source, payload.as_ref())))
+                                    .collect();
+                                Msg::Batch { unit, records }
+                            }
+                        }
+                    }
+                    Msg::UnitEnd { unit, items, warnings, result } => Msg::UnitEnd { unit, items, warnings, result },
+                    Msg::UnitFailed { unit, message } => Msg::UnitFailed { unit, message },
+                };
+                if tx.blocking_send(out).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| PipelineError::Internal(format!("cannot start a stage thread: {e}")))?;
+    threads.push(thread);
+    Ok(next_rx)
+}
+
 async fn read_all(
-    ctx: Arc<ReadContext>,
+    source: Box<dyn Source>,
     units: Vec<WorkUnit>,
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::Sender<Msg<SourceRecord>>,
     batch_size: usize,
     metrics: Arc<Metrics>,
 ) {
     let started = Instant::now();
     for unit in units {
         let mut emitter = Emitter::new(unit.id, tx.clone(), batch_size, metrics.clone());
-        let mut result = source::read_unit(&ctx, &unit, &mut emitter).await;
+        let mut result = source.read(&unit, &mut emitter).await;
         if result.is_ok() {
             result = emitter.flush().await.map_err(PipelineError::from);
         }
-        let end = Msg::UnitEnd { unit: unit.id, items: emitter.items, result: result.map_err(|e| e.to_string()) };
+        let end = Msg::UnitEnd {
+            unit: unit.id,
+            items: emitter.items,
+            warnings: std::mem::take(&mut emitter.warnings),
+            result: result.map_err(|e| e.to_string()),
+        };
         if tx.send(end).await.is_err() {
             break;
         }
@@ -215,17 +272,14 @@ struct OpenUnit {
 }
 
 impl OpenUnit {
-    async fn push(&mut self, record: Record) -> Result<(), PipelineError> {
+    async fn push<S>(&mut self, record: Record<S>) -> Result<(), PipelineError> {
         match record {
             Record::Sample(sample) => {
                 self.rows += 1;
-                let Sample { row, pretrain, instruct, .. } = *sample;
-                self.writer.samples.push(row).await?;
-                if let Some(pretrain) = pretrain {
-                    self.writer.pretrain.push(pretrain).await?;
-                }
-                for conversation in instruct {
-                    self.writer.instruct.push(conversation).await?;
+                let sample = *sample;
+                self.writer.push(SAMPLES, Box::new(sample.row)).await?;
+                for (table, row, _) in sample.products.entries {
+                    self.writer.push(table, row).await?;
                 }
                 Ok(())
             }
@@ -247,128 +301,117 @@ impl OpenUnit {
     async fn push_error(&mut self, row: ErrorRow) -> Result<(), PipelineError> {
         self.errors += 1;
         *self.errors_by_kind.entry(row.kind.clone()).or_default() += 1;
-        self.writer.errors.push(row).await
+        self.writer.push(ERRORS, Box::new(row)).await
     }
 }
 
-/// Writes every unit that arrives; returns the count committed and the failures.
-async fn write_all(
-    mut rx: mpsc::Receiver<Msg>,
-    output: &Location,
+/// The write end of a run: turns records into shards, and commits each unit when its end arrives.
+struct Writer<'a> {
+    output: &'a crate::store::Location,
+    tables: &'a Tables,
     sink: SinkOptions,
     part_bytes: usize,
-    metrics: &Metrics,
-) -> (u64, Vec<(u64, String)>) {
-    let mut open: Option<OpenUnit> = None;
-    let mut failed = Vec::new();
-    let mut done = 0;
-    let mut busy = std::time::Duration::ZERO;
-    while let Some(msg) = rx.recv().await {
-        let started = Instant::now();
-        match msg {
-            Msg::Batch { unit, records } => {
-                let current = match open.take() {
-                    Some(current) if current.unit == unit => current,
-                    stale => {
-                        if let Some(stale) = stale {
+    metrics: &'a Metrics,
+}
+
+impl Writer<'_> {
+    fn open(&self, unit: u64, failure: Option<String>) -> Result<OpenUnit, PipelineError> {
+        let writer = UnitWriter::new(self.output, self.tables, self.sink, self.part_bytes, unit)?;
+        Ok(OpenUnit { unit, writer, rows: 0, errors: 0, errors_by_kind: BTreeMap::new(), failure })
+    }
+
+    /// Writes every unit that arrives; returns the count committed and the failures.
+    async fn write_all<I: Into<Record<S>>, S>(&self, mut rx: mpsc::Receiver<Msg<I>>) -> (u64, Vec<(u64, String)>) {
+        let mut open: Option<OpenUnit> = None;
+        let mut failed = Vec::new();
+        let mut done = 0;
+        let mut busy = std::time::Duration::ZERO;
+        while let Some(msg) = rx.recv().await {
+            let started = Instant::now();
+            match msg {
+                Msg::Batch { unit, records } => {
+                    let mut current = match open.take() {
+                        Some(current) if current.unit == unit => current,
+                        stale => {
+                            if let Some(stale) = stale {
+                                stale.writer.abort().await;
+                            }
+                            match self.open(unit, None) {
+                                Ok(current) => current,
+                                Err(e) => {
+                                    failed.push((unit, e.to_string()));
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    if current.failure.is_none() {
+                        for record in records {
+                            if let Err(e) = current.push(record.into()).await {
+                                current.failure = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    open = Some(current);
+                }
+                Msg::UnitFailed { unit, message } => {
+                    if let Some(current) = open.as_mut().filter(|c| c.unit == unit) {
+                        current.failure.get_or_insert(message);
+                    } else {
+                        if let Some(stale) = open.take() {
                             stale.writer.abort().await;
                         }
-                        match UnitWriter::new(output, sink, part_bytes, unit) {
-                            Ok(writer) => OpenUnit {
-                                unit,
-                                writer,
-                                rows: 0,
-                                errors: 0,
-                                errors_by_kind: BTreeMap::new(),
-                                failure: None,
-                            },
-                            Err(e) => {
-                                failed.push((unit, e.to_string()));
-                                continue;
-                            }
-                        }
+                        open = self.open(unit, Some(message)).ok();
                     }
-                };
-                let mut current = current;
-                if current.failure.is_none() {
-                    for record in records {
-                        if let Err(e) = current.push(record).await {
-                            current.failure = Some(e.to_string());
-                            break;
+                }
+                Msg::UnitEnd { unit, items, warnings, result } => {
+                    let current = match open.take().filter(|c| c.unit == unit) {
+                        Some(current) => Ok(current),
+                        None => self.open(unit, None),
+                    };
+                    let current = match current {
+                        Ok(current) => current,
+                        Err(e) => {
+                            failed.push((unit, format!("cannot open the unit's writer: {e}")));
+                            continue;
+                        }
+                    };
+                    match commit_unit(current, items, warnings, result, self.output).await {
+                        Ok(marker) => {
+                            done += 1;
+                            self.metrics.record_unit(&marker);
+                            tracing::debug!(unit, rows = marker.rows, errors = marker.errors, "unit committed");
+                        }
+                        Err(message) => {
+                            Metrics::add(&self.metrics.units_failed, 1);
+                            tracing::error!(unit, error = %message, "unit failed; a rerun retries it");
+                            failed.push((unit, message));
                         }
                     }
                 }
-                open = Some(current);
             }
-            Msg::UnitFailed { unit, message } => {
-                if let Some(current) = open.as_mut().filter(|c| c.unit == unit) {
-                    current.failure.get_or_insert(message);
-                } else if let Ok(writer) = UnitWriter::new(output, sink, part_bytes, unit) {
-                    open = Some(OpenUnit {
-                        unit,
-                        writer,
-                        rows: 0,
-                        errors: 0,
-                        errors_by_kind: BTreeMap::new(),
-                        failure: Some(message),
-                    });
-                }
-            }
-            Msg::UnitEnd { unit, items, result } => {
-                let current = match open.take().filter(|c| c.unit == unit) {
-                    Some(current) => Some(current),
-                    None => UnitWriter::new(output, sink, part_bytes, unit)
-                        .map(|writer| OpenUnit {
-                            unit,
-                            writer,
-                            rows: 0,
-                            errors: 0,
-                            errors_by_kind: BTreeMap::new(),
-                            failure: None,
-                        })
-                        .ok(),
-                };
-                let Some(current) = current else {
-                    failed.push((unit, "cannot open the unit's writer".into()));
-                    continue;
-                };
-                match commit_unit(current, items, result, output).await {
-                    Ok(marker) => {
-                        done += 1;
-                        Metrics::add(&metrics.units_done, 1);
-                        Metrics::add(&metrics.samples, marker.rows);
-                        Metrics::add(&metrics.errors, marker.errors);
-                        Metrics::add(&metrics.bytes_written, marker.shards.iter().map(|s| s.bytes).sum());
-                        for (kind, n) in &marker.errors_by_kind {
-                            for _ in 0..*n {
-                                metrics.add_error_kind(kind);
-                            }
-                        }
-                        tracing::debug!(unit, rows = marker.rows, errors = marker.errors, "unit committed");
-                    }
-                    Err(message) => {
-                        Metrics::add(&metrics.units_failed, 1);
-                        tracing::error!(unit, error = %message, "unit failed; a rerun retries it");
-                        failed.push((unit, message));
-                    }
-                }
-            }
+            busy += started.elapsed();
         }
-        busy += started.elapsed();
+        if let Some(stale) = open {
+            failed.push((
+                stale.unit,
+                stale.failure.clone().unwrap_or_else(|| "the job stopped before the unit ended".into()),
+            ));
+            stale.writer.abort().await;
+        }
+        self.metrics.add_busy("write", busy);
+        (done, failed)
     }
-    if let Some(stale) = open {
-        stale.writer.abort().await;
-    }
-    metrics.add_busy("write", busy);
-    (done, failed)
 }
 
 /// Completes the unit's shards and writes its marker, or removes all of it.
 async fn commit_unit(
     current: OpenUnit,
     items: u64,
+    warnings: BTreeMap<String, u64>,
     read: Result<(), String>,
-    output: &Location,
+    output: &crate::store::Location,
 ) -> Result<UnitMarker, String> {
     let failure = match (read, &current.failure) {
         (Err(e), _) => Some(e),
@@ -385,7 +428,7 @@ async fn commit_unit(
     }
     let OpenUnit { unit, writer, rows, errors, errors_by_kind, .. } = current;
     let shards = writer.finish().await.map_err(|e| e.to_string())?;
-    let marker = UnitMarker { unit, items, rows, errors, errors_by_kind, shards };
+    let marker = UnitMarker { unit, items, rows, errors, errors_by_kind, warnings_by_kind: warnings, shards };
     crate::failpoint::hit("before-marker", unit);
     commit::write_marker(output, &marker).await.map_err(|e| e.to_string())?;
     Ok(marker)

@@ -1,12 +1,14 @@
-//! The sharded Parquet sink: each table of a unit is written as shards `<output>/<table>/part-UUUUUU-SSS.parquet`,
-//! bounded by rows and bytes, zstd-compressed, with row groups sized for streaming readers.
+//! The sharded Parquet sink: each table of a unit (`samples`, `errors` and whatever tables the stages declared,
+//! see [`crate::table`]) is written as shards `<output>/<table>/part-UUUUUU-SSS.parquet`, bounded by rows and
+//! bytes, zstd-compressed, with row groups sized for streaming readers.
 //!
 //! A shard is uploaded with a multipart upload (one PUT when small) that completes only when the file is whole, so
 //! no reader ever sees half a shard; a failed unit aborts its upload and deletes the shards it had finished. Bytes
 //! depend only on the rows, so a retried unit rewrites identical shards.
 
-use arrow::array::RecordBatch;
-use lyrics_schemas::{ErrorRow, InstructRow, PretrainRow, SampleRow, Table, col};
+use std::any::Any;
+
+use lyrics_schemas::{Table, col};
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
@@ -18,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
 use crate::store::Location;
+use crate::table::{RowBuffer, TableId, Tables};
 
 /// Shard and row-group sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,53 +61,6 @@ pub struct ShardInfo {
     pub schema_version: String,
 }
 
-/// A row type with a table of its own.
-pub trait TableRow: Sized + Send {
-    const TABLE: Table;
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, PipelineError>;
-    fn approx_bytes(&self) -> usize;
-}
-
-impl TableRow for SampleRow {
-    const TABLE: Table = Table::Samples;
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, PipelineError> {
-        SampleRow::to_batch(rows).map_err(|e| PipelineError::Internal(e.to_string()))
-    }
-    fn approx_bytes(&self) -> usize {
-        SampleRow::approx_bytes(self)
-    }
-}
-
-impl TableRow for ErrorRow {
-    const TABLE: Table = Table::Errors;
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, PipelineError> {
-        ErrorRow::to_batch(rows).map_err(|e| PipelineError::Internal(e.to_string()))
-    }
-    fn approx_bytes(&self) -> usize {
-        ErrorRow::approx_bytes(self)
-    }
-}
-
-impl TableRow for PretrainRow {
-    const TABLE: Table = Table::Pretrain;
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, PipelineError> {
-        PretrainRow::to_batch(rows).map_err(|e| PipelineError::Internal(e.to_string()))
-    }
-    fn approx_bytes(&self) -> usize {
-        PretrainRow::approx_bytes(self)
-    }
-}
-
-impl TableRow for InstructRow {
-    const TABLE: Table = Table::Instruct;
-    fn to_batch(rows: &[Self]) -> Result<RecordBatch, PipelineError> {
-        InstructRow::to_batch(rows).map_err(|e| PipelineError::Internal(e.to_string()))
-    }
-    fn approx_bytes(&self) -> usize {
-        InstructRow::approx_bytes(self)
-    }
-}
-
 /// The relative path of shard `seq` of `unit` in `table`.
 pub fn shard_path(table: Table, unit: u64, seq: u32) -> String {
     format!("{}/part-{unit:06}-{seq:03}.parquet", table.name())
@@ -135,7 +91,8 @@ struct OpenShard {
 }
 
 /// Writes one table of one unit.
-pub struct TableWriter<R: TableRow> {
+pub(crate) struct TableWriter {
+    table: Table,
     output: Location,
     options: SinkOptions,
     part_bytes: usize,
@@ -143,21 +100,24 @@ pub struct TableWriter<R: TableRow> {
     unit: u64,
     next_seq: u32,
     open: Option<OpenShard>,
-    pending: Vec<R>,
+    pending: Box<dyn RowBuffer>,
     finished: Vec<ShardInfo>,
 }
 
 /// Rows handed to the Parquet writer at a time.
 const WRITE_BATCH_ROWS: usize = 64;
 
-impl<R: TableRow> TableWriter<R> {
-    pub fn new(
+impl TableWriter {
+    fn new(
+        table: Table,
+        pending: Box<dyn RowBuffer>,
         output: Location,
         options: SinkOptions,
         part_bytes: usize,
         unit: u64,
     ) -> Result<Self, PipelineError> {
         Ok(TableWriter {
+            table,
             properties: properties(&options)?,
             output,
             options,
@@ -165,20 +125,20 @@ impl<R: TableRow> TableWriter<R> {
             unit,
             next_seq: 0,
             open: None,
-            pending: Vec::new(),
+            pending,
             finished: Vec::new(),
         })
     }
 
-    pub async fn push(&mut self, row: R) -> Result<(), PipelineError> {
+    async fn push(&mut self, row: Box<dyn Any + Send>) -> Result<(), PipelineError> {
         if self.open.is_none() {
             self.open_shard()?;
         }
+        let bytes = self.pending.push(row)?;
         let Some(shard) = self.open.as_mut() else { return Err(PipelineError::Internal("no open shard".into())) };
         shard.rows += 1;
-        shard.bytes += row.approx_bytes() as u64;
+        shard.bytes += bytes as u64;
         let full = shard.rows >= self.options.shard_rows.max(1) || shard.bytes >= self.options.shard_bytes;
-        self.pending.push(row);
         if self.pending.len() >= WRITE_BATCH_ROWS {
             self.write_pending().await?;
         }
@@ -189,25 +149,24 @@ impl<R: TableRow> TableWriter<R> {
     }
 
     fn open_shard(&mut self) -> Result<(), PipelineError> {
-        let relative = shard_path(R::TABLE, self.unit, self.next_seq);
+        let relative = shard_path(self.table, self.unit, self.next_seq);
         self.next_seq += 1;
         let path = self.output.child(&relative);
         let upload = BufWriter::with_capacity(self.output.store.clone(), path.clone(), self.part_bytes.max(1));
-        let writer = AsyncArrowWriter::try_new(upload, R::TABLE.schema(), Some(self.properties.clone()))
+        let writer = AsyncArrowWriter::try_new(upload, self.table.schema(), Some(self.properties.clone()))
             .map_err(|e| PipelineError::sink(self.output.uri_of(&path), e))?;
         self.open = Some(OpenShard { writer, path, relative, rows: 0, bytes: 0 });
         Ok(())
     }
 
     async fn write_pending(&mut self) -> Result<(), PipelineError> {
-        if self.pending.is_empty() {
+        if self.pending.len() == 0 {
             return Ok(());
         }
         let Some(shard) = self.open.as_mut() else {
             return Err(PipelineError::Internal("rows without a shard".into()));
         };
-        let batch = R::to_batch(&self.pending)?;
-        self.pending.clear();
+        let batch = self.pending.take_batch()?;
         let uri = self.output.uri_of(&shard.path);
         shard.writer.write(&batch).await.map_err(|e| PipelineError::sink(uri, e))
     }
@@ -221,7 +180,7 @@ impl<R: TableRow> TableWriter<R> {
         shard.writer.finish().await.map_err(|e| PipelineError::sink(uri, e))?;
         self.finished.push(ShardInfo {
             path: shard.relative,
-            table: R::TABLE.name().to_string(),
+            table: self.table.name().to_string(),
             rows: shard.rows,
             bytes: shard.writer.bytes_written() as u64,
             schema_version: lyrics_schemas::SCHEMA_VERSION.to_string(),
@@ -232,13 +191,13 @@ impl<R: TableRow> TableWriter<R> {
 
     /// Completes the unit's last shard and returns every shard written. After an error, [`TableWriter::abort`]
     /// removes what was written.
-    pub async fn finish(&mut self) -> Result<Vec<ShardInfo>, PipelineError> {
+    async fn finish(&mut self) -> Result<Vec<ShardInfo>, PipelineError> {
         self.close_shard().await?;
         Ok(self.finished.clone())
     }
 
     /// Abandons the unit: the open upload is aborted and finished shards are deleted, so nothing of it stays.
-    pub async fn abort(mut self) {
+    async fn abort(mut self) {
         if let Some(shard) = self.open.take() {
             let _ = shard.writer.into_inner().abort().await;
         }
@@ -248,36 +207,43 @@ impl<R: TableRow> TableWriter<R> {
     }
 }
 
-/// Both tables of one unit.
-pub struct UnitWriter {
-    pub samples: TableWriter<SampleRow>,
-    pub errors: TableWriter<ErrorRow>,
-    pub pretrain: TableWriter<PretrainRow>,
-    pub instruct: TableWriter<InstructRow>,
+/// Every table of one unit.
+pub(crate) struct UnitWriter {
+    tables: Vec<TableWriter>,
 }
 
 impl UnitWriter {
     pub fn new(
         output: &Location,
+        tables: &Tables,
         options: SinkOptions,
         part_bytes: usize,
         unit: u64,
     ) -> Result<Self, PipelineError> {
-        Ok(UnitWriter {
-            samples: TableWriter::new(output.clone(), options, part_bytes, unit)?,
-            errors: TableWriter::new(output.clone(), options, part_bytes, unit)?,
-            pretrain: TableWriter::new(output.clone(), options, part_bytes, unit)?,
-            instruct: TableWriter::new(output.clone(), options, part_bytes, unit)?,
-        })
+        let tables = tables
+            .decls
+            .iter()
+            .map(|d| TableWriter::new(d.table, (d.buffer)(), output.clone(), options, part_bytes, unit))
+            .collect::<Result<_, _>>()?;
+        Ok(UnitWriter { tables })
     }
 
-    /// Completes both tables; on error, aborts the unit so nothing of it stays visible.
+    /// Adds one row to table `table`.
+    pub async fn push(&mut self, table: TableId, row: Box<dyn Any + Send>) -> Result<(), PipelineError> {
+        let writer = self
+            .tables
+            .get_mut(table.0)
+            .ok_or_else(|| PipelineError::Internal(format!("no table {} was declared", table.0)))?;
+        writer.push(row).await
+    }
+
+    /// Completes every table; on error, aborts the unit so nothing of it stays visible.
     pub async fn finish(mut self) -> Result<Vec<ShardInfo>, PipelineError> {
         let result = async {
-            let mut shards = self.samples.finish().await?;
-            shards.extend(self.errors.finish().await?);
-            shards.extend(self.pretrain.finish().await?);
-            shards.extend(self.instruct.finish().await?);
+            let mut shards = Vec::new();
+            for table in &mut self.tables {
+                shards.extend(table.finish().await?);
+            }
             Ok(shards)
         }
         .await;
@@ -288,9 +254,8 @@ impl UnitWriter {
     }
 
     pub async fn abort(self) {
-        self.samples.abort().await;
-        self.errors.abort().await;
-        self.pretrain.abort().await;
-        self.instruct.abort().await;
+        for table in self.tables {
+            table.abort().await;
+        }
     }
 }

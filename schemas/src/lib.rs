@@ -6,6 +6,7 @@
 //! key-value metadata: the schema version ([`SCHEMA_VERSION`]), the table name, and the Hugging Face `datasets`
 //! features, so `datasets.load_dataset("parquet", ...)` yields decoded images with no extra code.
 
+mod arrays;
 mod error;
 mod features;
 mod refined;
@@ -122,6 +123,36 @@ impl Table {
         }
     }
 }
+
+/// A row type with a table of its own: how the sink turns rows into Arrow batches, and how it sizes shards.
+/// Implemented once per table, beside the table's schema; the engine writes any table whose row type has it.
+pub trait TableRow: Sized + Send + 'static {
+    /// The table the rows belong to.
+    const TABLE: Table;
+    /// The rows as one batch of [`Table::schema`].
+    fn to_batch(rows: &[Self]) -> Result<arrow::array::RecordBatch, SchemaError>;
+    /// An estimate of the row's size in memory, for shard and row-group sizing.
+    fn approx_bytes(&self) -> usize;
+}
+
+macro_rules! table_row {
+    ($row:ty, $table:expr) => {
+        impl TableRow for $row {
+            const TABLE: Table = $table;
+            fn to_batch(rows: &[Self]) -> Result<arrow::array::RecordBatch, SchemaError> {
+                <$row>::to_batch(rows)
+            }
+            fn approx_bytes(&self) -> usize {
+                <$row>::approx_bytes(self)
+            }
+        }
+    };
+}
+
+table_row!(SampleRow, Table::Samples);
+table_row!(ErrorRow, Table::Errors);
+table_row!(PretrainRow, Table::Pretrain);
+table_row!(InstructRow, Table::Instruct);
 
 /// The `image` struct: the Hugging Face `datasets` Image convention (`bytes`, `path`).
 pub fn image_fields() -> Fields {

@@ -10,7 +10,7 @@ use arrow::array::{
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Fields, Float32Type, Int32Type, Int64Type};
 
-use crate::rows::strings_of;
+use crate::arrays::strings_of;
 use crate::{SchemaError, col};
 
 #[derive(Debug, Clone, PartialEq)]

@@ -8,6 +8,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Int32Type};
 
+use crate::arrays::{column, strings, strings_of};
 use crate::refined::{objects_array, objects_from, tags_array, tags_from};
 use crate::{ObjectRow, SchemaError, TagRow, col, error_schema, image_fields, sample_schema};
 
@@ -240,25 +241,6 @@ pub(crate) fn image_array<'a>(images: impl Iterator<Item = &'a ImageRef>) -> Str
     }
     let columns: Vec<ArrayRef> = vec![Arc::new(bytes.finish()), Arc::new(path.finish())];
     StructArray::new(image_fields(), columns, None)
-}
-
-pub(crate) fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, SchemaError> {
-    batch.column_by_name(name).ok_or_else(|| SchemaError::MissingColumn(name.to_string()))
-}
-
-pub(crate) fn strings(batch: &RecordBatch, name: &str) -> Result<Vec<Option<String>>, SchemaError> {
-    strings_of(Some(column(batch, name)?), name)
-}
-
-pub(crate) fn strings_of(array: Option<&ArrayRef>, name: &str) -> Result<Vec<Option<String>>, SchemaError> {
-    let array = array.ok_or_else(|| SchemaError::MissingColumn(name.to_string()))?;
-    let out = match array.data_type() {
-        DataType::Utf8 => array.as_string::<i32>().iter().map(|v| v.map(str::to_string)).collect(),
-        DataType::LargeUtf8 => array.as_string::<i64>().iter().map(|v| v.map(str::to_string)).collect(),
-        DataType::Utf8View => array.as_string_view().iter().map(|v| v.map(str::to_string)).collect(),
-        other => return Err(SchemaError::column_type(name, other)),
-    };
-    Ok(out)
 }
 
 fn binaries(array: Option<&ArrayRef>, name: &str) -> Result<Vec<Option<Vec<u8>>>, SchemaError> {

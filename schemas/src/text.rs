@@ -9,8 +9,9 @@ use arrow::array::{
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Fields, Int32Type};
 
+use crate::arrays::{column, strings, strings_of};
 use crate::refined::{boxes_at, objects_array, objects_from, struct_rows};
-use crate::rows::{column, image_array, image_refs, strings, strings_of};
+use crate::rows::{image_array, image_refs};
 use crate::{ImageRef, ObjectRow, SchemaError, col, instruct_schema, pretrain_schema};
 
 /// A caption span grounded by one box (GRIT's `ref_exps` entry): character offsets `[start, end)`.

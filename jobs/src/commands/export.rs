@@ -8,42 +8,73 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use arrow::array::{Array, AsArray, RecordBatch};
 use futures::StreamExt;
-use lyrics_pipeline::{Location, StorageOptions, StoreRegistry, commit, redact};
-use lyrics_schemas::{InstructRow, SampleRow, Table};
+use lyrics_pipeline::keys::safe_join;
+use lyrics_pipeline::{Location, OutputView, StorageOptions, StoreRegistry, redact};
+use lyrics_schemas::{InstructRow, Table, col};
 use object_store::ObjectStoreExt;
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use serde_json::json;
 
 use super::runtime;
 use crate::{ExportArgs, ExportFormat, ExportImages};
 use lyrics_operators::text::image_file_name;
 
-/// Every batch of one table of the output, shard by shard in manifest order.
-async fn read_table<T>(
+/// Calls `each` on every batch of the shards, in order, one batch in memory at a time; `columns` limits what is
+/// read (all columns when empty).
+async fn for_each_batch(
     output: &Location,
     shards: &[String],
-    mut each: impl FnMut(&arrow::array::RecordBatch) -> Result<T>,
-) -> Result<Vec<T>> {
-    let mut out = Vec::new();
+    columns: &[&str],
+    mut each: impl FnMut(&RecordBatch) -> Result<()>,
+) -> Result<()> {
     for shard in shards {
         let path = output.child(shard);
         let uri = output.uri_of(&path);
         let meta = output.store.head(&path).await.with_context(|| format!("cannot read {}", redact(&uri)))?;
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(output.store.clone(), path).with_file_size(meta.size);
-        let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
-            .with_context(|| format!("{} is not a Parquet file", redact(&uri)))?
-            .with_batch_size(256)
-            .build()?;
+            .with_context(|| format!("{} is not a Parquet file", redact(&uri)))?;
+        let builder = if columns.is_empty() {
+            builder
+        } else {
+            let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+            builder.with_projection(mask)
+        };
+        let mut stream = builder.with_batch_size(64).build()?;
         while let Some(batch) = stream.next().await {
-            out.push(each(&batch.with_context(|| format!("cannot read {}", redact(&uri)))?)?);
+            each(&batch.with_context(|| format!("cannot read {}", redact(&uri)))?)?;
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// A sample's key, image format and image bytes.
+type SampleImage = (String, String, Option<Vec<u8>>);
+
+/// The key, format and image bytes of each row of a projected `samples` batch.
+fn images_of(batch: &RecordBatch) -> Result<Vec<SampleImage>> {
+    let text = |name: &str| -> Result<Vec<String>> {
+        let column = batch.column_by_name(name).with_context(|| format!("the samples have no `{name}` column"))?;
+        let strings = column.as_string_opt::<i32>().with_context(|| format!("`{name}` is not a string column"))?;
+        Ok((0..strings.len()).map(|i| strings.value(i).to_string()).collect())
+    };
+    let keys = text(col::KEY)?;
+    let formats = text(col::FORMAT)?;
+    let image = batch.column_by_name(col::IMAGE).context("the samples have no `image` column")?.as_struct();
+    let bytes = image.column_by_name(col::IMAGE_BYTES).context("the `image` column has no `bytes`")?;
+    let bytes = bytes.as_binary_opt::<i32>().context("`image.bytes` is not a binary column")?;
+    Ok(keys
+        .into_iter()
+        .zip(formats)
+        .enumerate()
+        .map(|(i, (key, format))| (key, format, (!bytes.is_null(i)).then(|| bytes.value(i).to_vec())))
+        .collect())
 }
 
 pub fn export(args: ExportArgs) -> Result<ExitCode> {
@@ -53,15 +84,14 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
     let to = Path::new(&args.to);
     std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
     runtime()?.block_on(async {
-        let manifest = commit::read_manifest(&output).await?.with_context(|| {
+        let view = OutputView::open(&output).await?.filter(OutputView::complete).with_context(|| {
             format!(
                 "{} has no _lyrics/manifest.json: the job is not finished (lyrics-prep status shows how far it is)",
                 redact(&args.output)
             )
         })?;
-        let shards = |table: Table| -> Vec<String> {
-            manifest.shards.iter().filter(|s| s.table == table.name()).map(|s| s.path.clone()).collect()
-        };
+        let shards =
+            |table: Table| -> Vec<String> { view.shards_of(table.name()).map(|s| s.path.clone()).collect() };
         let instruct_shards = shards(Table::Instruct);
         if instruct_shards.is_empty() {
             bail!("{} has no instruct table: run the job with --models (and [text] enabled)", redact(&args.output));
@@ -73,13 +103,21 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
         let mut writer = BufWriter::new(
             std::fs::File::create(&file).with_context(|| format!("cannot write {}", file.display()))?,
         );
+        let folder = to.join("images");
         let mut count = 0usize;
+        let mut refused = 0usize;
         let mut keys: HashSet<String> = HashSet::new();
         if args.format == ExportFormat::LlavaJson {
             writer.write_all(b"[\n")?;
         }
-        for batch_rows in read_table(&output, &instruct_shards, |b| Ok(InstructRow::from_batch(b)?)).await? {
-            for row in batch_rows {
+        for_each_batch(&output, &instruct_shards, &[], |batch| {
+            for row in InstructRow::from_batch(batch)? {
+                // The image a trainer opens must lie inside the export folder, whatever the output holds.
+                if let Err(why) = safe_join(&folder, &row.image) {
+                    tracing::warn!(id = %row.id, "conversation left out: its image {why}");
+                    refused += 1;
+                    continue;
+                }
                 let conversations: Vec<serde_json::Value> =
                     row.conversations.iter().map(|(f, v)| json!({ "from": f, "value": v })).collect();
                 let record = json!({ "id": row.id, "image": row.image, "conversations": conversations });
@@ -98,31 +136,45 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
                 keys.insert(row.key);
                 count += 1;
             }
-        }
+            Ok(())
+        })
+        .await?;
         if args.format == ExportFormat::LlavaJson {
             writer.write_all(b"\n]\n")?;
         }
         writer.flush()?;
         let mut images = 0usize;
         if args.images == ExportImages::Write {
-            let folder = to.join("images");
-            for rows in read_table(&output, &shards(Table::Samples), |b| Ok(SampleRow::from_batch(b)?)).await? {
-                for row in rows.into_iter().filter(|r| keys.contains(&r.key)) {
-                    let Some(bytes) = row.image.bytes.as_ref() else { continue };
-                    let target = folder.join(image_file_name(&row.key, &row.format));
+            let columns = [col::KEY, col::FORMAT, col::IMAGE];
+            for_each_batch(&output, &shards(Table::Samples), &columns, |batch| {
+                for (key, format, bytes) in images_of(batch)? {
+                    let Some(bytes) = bytes.filter(|_| keys.contains(&key)) else { continue };
+                    let target = match safe_join(&folder, &image_file_name(&key, &format)) {
+                        Ok(target) => target,
+                        Err(why) => {
+                            tracing::warn!("image left out: {why}");
+                            refused += 1;
+                            continue;
+                        }
+                    };
                     if let Some(dir) = target.parent() {
                         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
                     }
                     std::fs::write(&target, bytes).with_context(|| format!("cannot write {}", target.display()))?;
                     images += 1;
                 }
-            }
+                Ok(())
+            })
+            .await?;
         }
         eprintln!(
             "exported {count} conversations to {} and {images} images to {}",
             file.display(),
-            to.join("images").display()
+            folder.display()
         );
+        if refused > 0 {
+            eprintln!("left out {refused} conversations or images whose key is not a safe file name");
+        }
         anyhow::Ok(ExitCode::SUCCESS)
     })
 }

@@ -12,7 +12,7 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
     let spec = load_spec(&args.job)?;
     let input = input_of(&spec)?;
     let registry = registry(&spec);
-    let plan = runtime()?.block_on(plan::plan(&registry, &input, spec.input.format, &spec.input.source))?;
+    let plan = runtime()?.block_on(plan::plan(&registry, &input, spec.input.format, &spec.input.source))?.plan;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(ExitCode::SUCCESS);

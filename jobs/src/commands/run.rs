@@ -7,13 +7,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use lyrics_operators::image::ImageOperator;
 use lyrics_operators::text::TextOptions;
-use lyrics_pipeline::{Metrics, RunConfig, Stage, Worker};
+use lyrics_pipeline::{Metrics, RunConfig, Stage, Tables, Worker};
 
 use super::{input_of, load_spec, registry, runtime};
 use crate::RunArgs;
 use crate::progress::{ProgressMode, Reporter, summary};
 use crate::stages::{
-    DecodeStage, PendingRefiner, RefineFinishStage, RefineInferStage, RefinePrepareStage, TextStage,
+    DecodeStage, PendingRefiner, RefineFinishStage, RefineInferStage, RefinePrepareStage, State, TextStage,
 };
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -53,7 +53,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let refining = spec.refine.models.is_some();
     let operator =
         ImageOperator { limits: spec.decode, resize: spec.resize, encode: spec.encode, keep_pixels: refining };
-    let mut stages: Vec<Box<dyn Stage>> = vec![Box::new(DecodeStage::new(operator, pool.clone()))];
+    let mut stages: Vec<Box<dyn Stage<State>>> = vec![Box::new(DecodeStage::new(operator, pool.clone()))];
+    let mut tables = Tables::default();
     let mut refiner_description = String::new();
     if let Some(models_uri) = &spec.refine.models {
         let refiner = runtime.block_on(start_refiner(&spec, models_uri, &registry, mode))?;
@@ -69,7 +70,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 inline_format: spec.text.inline_format,
                 instruct: spec.text.instruct.clone(),
             };
-            stages.push(Box::new(TextStage::new(Arc::new(options), pool.clone())));
+            stages.push(Box::new(TextStage::new(Arc::new(options), pool.clone(), &mut tables)?));
         }
         // Model inputs are large: smaller batches and queues keep memory bounded.
         spec.pipeline.batch_size = spec.refine.batch_size;
@@ -90,7 +91,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         force: args.force,
     };
     let reporter = Reporter::start(mode, metrics.clone(), Duration::from_secs_f64(args.log_every.max(0.1)));
-    let report = runtime.block_on(lyrics_pipeline::run(config, registry, stages, metrics.clone()));
+    let report = runtime.block_on(lyrics_pipeline::run(config, registry, stages, tables, metrics.clone()));
     drop(reporter);
     let report = report?;
     eprint!("{}", summary(&report, &metrics, &format!("{}/{}", worker.index, worker.count)));

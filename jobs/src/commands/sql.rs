@@ -1,9 +1,9 @@
-//! `lyrics-prep sql`: SQL over a job's output with DataFusion, straight from its store. The four tables (`samples`,
-//! `errors`, `pretrain`, `instruct`) are registered from the shards the manifest lists, or, while the job is still
-//! running, from the committed units' markers, so a query never sees a shard of an unfinished unit. A table with
-//! no shard yet is registered empty with its schema, so queries stay valid on any output.
+//! `lyrics-prep sql`: SQL over a job's output with DataFusion, straight from its store. Every table of the job
+//! (`samples`, `errors`, `pretrain`, `instruct`, and any other its stages declared) is registered from the shards
+//! its [`OutputView`] shows: the manifest's, or, while the job is still running, the committed units', so a query
+//! never sees a shard of an unfinished unit. A table with no shard yet is registered empty with its schema, so
+//! queries stay valid on any output.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,62 +11,44 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use lyrics_pipeline::{Location, StorageOptions, StoreRegistry, commit, redact};
+use lyrics_pipeline::{Location, OutputView, StorageOptions, StoreRegistry, redact};
 use lyrics_schemas::Table;
 
 use super::runtime;
 use crate::{SqlArgs, SqlFormat};
 
-/// The shards of each table that a query may read: the manifest's, else the committed units'.
-async fn committed_shards(output: &Location, uri: &str) -> Result<(BTreeMap<String, Vec<String>>, Option<String>)> {
-    let mut tables: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    if let Some(manifest) = commit::read_manifest(output).await? {
-        for shard in manifest.shards {
-            tables.entry(shard.table).or_default().push(shard.path);
-        }
-        return Ok((tables, None));
-    }
-    let plan = commit::read_plan(output).await?.with_context(|| {
-        format!("{} holds no lyrics-prep output (no _lyrics/plan.json nor manifest)", redact(uri))
-    })?;
-    let committed = commit::committed_units(output).await?;
-    for unit in plan.plan.units.iter().filter(|u| committed.contains(&u.id)) {
-        let Some(marker) = commit::read_marker(output, unit.id).await? else { continue };
-        for shard in marker.shards {
-            tables.entry(shard.table).or_default().push(shard.path);
-        }
-    }
-    let note = format!(
-        "the job is not finished: querying the {} of {} units committed so far",
-        committed.len(),
-        plan.plan.units.len()
-    );
-    Ok((tables, Some(note)))
-}
-
-/// A session with the output's tables registered.
+/// A session with the output's tables registered: the tables the job declared (and the four built-in ones, so
+/// queries stay valid on any output), each from its visible shards.
 async fn session(output: &Location, uri: &str) -> Result<SessionContext> {
     let ctx = SessionContext::new();
     ctx.register_object_store(output.base(), output.store.clone());
-    let (shards, note) = committed_shards(output, uri).await?;
-    if let Some(note) = note {
-        eprintln!("lyrics-prep sql: {note}");
+    let view = OutputView::open(output)
+        .await?
+        .with_context(|| format!("{} holds no lyrics-prep output (no _lyrics/plan.json)", redact(uri)))?;
+    if !view.complete() {
+        eprintln!(
+            "lyrics-prep sql: the job is not finished: querying the {} of {} units committed so far",
+            view.units_done,
+            view.units_total()
+        );
     }
+    let mut names = view.tables();
     for table in Table::ALL {
-        let name = table.name();
-        match shards.get(name).filter(|s| !s.is_empty()) {
-            Some(paths) => {
-                let urls: Vec<String> = paths.iter().map(|p| output.uri_of(&output.child(p))).collect();
-                let frame = ctx
-                    .read_parquet(urls, ParquetReadOptions::default())
-                    .await
-                    .with_context(|| format!("cannot read the `{name}` shards of {}", redact(uri)))?;
-                ctx.register_table(name, frame.into_view())?;
-            }
-            None => {
-                let empty = MemTable::try_new(table.schema(), vec![vec![]])?;
-                ctx.register_table(name, Arc::new(empty))?;
-            }
+        if !names.iter().any(|n| n == table.name()) {
+            names.push(table.name().to_string());
+        }
+    }
+    for name in names {
+        let paths: Vec<String> = view.shards_of(&name).map(|s| output.uri_of(&output.child(&s.path))).collect();
+        if !paths.is_empty() {
+            let frame = ctx
+                .read_parquet(paths, ParquetReadOptions::default())
+                .await
+                .with_context(|| format!("cannot read the `{name}` shards of {}", redact(uri)))?;
+            ctx.register_table(name.as_str(), frame.into_view())?;
+        } else if let Some(table) = Table::from_name(&name) {
+            let empty = MemTable::try_new(table.schema(), vec![vec![]])?;
+            ctx.register_table(name.as_str(), Arc::new(empty))?;
         }
     }
     Ok(ctx)

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use lyrics_pipeline::{StorageOptions, StoreRegistry, commit};
+use lyrics_pipeline::{OutputView, StorageOptions, StoreRegistry};
 use serde::Serialize;
 
 use super::runtime;
@@ -19,6 +19,9 @@ struct Status {
     rows: u64,
     errors: u64,
     errors_by_kind: BTreeMap<String, u64>,
+    warnings_by_kind: BTreeMap<String, u64>,
+    /// Rows of every table, `samples` and `errors` included.
+    tables: BTreeMap<String, u64>,
     bytes: u64,
     complete: bool,
 }
@@ -26,36 +29,22 @@ struct Status {
 pub fn status(args: StatusArgs) -> Result<ExitCode> {
     let registry = StoreRegistry::new(StorageOptions::default());
     let output = registry.locate(&args.output)?;
-    let status = runtime()?.block_on(async {
-        let plan = commit::read_plan(&output).await?.with_context(|| {
-            format!("{} holds no lyrics-prep job (no _lyrics/plan.json)", lyrics_pipeline::redact(&args.output))
-        })?;
-        let committed = commit::committed_units(&output).await?;
-        let mut status = Status {
-            output: lyrics_pipeline::redact(&args.output),
-            units_total: plan.plan.units.len() as u64,
-            units_done: 0,
-            items: 0,
-            rows: 0,
-            errors: 0,
-            errors_by_kind: BTreeMap::new(),
-            bytes: 0,
-            complete: false,
-        };
-        for unit in plan.plan.units.iter().filter(|u| committed.contains(&u.id)) {
-            let Some(marker) = commit::read_marker(&output, unit.id).await? else { continue };
-            status.units_done += 1;
-            status.items += marker.items;
-            status.rows += marker.rows;
-            status.errors += marker.errors;
-            status.bytes += marker.shards.iter().map(|s| s.bytes).sum::<u64>();
-            for (kind, n) in marker.errors_by_kind {
-                *status.errors_by_kind.entry(kind).or_default() += n;
-            }
-        }
-        status.complete = commit::read_manifest(&output).await?.is_some();
-        anyhow::Ok(status)
+    let view = runtime()?.block_on(OutputView::open(&output))?.with_context(|| {
+        format!("{} holds no lyrics-prep job (no _lyrics/plan.json)", lyrics_pipeline::redact(&args.output))
     })?;
+    let status = Status {
+        output: lyrics_pipeline::redact(&args.output),
+        units_total: view.units_total(),
+        units_done: view.units_done,
+        items: view.items,
+        rows: view.rows("samples"),
+        errors: view.rows("errors"),
+        errors_by_kind: view.errors_by_kind.clone(),
+        warnings_by_kind: view.warnings_by_kind.clone(),
+        tables: view.tables().into_iter().map(|t| (view.rows(&t), t)).map(|(n, t)| (t, n)).collect(),
+        bytes: view.bytes(),
+        complete: view.complete(),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -71,6 +60,16 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         println!("errors   {}", status.errors);
         for (kind, n) in &status.errors_by_kind {
             println!("  {kind:<20} {n}");
+        }
+        if !status.warnings_by_kind.is_empty() {
+            println!("warnings {}", status.warnings_by_kind.values().sum::<u64>());
+            for (kind, n) in &status.warnings_by_kind {
+                println!("  {kind:<20} {n}");
+            }
+        }
+        println!("tables");
+        for (table, n) in &status.tables {
+            println!("  {table:<20} {n}");
         }
         println!("bytes    {}", status.bytes);
     }

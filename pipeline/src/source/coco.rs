@@ -1,20 +1,66 @@
 //! COCO captions JSON: `images` (id, file_name, ...) and `annotations` (image_id, caption). One item per image,
-//! with every caption of the image kept in file order; images without captions are kept with none. The file is
-//! parsed once per process and shared by its units, which are ranges of its images.
+//! with every caption of the image kept in file order; images without captions are kept with none. A file's units
+//! are ranges of its images; the source keeps the last file it parsed, so the consecutive units of one file parse
+//! it once, and memory holds one parsed file at most.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use object_store::ObjectStoreExt;
+use futures::future::BoxFuture;
+use object_store::{ObjectMeta, ObjectStoreExt};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::fetch::{ImageRefItem, fetch_all, parent};
-use super::{Emitter, ReadContext};
+use super::{Emitter, Source, SourceContext};
 use crate::PipelineError;
 use crate::item::ItemError;
-use crate::plan::WorkUnit;
+use crate::plan::{InputFormat, WorkUnit};
 use crate::store::Location;
+
+/// COCO captions files: units of `rows_per_unit` images.
+pub(crate) struct CocoSource {
+    pub ctx: SourceContext,
+    pub cache: CocoCache,
+}
+
+impl Source for CocoSource {
+    fn format(&self) -> InputFormat {
+        InputFormat::Coco
+    }
+
+    fn plan<'a>(&'a self, objects: &'a [ObjectMeta]) -> BoxFuture<'a, Result<Vec<WorkUnit>, PipelineError>> {
+        Box::pin(async move {
+            let mut units = Vec::new();
+            for o in objects {
+                let at = self.ctx.input.at(o.location.clone());
+                let images = load(&at).await?.images.len() as u64;
+                let per = self.ctx.options.rows_per_unit.max(1);
+                let mut start = 0;
+                while start < images {
+                    let end = (start + per).min(images);
+                    units.push(WorkUnit {
+                        id: 0,
+                        object: o.location.to_string(),
+                        range: [start, end],
+                        first_row: start,
+                        files: vec![],
+                    });
+                    start = end;
+                }
+            }
+            Ok(units)
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        unit: &'a WorkUnit,
+        emitter: &'a mut Emitter,
+    ) -> BoxFuture<'a, Result<(), PipelineError>> {
+        Box::pin(read(&self.ctx, &self.cache, unit, emitter))
+    }
+}
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct CocoFile {
@@ -30,9 +76,9 @@ pub(crate) struct Coco {
     captions: HashMap<String, Vec<String>>,
 }
 
-/// Parsed COCO files by URI, so the units of one file parse it once.
+/// The last parsed COCO file and its URI: units of one file are consecutive, so one entry is all it takes.
 #[derive(Debug, Default)]
-pub(crate) struct CocoCache(Mutex<HashMap<String, Arc<Coco>>>);
+pub(crate) struct CocoCache(Mutex<Option<(String, Arc<Coco>)>>);
 
 fn id_text(value: &Value) -> Option<String> {
     match value {
@@ -67,16 +113,26 @@ pub(crate) async fn load(at: &Location) -> Result<Coco, PipelineError> {
     Ok(Coco { images: file.images, captions })
 }
 
-pub(crate) async fn read(ctx: &ReadContext, unit: &WorkUnit, emitter: &mut Emitter) -> Result<(), PipelineError> {
+async fn read(
+    ctx: &SourceContext,
+    cache: &CocoCache,
+    unit: &WorkUnit,
+    emitter: &mut Emitter,
+) -> Result<(), PipelineError> {
     let location = ctx.input.at(object_store::path::Path::from(unit.object.as_str()));
     let uri = location.uri();
-    let cached = ctx.coco.0.lock().ok().and_then(|cache| cache.get(&uri).cloned());
+    let cached =
+        cache.0.lock().ok().and_then(|slot| slot.as_ref().filter(|(u, _)| *u == uri).map(|(_, coco)| coco.clone()));
     let coco = match cached {
         Some(coco) => coco,
         None => {
+            // Drop the previous file before parsing the next, so two are never held at once.
+            if let Ok(mut slot) = cache.0.lock() {
+                *slot = None;
+            }
             let coco = Arc::new(load(&location).await?);
-            if let Ok(mut cache) = ctx.coco.0.lock() {
-                cache.insert(uri.clone(), coco.clone());
+            if let Ok(mut slot) = cache.0.lock() {
+                *slot = Some((uri.clone(), coco.clone()));
             }
             coco
         }

@@ -5,9 +5,9 @@ use futures::StreamExt;
 use object_store::GetOptions;
 use object_store::path::Path;
 
-use super::{Emitter, ReadContext};
+use super::{Emitter, SourceContext};
 use crate::PipelineError;
-use crate::item::{ItemError, RawItem, Record};
+use crate::item::{ItemError, RawItem, SourceRecord};
 use crate::store::Location;
 
 /// An item that names its image instead of holding it.
@@ -35,7 +35,7 @@ pub(crate) fn parent(path: &Path) -> Path {
 /// Resolves each item's image and pushes the items, in order, fetching up to the configured concurrency at once.
 /// `base` is the folder relative references are resolved against, unless `image_prefix` is set.
 pub(crate) async fn fetch_all(
-    ctx: &ReadContext,
+    ctx: &SourceContext,
     base: &Location,
     items: Vec<ImageRefItem>,
     emitter: &mut Emitter,
@@ -53,13 +53,17 @@ pub(crate) async fn fetch_all(
     Ok(())
 }
 
-async fn fetch_one(ctx: &ReadContext, prefix: &Location, item: ImageRefItem) -> Result<Record, PipelineError> {
+async fn fetch_one(
+    ctx: &SourceContext,
+    prefix: &Location,
+    item: ImageRefItem,
+) -> Result<SourceRecord, PipelineError> {
     let ImageRefItem { key, source, reference, inline, captions, meta, error } = item;
     if let Some(error) = error {
-        return Ok(Record::error(&key, &source, error));
+        return Ok(SourceRecord::error(&key, &source, error));
     }
     let raw = |bytes: Vec<u8>, image_path: Option<String>| {
-        Record::Raw(RawItem {
+        SourceRecord::Raw(RawItem {
             key: key.clone(),
             source: source.clone(),
             image_path,
@@ -72,21 +76,25 @@ async fn fetch_one(ctx: &ReadContext, prefix: &Location, item: ImageRefItem) -> 
         return Ok(raw(bytes, reference));
     }
     let Some(reference) = reference.filter(|r| !r.trim().is_empty()) else {
-        return Ok(Record::error(&key, &source, ItemError::new("read", "missing_image", "the row names no image")));
+        return Ok(SourceRecord::error(
+            &key,
+            &source,
+            ItemError::new("read", "missing_image", "the row names no image"),
+        ));
     };
     let location = match resolve(ctx, prefix, &reference) {
         Ok(location) => location,
-        Err(error) => return Ok(Record::error(&key, &source, error)),
+        Err(error) => return Ok(SourceRecord::error(&key, &source, error)),
     };
     match get_limited(&location, ctx.options.max_image_bytes).await {
         Ok(Ok(bytes)) => Ok(raw(bytes, Some(reference))),
-        Ok(Err(error)) => Ok(Record::error(&key, &source, error)),
+        Ok(Err(error)) => Ok(SourceRecord::error(&key, &source, error)),
         Err(error) => Err(error),
     }
 }
 
 /// The location an image reference names: a URL of its own, or a path under `prefix`.
-fn resolve(ctx: &ReadContext, prefix: &Location, reference: &str) -> Result<Location, ItemError> {
+fn resolve(ctx: &SourceContext, prefix: &Location, reference: &str) -> Result<Location, ItemError> {
     let reference = reference.trim();
     if reference.contains("://") {
         return ctx.registry.locate(reference).map_err(|e| ItemError::new("read", "bad_reference", e.to_string()));

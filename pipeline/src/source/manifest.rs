@@ -6,17 +6,88 @@
 use std::io::Read;
 
 use futures::TryStreamExt;
-use object_store::{GetOptions, GetRange, ObjectStoreExt};
+use futures::future::BoxFuture;
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStoreExt};
 use serde_json::{Map, Value};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::fetch::{ImageRefItem, fetch_all, parent};
-use super::parquet::{missing, pick};
-use super::{CAPTION_COLUMNS, Emitter, IMAGE_COLUMNS, KEY_COLUMNS, ReadContext, file_stem};
+use super::parquet::{check_columns, missing, pick};
+use super::{CAPTION_COLUMNS, Emitter, IMAGE_COLUMNS, KEY_COLUMNS, Source, SourceContext, file_stem};
 use crate::PipelineError;
 use crate::item::ItemError;
 use crate::plan::{InputFormat, WorkUnit};
 use crate::store::Location;
+
+/// JSONL or CSV manifests: units of `rows_per_unit` rows.
+pub(crate) struct Manifest {
+    pub ctx: SourceContext,
+    pub format: InputFormat,
+}
+
+impl Source for Manifest {
+    fn format(&self) -> InputFormat {
+        self.format
+    }
+
+    fn plan<'a>(&'a self, objects: &'a [ObjectMeta]) -> BoxFuture<'a, Result<Vec<WorkUnit>, PipelineError>> {
+        Box::pin(async move {
+            let mut units = Vec::new();
+            for o in objects {
+                let at = self.ctx.input.at(o.location.clone());
+                self.check_columns(&at).await?;
+                for (range, first_row) in split(&at, self.format, self.ctx.options.rows_per_unit).await? {
+                    units.push(WorkUnit { id: 0, object: o.location.to_string(), range, first_row, files: vec![] });
+                }
+            }
+            Ok(units)
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        unit: &'a WorkUnit,
+        emitter: &'a mut Emitter,
+    ) -> BoxFuture<'a, Result<(), PipelineError>> {
+        Box::pin(read(&self.ctx, self.format, unit, emitter))
+    }
+}
+
+impl Manifest {
+    /// Refuses a configured column that the manifest does not have (the CSV header, or the first JSONL row), so
+    /// a misspelt name fails the job at once instead of making every row an error.
+    async fn check_columns(&self, at: &Location) -> Result<(), PipelineError> {
+        // A CSV header names every row's columns; a JSONL row names only its own fields.
+        let (names, every_row) = match self.format {
+            InputFormat::Csv => (csv_header(at).await?, true),
+            _ => match first_jsonl_object(at).await? {
+                Some(object) => (object.keys().cloned().collect(), false),
+                None => return Ok(()),
+            },
+        };
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        check_columns(&at.uri(), &self.ctx.options, &names, every_row)
+    }
+}
+
+/// The first non-blank line of a JSONL manifest, when it is a JSON object.
+async fn first_jsonl_object(at: &Location) -> Result<Option<Map<String, Value>>, PipelineError> {
+    let uri = at.uri();
+    let options = GetOptions { range: Some(GetRange::Bounded(0..1 << 20)), ..GetOptions::default() };
+    let head = at
+        .store
+        .get_opts(&at.path, options)
+        .await
+        .map_err(|e| PipelineError::store(&uri, e))?
+        .bytes()
+        .await
+        .map_err(|e| PipelineError::store(&uri, e))?;
+    let first = head.split(|b| *b == b'\n').find(|l| l.iter().any(|b| !b.is_ascii_whitespace()));
+    Ok(first.and_then(|line| match serde_json::from_slice::<Value>(line) {
+        Ok(Value::Object(object)) => Some(object),
+        _ => None,
+    }))
+}
 
 /// Byte ranges of `rows_per_unit` rows each (and the index of each range's first row), streaming the manifest
 /// once. CSV records may span lines (quoted newlines), so CSV is cut where the CSV parser says records start.
@@ -111,7 +182,12 @@ fn delimiter_of(uri: &str) -> u8 {
     if uri.to_ascii_lowercase().ends_with(".tsv") { b'\t' } else { b',' }
 }
 
-pub(crate) async fn read(ctx: &ReadContext, unit: &WorkUnit, emitter: &mut Emitter) -> Result<(), PipelineError> {
+async fn read(
+    ctx: &SourceContext,
+    format: InputFormat,
+    unit: &WorkUnit,
+    emitter: &mut Emitter,
+) -> Result<(), PipelineError> {
     let location = ctx.input.at(object_store::path::Path::from(unit.object.as_str()));
     let uri = location.uri();
     let [start, end] = unit.range;
@@ -125,7 +201,7 @@ pub(crate) async fn read(ctx: &ReadContext, unit: &WorkUnit, emitter: &mut Emitt
         .await
         .map_err(|e| PipelineError::store(&uri, e))?;
     let stem = file_stem(&unit.object);
-    let items = match ctx.format {
+    let items = match format {
         InputFormat::Csv => {
             let header = csv_header(&location).await?;
             csv_items(ctx, &uri, &stem, &header, &bytes, unit.first_row)?
@@ -155,7 +231,7 @@ async fn csv_header(location: &Location) -> Result<Vec<String>, PipelineError> {
 }
 
 fn csv_items(
-    ctx: &ReadContext,
+    ctx: &SourceContext,
     uri: &str,
     stem: &str,
     header: &[String],
@@ -214,7 +290,7 @@ fn csv_items(
     Ok(items)
 }
 
-fn jsonl_items(ctx: &ReadContext, uri: &str, stem: &str, bytes: &[u8], first_row: u64) -> Vec<ImageRefItem> {
+fn jsonl_items(ctx: &SourceContext, uri: &str, stem: &str, bytes: &[u8], first_row: u64) -> Vec<ImageRefItem> {
     let o = &ctx.options;
     let lines = bytes.split(|b| *b == b'\n').filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()));
     let mut items = Vec::new();

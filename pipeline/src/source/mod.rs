@@ -1,11 +1,31 @@
-//! Sources: reading the items of one work unit, streaming, straight from object storage.
+//! Sources: how an input format becomes work units, and how a unit becomes items.
 //!
-//! Execution model: the engine's read task calls [`read_unit`] for each unit in turn; the source pushes records
-//! into an [`Emitter`], which batches them and sends them down a bounded channel, so a slow consumer slows the
-//! source (backpressure) and memory never depends on corpus size. A source reports item-level problems (a
-//! missing image, an unsafe tar member, a duplicated key) as error records and carries on; it returns an error
-//! only when the unit as a whole cannot be read (the store failed past its retries), so the unit is retried
-//! by a rerun.
+//! # Execution model
+//!
+//! The engine drives; a source never spawns work of its own accord. At planning, the engine lists the input
+//! (one object, or everything under a prefix), keeps the objects of the chosen format, and hands them to
+//! [`Source::plan`], which cuts them into work units; the engine numbers the units and records them in
+//! `_lyrics/plan.json`, so every worker and every rerun agrees on what unit `u` is. While running, the engine's
+//! read task calls [`Source::read`] for each unit it owns, in order, one at a time; the source pushes one record
+//! per item into the [`Emitter`] it is given. The emitter batches records and sends them down a bounded channel:
+//! when the stages behind it are slower, `push` waits, so a source is paced by the slowest stage (backpressure)
+//! and memory never depends on the corpus size. The emitter also checks every key ([`crate::keys`]) and refuses
+//! a key seen earlier in the unit, so sources need not.
+//!
+//! # The contract
+//!
+//! - [`Source::plan`] returns the units of the objects in a deterministic order. It reads only what it needs to
+//!   cut (a manifest's line starts, a COCO file's image count), and refuses, by name, what would make every item
+//!   fail (a configured column the input does not have).
+//! - [`Source::read`] pushes exactly one record per item of the unit, in a deterministic order: a
+//!   [`SourceRecord::Raw`] item, or a [`SourceRecord::Error`] row for an item it could not read (a missing image,
+//!   an unsafe member, a refused sidecar). It returns an error only when the unit as a whole cannot be read (the
+//!   store failed past its retries), so the unit is not committed and a rerun retries it. What it pushed before
+//!   such an error is discarded with the unit.
+//! - Neither may block the async runtime: parsing that runs long (a tar, a CSV) goes to a blocking thread, with
+//!   [`Emitter::push_blocking`].
+//!
+//! One module per format; [`open`] is the one place that maps a format to its source.
 
 pub(crate) mod coco;
 mod fetch;
@@ -16,14 +36,18 @@ mod webdataset;
 
 use std::sync::Arc;
 
+use std::collections::{BTreeMap, HashMap};
+
+use futures::future::BoxFuture;
+use object_store::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::PipelineError;
-use crate::item::Record;
+use crate::item::{ItemError, Msg, SourceRecord};
+use crate::keys::{MAX_KEY_BYTES, check_key};
 use crate::metrics::Metrics;
 use crate::plan::{InputFormat, WorkUnit};
-use crate::runner::Msg;
 use crate::store::{Location, StoreRegistry};
 
 /// How sources find images, captions and keys, and how finely they cut units.
@@ -69,33 +93,48 @@ pub(crate) const IMAGE_COLUMNS: [&str; 9] =
 pub(crate) const CAPTION_COLUMNS: [&str; 5] = ["caption", "text", "captions", "TEXT", "alt"];
 pub(crate) const KEY_COLUMNS: [&str; 3] = ["key", "__key__", "id"];
 
-/// What every source of a run shares.
-pub(crate) struct ReadContext {
+/// What the sources of a run share: where the input is, and how to find images, captions and keys in it.
+#[derive(Clone)]
+pub struct SourceContext {
     pub registry: Arc<StoreRegistry>,
+    /// The input as the user named it (an object or a prefix).
     pub input: Location,
-    pub format: InputFormat,
     pub options: SourceOptions,
-    pub coco: coco::CocoCache,
 }
 
-/// Reads one unit, pushing its records into `emitter`.
-pub(crate) async fn read_unit(
-    ctx: &ReadContext,
-    unit: &WorkUnit,
-    emitter: &mut Emitter,
-) -> Result<(), PipelineError> {
-    match ctx.format {
-        InputFormat::Webdataset => webdataset::read(ctx, unit, emitter).await,
-        InputFormat::Parquet => parquet::read(ctx, unit, emitter).await,
-        InputFormat::Jsonl | InputFormat::Csv => manifest::read(ctx, unit, emitter).await,
-        InputFormat::Coco => coco::read(ctx, unit, emitter).await,
-        InputFormat::Images => files::read(ctx, unit, emitter).await,
+/// One input format: its planning and its reading, together. See the module documentation for the contract.
+pub trait Source: Send + Sync {
+    /// The format this source reads.
+    fn format(&self) -> InputFormat;
+
+    /// Cuts `objects` (the input's objects of this format, sorted by path) into work units, in order. The
+    /// engine numbers them; the `id` a source sets is ignored.
+    fn plan<'a>(&'a self, objects: &'a [ObjectMeta]) -> BoxFuture<'a, Result<Vec<WorkUnit>, PipelineError>>;
+
+    /// Pushes one record per item of `unit` into `emitter`, in a deterministic order.
+    fn read<'a>(&'a self, unit: &'a WorkUnit, emitter: &'a mut Emitter)
+    -> BoxFuture<'a, Result<(), PipelineError>>;
+}
+
+/// The source of `format`.
+pub fn open(format: InputFormat, ctx: SourceContext) -> Box<dyn Source> {
+    match format {
+        InputFormat::Webdataset => Box::new(webdataset::WebDataset { ctx }),
+        InputFormat::Parquet => Box::new(parquet::ParquetSource { ctx }),
+        InputFormat::Jsonl | InputFormat::Csv => Box::new(manifest::Manifest { ctx, format }),
+        InputFormat::Coco => Box::new(coco::CocoSource { ctx, cache: Default::default() }),
+        InputFormat::Images => Box::new(files::LooseFiles { ctx }),
     }
+}
+
+/// A unit of one whole object (a tar shard, a Parquet file).
+pub(crate) fn whole_object(object: &ObjectMeta) -> WorkUnit {
+    WorkUnit { id: 0, object: object.location.to_string(), range: [0, 0], first_row: 0, files: vec![] }
 }
 
 /// The downstream end has gone away (the job is shutting down).
 #[derive(Debug)]
-pub(crate) struct Closed;
+pub struct Closed;
 
 impl From<Closed> for PipelineError {
     fn from(_: Closed) -> Self {
@@ -103,44 +142,83 @@ impl From<Closed> for PipelineError {
     }
 }
 
-/// Batches the records of one unit and sends them downstream.
-pub(crate) struct Emitter {
+/// Takes the records of one unit from its source: checks each key, batches them and sends them downstream.
+pub struct Emitter {
     unit: u64,
-    tx: mpsc::Sender<Msg>,
-    batch: Vec<Record>,
+    tx: mpsc::Sender<Msg<SourceRecord>>,
+    batch: Vec<SourceRecord>,
     batch_size: usize,
     metrics: Arc<Metrics>,
+    /// The source of the first item of each key in this unit.
+    seen: HashMap<String, String>,
     /// Items pushed in this unit.
-    pub items: u64,
+    pub(crate) items: u64,
+    /// Problems that cost an item nothing but are worth counting (a second image member under one key).
+    pub(crate) warnings: BTreeMap<String, u64>,
 }
 
 impl Emitter {
-    pub fn new(unit: u64, tx: mpsc::Sender<Msg>, batch_size: usize, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        unit: u64,
+        tx: mpsc::Sender<Msg<SourceRecord>>,
+        batch_size: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Emitter {
             unit,
             tx,
             batch: Vec::with_capacity(batch_size),
             batch_size: batch_size.max(1),
             metrics,
+            seen: HashMap::new(),
             items: 0,
+            warnings: BTreeMap::new(),
         }
     }
 
     /// A stand-in left behind while the emitter is lent to a blocking thread.
-    pub fn detached(&self) -> Emitter {
+    pub(crate) fn detached(&self) -> Emitter {
         Emitter::new(self.unit, self.tx.clone(), self.batch_size, self.metrics.clone())
     }
 
-    fn account(&mut self, record: &Record) {
-        self.items += 1;
-        self.metrics.items_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Record::Raw(raw) = record {
-            self.metrics.bytes_read.fetch_add(raw.bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        }
+    /// Counts a warning of `kind` for this unit (it goes into the unit's marker and the run's summary).
+    pub fn warn(&mut self, kind: &str, message: &str) {
+        tracing::warn!(unit = self.unit, kind, "{}", crate::store::redact_secrets(message));
+        *self.warnings.entry(kind.to_string()).or_default() += 1;
     }
 
-    pub async fn push(&mut self, record: Record) -> Result<(), Closed> {
-        self.account(&record);
+    /// Refuses an item whose key is unusable or was seen earlier in the unit. An error row keeps its own cause,
+    /// with its key cut to the longest accepted.
+    fn admit(&mut self, record: SourceRecord) -> SourceRecord {
+        self.items += 1;
+        self.metrics.items_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let record = match record {
+            SourceRecord::Error(mut row) => {
+                truncate_key(&mut row.key);
+                return SourceRecord::Error(row);
+            }
+            SourceRecord::Raw(raw) => raw,
+        };
+        if let Err(why) = check_key(&record.key) {
+            let mut key = record.key;
+            truncate_key(&mut key);
+            return SourceRecord::error(&key, &record.source, ItemError::new("read", "bad_key", why));
+        }
+        if let Some(first) = self.seen.get(&record.key) {
+            let error = ItemError::new(
+                "read",
+                "duplicate_key",
+                format!("the key {} was already used by {first} (the first occurrence is kept)", record.key),
+            );
+            return SourceRecord::error(&record.key, &record.source, error);
+        }
+        self.seen.insert(record.key.clone(), record.source.clone());
+        self.metrics.bytes_read.fetch_add(record.bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        SourceRecord::Raw(record)
+    }
+
+    pub async fn push(&mut self, record: SourceRecord) -> Result<(), Closed> {
+        let record = self.admit(record);
         self.batch.push(record);
         if self.batch.len() >= self.batch_size {
             self.flush().await?;
@@ -149,8 +227,8 @@ impl Emitter {
     }
 
     /// [`Emitter::push`] from a blocking thread.
-    pub fn push_blocking(&mut self, record: Record) -> Result<(), Closed> {
-        self.account(&record);
+    pub fn push_blocking(&mut self, record: SourceRecord) -> Result<(), Closed> {
+        let record = self.admit(record);
         self.batch.push(record);
         if self.batch.len() >= self.batch_size {
             self.flush_blocking()?;
@@ -158,7 +236,7 @@ impl Emitter {
         Ok(())
     }
 
-    fn take(&mut self) -> Option<Msg> {
+    fn take(&mut self) -> Option<Msg<SourceRecord>> {
         if self.batch.is_empty() {
             return None;
         }
@@ -182,6 +260,16 @@ impl Emitter {
             self.metrics.read_blocked(started.elapsed());
         }
         Ok(())
+    }
+}
+
+fn truncate_key(key: &mut String) {
+    if key.len() > MAX_KEY_BYTES {
+        let mut end = MAX_KEY_BYTES;
+        while !key.is_char_boundary(end) {
+            end -= 1;
+        }
+        key.truncate(end);
     }
 }
 

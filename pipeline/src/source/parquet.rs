@@ -12,18 +12,80 @@ use parquet::arrow::ParquetRecordBatchStreamBuilder;
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 
-use super::fetch::{ImageRefItem, fetch_all, parent};
-use super::{CAPTION_COLUMNS, Emitter, IMAGE_COLUMNS, KEY_COLUMNS, ReadContext, file_stem};
-use crate::PipelineError;
-use crate::plan::WorkUnit;
+use futures::future::BoxFuture;
+use object_store::ObjectMeta;
 
-pub(crate) async fn read(ctx: &ReadContext, unit: &WorkUnit, emitter: &mut Emitter) -> Result<(), PipelineError> {
-    let location = ctx.input.at(object_store::path::Path::from(unit.object.as_str()));
+use super::fetch::{ImageRefItem, fetch_all, parent};
+use super::{
+    CAPTION_COLUMNS, Emitter, IMAGE_COLUMNS, KEY_COLUMNS, Source, SourceContext, SourceOptions, file_stem,
+};
+use crate::PipelineError;
+use crate::plan::{InputFormat, WorkUnit};
+use crate::store::Location;
+
+/// Parquet files: one unit per file.
+pub(crate) struct ParquetSource {
+    pub ctx: SourceContext,
+}
+
+impl Source for ParquetSource {
+    fn format(&self) -> InputFormat {
+        InputFormat::Parquet
+    }
+
+    fn plan<'a>(&'a self, objects: &'a [ObjectMeta]) -> BoxFuture<'a, Result<Vec<WorkUnit>, PipelineError>> {
+        Box::pin(async move {
+            // The first file's columns stand for all: reading one footer is cheap, every footer is not.
+            if let Some(first) = objects.first() {
+                let at = self.ctx.input.at(first.location.clone());
+                let builder = open_file(&at).await?;
+                let names: Vec<&str> = builder.schema().fields().iter().map(|f| f.name().as_str()).collect();
+                check_columns(&at.uri(), &self.ctx.options, &names, true)?;
+            }
+            Ok(objects.iter().map(super::whole_object).collect())
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        unit: &'a WorkUnit,
+        emitter: &'a mut Emitter,
+    ) -> BoxFuture<'a, Result<(), PipelineError>> {
+        Box::pin(read(&self.ctx, unit, emitter))
+    }
+}
+
+#[allow(deprecated)]
+async fn open_file(
+    location: &Location,
+) -> Result<ParquetRecordBatchStreamBuilder<ParquetObjectReader>, PipelineError> {
     let uri = location.uri();
     let meta = location.store.head(&location.path).await.map_err(|e| PipelineError::store(&uri, e))?;
-    #[allow(deprecated)]
     let reader = ParquetObjectReader::new(location.store.clone(), location.path.clone()).with_file_size(meta.size);
-    let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|e| PipelineError::input(&uri, e))?;
+    ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|e| PipelineError::input(&uri, e))
+}
+
+/// Refuses configured columns that `names` lacks, and, when `names` is the schema of every row (a header, a
+/// Parquet schema), an input with no image column at all.
+pub(crate) fn check_columns(
+    uri: &str,
+    options: &SourceOptions,
+    names: &[&str],
+    every_row: bool,
+) -> Result<(), PipelineError> {
+    let image = pick(uri, "image_column", options.image_column.as_deref(), &IMAGE_COLUMNS, names)?;
+    if every_row && image.is_none() {
+        return Err(missing(uri, "an image column", &IMAGE_COLUMNS, names));
+    }
+    pick(uri, "caption_column", options.caption_column.as_deref(), &CAPTION_COLUMNS, names)?;
+    pick(uri, "key_column", options.key_column.as_deref(), &KEY_COLUMNS, names)?;
+    Ok(())
+}
+
+async fn read(ctx: &SourceContext, unit: &WorkUnit, emitter: &mut Emitter) -> Result<(), PipelineError> {
+    let location = ctx.input.at(object_store::path::Path::from(unit.object.as_str()));
+    let uri = location.uri();
+    let builder = open_file(&location).await?;
     let schema = builder.schema().clone();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let image_col = pick(&uri, "image_column", ctx.options.image_column.as_deref(), &IMAGE_COLUMNS, &names)?
@@ -49,9 +111,14 @@ pub(crate) async fn read(ctx: &ReadContext, unit: &WorkUnit, emitter: &mut Emitt
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| PipelineError::store(&uri, e))?;
         let metas = meta_json(&batch, &meta_cols).map_err(|e| PipelineError::input(&uri, e))?;
-        let images = column(&batch, &image_col);
-        let captions = caption_col.as_deref().map(|c| column(&batch, c));
-        let keys = key_col.as_deref().map(|c| column(&batch, c));
+        let images = column(&batch, &image_col).map_err(|e| PipelineError::input(&uri, e))?;
+        let captions = caption_col
+            .as_deref()
+            .map(|c| column(&batch, c))
+            .transpose()
+            .map_err(|e| PipelineError::input(&uri, e))?;
+        let keys =
+            key_col.as_deref().map(|c| column(&batch, c)).transpose().map_err(|e| PipelineError::input(&uri, e))?;
         let mut items = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
             let index = row_index + row as u64;
@@ -74,8 +141,9 @@ pub(crate) async fn read(ctx: &ReadContext, unit: &WorkUnit, emitter: &mut Emitt
     Ok(())
 }
 
-fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a ArrayRef {
-    batch.column(batch.schema().index_of(name).unwrap_or(0))
+/// The column `name` of `batch`; a column the file's schema named is in every batch, so a miss is the file's fault.
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, String> {
+    batch.column_by_name(name).ok_or_else(|| format!("a batch of the file lacks the column `{name}`"))
 }
 
 /// The configured column (which must exist), or the first candidate present.
@@ -90,7 +158,7 @@ pub(crate) fn pick(
         Some(name) if names.contains(&name) => Ok(Some(name.to_string())),
         Some(name) => Err(PipelineError::input(
             uri,
-            format!("{setting} `{name}` is not a column here; the columns are: {}", names.join(", ")),
+            format!("input.{setting} `{name}` is not a column here; the columns are: {}", names.join(", ")),
         )),
         None => Ok(candidates.iter().find(|c| names.contains(c)).map(|c| c.to_string())),
     }

@@ -3,8 +3,10 @@
 //! `webdataset` library groups them.
 //!
 //! Hostile members become error rows, never files: nothing is ever written to disk, but a member whose path climbs
-//! out (`../`) or is absolute is refused by name all the same, as are links, devices, members above the size
-//! limit, and keys seen earlier in the shard.
+//! out (`../`) or is absolute is refused by name all the same, as are links, devices and members above the size
+//! limit; the members of one sample refused together make one error row. A shard cut short keeps every sample
+//! completed before the damage, and the damage is one error row. A second image member under one key is a
+//! warning (the first is kept).
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -12,17 +14,41 @@ use std::path::Component;
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
+use futures::future::BoxFuture;
+use object_store::{ObjectMeta, ObjectStoreExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::{Emitter, ReadContext};
+use super::{Emitter, Source, SourceContext, whole_object};
 use crate::PipelineError;
-use crate::item::{ItemError, RawItem, Record};
-use crate::plan::WorkUnit;
+use crate::item::{ItemError, RawItem, SourceRecord};
+use crate::plan::{InputFormat, WorkUnit};
+
+/// WebDataset tar shards: one unit per shard.
+pub(crate) struct WebDataset {
+    pub ctx: SourceContext,
+}
+
+impl Source for WebDataset {
+    fn format(&self) -> InputFormat {
+        InputFormat::Webdataset
+    }
+
+    fn plan<'a>(&'a self, objects: &'a [ObjectMeta]) -> BoxFuture<'a, Result<Vec<WorkUnit>, PipelineError>> {
+        Box::pin(async move { Ok(objects.iter().map(whole_object).collect()) })
+    }
+
+    fn read<'a>(
+        &'a self,
+        unit: &'a WorkUnit,
+        emitter: &'a mut Emitter,
+    ) -> BoxFuture<'a, Result<(), PipelineError>> {
+        Box::pin(read(&self.ctx, unit, emitter))
+    }
+}
 
 const IMAGE_EXTS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "gif", "bmp"];
 
-pub(crate) async fn read(ctx: &ReadContext, unit: &WorkUnit, emitter: &mut Emitter) -> Result<(), PipelineError> {
+async fn read(ctx: &SourceContext, unit: &WorkUnit, emitter: &mut Emitter) -> Result<(), PipelineError> {
     let location = ctx.input.at(object_store::path::Path::from(unit.object.as_str()));
     let uri = location.uri();
     let result = location.store.get(&location.path).await.map_err(|e| PipelineError::store(&uri, e))?;
@@ -38,7 +64,7 @@ pub(crate) async fn read(ctx: &ReadContext, unit: &WorkUnit, emitter: &mut Emitt
     });
     let reader = SyncIoBridge::new(StreamReader::new(stream));
     let max_bytes = ctx.options.max_image_bytes;
-    let mut shard = ShardReader { uri: uri.clone(), max_bytes, seen: HashSet::new(), current: None };
+    let mut shard = ShardReader { uri: uri.clone(), max_bytes, current: None, last_rejected: None };
     let batch_emitter = std::mem::replace(emitter, emitter.detached());
     let (returned, outcome) = tokio::task::spawn_blocking(move || {
         let mut emitter = batch_emitter;
@@ -51,18 +77,22 @@ pub(crate) async fn read(ctx: &ReadContext, unit: &WorkUnit, emitter: &mut Emitt
     match outcome {
         Ok(()) => Ok(()),
         Err(ReadFailure::Closed) => Err(super::Closed.into()),
-        Err(ReadFailure::Archive(message)) => {
+        Err(ReadFailure::Archive { message, damaged }) => {
             if let Some(store_error) = store_failure.lock().ok().and_then(|slot| slot.clone()) {
                 return Err(PipelineError::store(&uri, store_error));
             }
-            // The shard itself is malformed: what was read stands, the rest is one error row naming the shard.
-            let key = super::file_stem(&unit.object);
+            // The shard itself is malformed: what was read stands, the rest is one error row, under the key of the
+            // sample the damage cut short (else the shard's name).
+            let (key, source) = match damaged {
+                Some((key, member)) => (key, format!("{uri}#{member}")),
+                None => (super::file_stem(&unit.object), uri.clone()),
+            };
             let error = ItemError::new(
                 "read",
                 "corrupt_archive",
                 format!("malformed tar, the rest of the shard is unreadable: {message}"),
             );
-            emitter.push(Record::error(&key, &uri, error)).await?;
+            emitter.push(SourceRecord::error(&key, &source, error)).await?;
             Ok(())
         }
     }
@@ -70,7 +100,11 @@ pub(crate) async fn read(ctx: &ReadContext, unit: &WorkUnit, emitter: &mut Emitt
 
 enum ReadFailure {
     Closed,
-    Archive(String),
+    /// The archive is malformed from here on; `damaged` is the key and first member of the sample it cut short.
+    Archive {
+        message: String,
+        damaged: Option<(String, String)>,
+    },
 }
 
 impl From<super::Closed> for ReadFailure {
@@ -94,16 +128,25 @@ struct Group {
 struct ShardReader {
     uri: String,
     max_bytes: u64,
-    seen: HashSet<String>,
     current: Option<Group>,
+    /// The key of the last refused member, so the other members of that sample add no second row.
+    last_rejected: Option<String>,
 }
 
 impl ShardReader {
     fn read_all(&mut self, reader: impl Read, emitter: &mut Emitter) -> Result<(), ReadFailure> {
         let mut archive = tar::Archive::new(reader);
-        let entries = archive.entries().map_err(|e| ReadFailure::Archive(e.to_string()))?;
+        let entries =
+            archive.entries().map_err(|e| ReadFailure::Archive { message: e.to_string(), damaged: None })?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| ReadFailure::Archive(e.to_string()))?;
+            let mut entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    // Damage between members: the sample in progress is whole, so it stands.
+                    self.finish(emitter)?;
+                    return Err(ReadFailure::Archive { message: e.to_string(), damaged: None });
+                }
+            };
             let raw_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             let entry_type = entry.header().entry_type();
             if entry_type.is_dir() {
@@ -143,15 +186,8 @@ impl ShardReader {
             };
             if starts_new {
                 self.finish(emitter)?;
-                let mut group = Group { key: key.clone(), first_member: raw_path.clone(), ..Group::default() };
-                if !self.seen.insert(key.clone()) {
-                    group.problem = Some(ItemError::new(
-                        "read",
-                        "duplicate_key",
-                        format!("key {key} appears again in the shard (first occurrence kept)"),
-                    ));
-                }
-                self.current = Some(group);
+                self.last_rejected = None;
+                self.current = Some(Group { key: key.clone(), first_member: raw_path.clone(), ..Group::default() });
             }
             let size = entry.header().size().unwrap_or(0);
             let Some(group) = self.current.as_mut() else { continue };
@@ -169,10 +205,21 @@ impl ShardReader {
                 continue;
             }
             let mut data = Vec::with_capacity(size as usize);
-            entry.read_to_end(&mut data).map_err(|e| ReadFailure::Archive(e.to_string()))?;
+            if let Err(e) = entry.read_to_end(&mut data) {
+                // Damage inside a member: its sample is incomplete, and becomes the damage's one error row.
+                let damaged = self.current.take().map(|g| (g.key, g.first_member));
+                return Err(ReadFailure::Archive { message: e.to_string(), damaged });
+            }
             if IMAGE_EXTS.contains(&ext.as_str()) {
-                if group.image.is_none() {
-                    group.image = Some((raw_path, data));
+                match &group.image {
+                    None => group.image = Some((raw_path, data)),
+                    Some((first, _)) => {
+                        let message = format!(
+                            "{}#{raw_path}: a second image member under the key {}; {first} is kept",
+                            self.uri, group.key
+                        );
+                        emitter.warn("second_image", &message);
+                    }
                 }
             } else if ext == "txt" {
                 let text = String::from_utf8_lossy(&data).trim().to_string();
@@ -186,9 +233,15 @@ impl ShardReader {
         Ok(())
     }
 
+    /// Refuses `member`: one error row per sample, however many of its members are refused.
     fn reject(&mut self, member: &str, error: ItemError, emitter: &mut Emitter) -> Result<(), ReadFailure> {
         self.finish(emitter)?;
-        emitter.push_blocking(Record::error(member, &format!("{}#{member}", self.uri), error))?;
+        let key = split_member(member).map_or_else(|| member.to_string(), |(key, _)| key);
+        if self.last_rejected.as_deref() == Some(key.as_str()) {
+            return Ok(());
+        }
+        emitter.push_blocking(SourceRecord::error(&key, &format!("{}#{member}", self.uri), error))?;
+        self.last_rejected = Some(key);
         Ok(())
     }
 
@@ -198,10 +251,10 @@ impl ShardReader {
         let member = group.image.as_ref().map_or(group.first_member.as_str(), |(name, _)| name.as_str());
         let source = format!("{}#{member}", self.uri);
         let record = if let Some(problem) = group.problem {
-            Record::error(&group.key, &source, problem)
+            SourceRecord::error(&group.key, &source, problem)
         } else if let Some((name, bytes)) = group.image {
             match group.meta.map(|m| validate_meta(&m)).transpose() {
-                Ok(meta) => Record::Raw(RawItem {
+                Ok(meta) => SourceRecord::Raw(RawItem {
                     key: group.key,
                     source,
                     image_path: Some(name),
@@ -209,7 +262,7 @@ impl ShardReader {
                     captions: group.caption.into_iter().collect(),
                     meta,
                 }),
-                Err(error) => Record::error(&group.key, &source, error),
+                Err(error) => SourceRecord::error(&group.key, &source, error),
             }
         } else {
             let error = ItemError::new(
@@ -217,7 +270,7 @@ impl ShardReader {
                 "missing_image",
                 format!("sample {} has no image member (.jpg, .jpeg, .png, .webp)", group.key),
             );
-            Record::error(&group.key, &source, error)
+            SourceRecord::error(&group.key, &source, error)
         };
         emitter.push_blocking(record)?;
         Ok(())

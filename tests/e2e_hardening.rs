@@ -1,0 +1,243 @@
+//! End-to-end tests of what hostile or careless input must not do: keys that climb out of the export folder,
+//! duplicate keys, tars cut short, members refused together, misspelt columns, refused sidecars, panicking
+//! stages, models that fail to load, and reruns of a finished refining job.
+
+mod support;
+
+use std::path::Path;
+
+use support::*;
+
+fn s(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn run_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--input", input, "--output", output, "--progress", "off"];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn fixture_models() -> String {
+    s(&repo_root().join("examples/models/fixtures.toml"))
+}
+
+/// A JSONL manifest whose rows name `000000.jpg`, `000001.jpg`, … beside it, one per key.
+fn manifest_corpus(dir: &Path, keys: &[&str]) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut lines = String::new();
+    for (i, key) in keys.iter().enumerate() {
+        std::fs::write(dir.join(format!("{i:06}.jpg")), jpeg(64, 48, i as u32)).unwrap();
+        lines
+            .push_str(&serde_json::json!({"key": key, "image": format!("{i:06}.jpg"), "caption": "a"}).to_string());
+        lines.push('\n');
+    }
+    let manifest = dir.join("k.jsonl");
+    std::fs::write(&manifest, lines).unwrap();
+    manifest
+}
+
+#[test]
+fn hostile_keys_are_refused_and_export_never_leaves_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "k".repeat(5000);
+    let keys = ["../../escape", "/abs/dir/ABS", "a/../../b", "C:\\x", &long, "fine", "sub/fine"];
+    let manifest = manifest_corpus(&dir.path().join("corpus"), &keys);
+    let out = dir.path().join("out");
+    lyrics_ok(&run_args(&s(&manifest), &s(&out), &["--models", &fixture_models()]), &Env::new());
+
+    let mut accepted: Vec<String> = samples(&out).into_iter().map(|r| r.key).collect();
+    accepted.sort();
+    assert_eq!(accepted, ["fine", "sub/fine"]);
+    let errors = errors(&out);
+    assert_eq!(errors.len(), 5, "{errors:#?}");
+    for row in &errors {
+        assert_eq!((row.stage.as_str(), row.kind.as_str()), ("read", "bad_key"), "{row:#?}");
+        assert!(row.key.len() <= 1024, "an error row keeps at most 1,024 bytes of the key");
+        assert!(row.error.contains("key"), "{row:#?}");
+    }
+
+    let to = dir.path().join("a/b/dir");
+    lyrics_ok(&["export", "--output", &s(&out), "--to", &s(&to)], &Env::new());
+    let written: Vec<_> =
+        walk(dir.path()).into_iter().filter(|p| !p.starts_with(dir.path().join("corpus"))).collect();
+    for path in &written {
+        assert!(
+            path.starts_with(&out) || path.starts_with(&to),
+            "export wrote {} outside its folder",
+            path.display()
+        );
+    }
+    assert!(!Path::new("/abs/dir/ABS.jpg").exists());
+    assert!(to.join("images/fine.jpg").exists() && to.join("images/sub/fine.jpg").exists());
+    let llava: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(to.join("llava.json")).unwrap()).unwrap();
+    for conversation in llava.as_array().unwrap() {
+        let image = conversation["image"].as_str().unwrap();
+        assert!(image == "fine.jpg" || image == "sub/fine.jpg", "{image}");
+    }
+}
+
+#[test]
+fn a_duplicate_key_is_an_error_row_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest_corpus(&dir.path().join("corpus"), &["dup", "other", "dup"]);
+    let out = dir.path().join("out");
+    lyrics_ok(&run_args(&s(&manifest), &s(&out), &[]), &Env::new());
+    let rows = samples(&out);
+    assert_eq!(rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["dup", "other"]);
+    assert!(rows[0].source.ends_with("#row=0"));
+    let errors = errors(&out);
+    assert_eq!(errors.len(), 1);
+    assert_eq!((errors[0].key.as_str(), errors[0].kind.as_str()), ("dup", "duplicate_key"));
+    assert!(errors[0].error.contains("k.jsonl#row=0"), "names the first occurrence: {}", errors[0].error);
+}
+
+#[test]
+fn a_tar_cut_inside_a_header_keeps_every_complete_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let (a, b, c) = (jpeg(64, 48, 1), jpeg(64, 48, 2), jpeg(64, 48, 3));
+    let mut tar = Tar::default();
+    tar.add("a.jpg", &a).add("b.jpg", &b).add("c.jpg", &c);
+    let bytes = tar.finish();
+    let padded = |n: usize| n.div_ceil(512) * 512;
+    let third_header = 512 + padded(a.len()) + 512 + padded(b.len());
+    std::fs::write(corpus.join("cut.tar"), &bytes[..third_header + 100]).unwrap();
+    let out = dir.path().join("out");
+    lyrics_ok(&run_args(&s(&corpus), &s(&out), &[]), &Env::new());
+    let keys: Vec<String> = samples(&out).into_iter().map(|r| r.key).collect();
+    assert_eq!(keys, ["a", "b"]);
+    let errors = errors(&out);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].kind, "corrupt_archive");
+    assert_eq!(manifest(&out)["items"], 3);
+}
+
+#[test]
+fn members_refused_together_are_one_row_and_a_second_image_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let mut tar = Tar::default();
+    tar.add("../h-escape.jpg", &jpeg(32, 32, 1)).add("../h-escape.txt", b"out");
+    tar.add("two.jpg", &jpeg(32, 32, 2)).add("two.png", &png(32, 32, 3));
+    tar.add("ok.jpg", &jpeg(32, 32, 4));
+    std::fs::write(corpus.join("x.tar"), tar.finish()).unwrap();
+    let out = dir.path().join("out");
+    let text = lyrics_ok(&run_args(&s(&corpus), &s(&out), &[]), &Env::new());
+    assert_eq!(samples(&out).len(), 2);
+    let errors = errors(&out);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].kind, "unsafe_path");
+    assert!(text.contains("warnings second_image 1"), "the summary counts the warning: {text}");
+    let output = lyrics(&["status", "--output", &s(&out), "--json"], &Env::new());
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["warnings_by_kind"]["second_image"], 1, "{status}");
+}
+
+#[test]
+fn a_misspelt_column_is_refused_at_planning_for_every_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = manifest_corpus(&dir.path().join("corpus"), &["a", "b"]);
+    let csv = dir.path().join("corpus/m.csv");
+    std::fs::write(&csv, "image,caption\n000000.jpg,a\n").unwrap();
+    let spec = dir.path().join("job.toml");
+    std::fs::write(&spec, "[input]\nimage_column = \"nope\"\n").unwrap();
+    for input in [&manifest, &csv] {
+        let out = dir.path().join(format!("out-{}", input.extension().unwrap().to_string_lossy()));
+        let output = lyrics(&run_args(&s(input), &s(&out), &["--config", &s(&spec)]), &Env::new());
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        let text = stderr(&output);
+        assert!(text.contains("input.image_column") && text.contains("nope"), "{text}");
+        assert!(!out.join("_SUCCESS").exists());
+    }
+}
+
+#[test]
+fn a_refused_sidecar_makes_its_item_an_error_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(corpus.join("a.jpg"), jpeg(32, 32, 1)).unwrap();
+    std::fs::write(corpus.join("a.txt"), "x".repeat(200_000)).unwrap();
+    std::fs::write(corpus.join("b.jpg"), jpeg(32, 32, 2)).unwrap();
+    std::fs::write(corpus.join("b.txt"), "fine").unwrap();
+    let spec = dir.path().join("job.toml");
+    std::fs::write(&spec, "[decode]\nmax_bytes = 100000\n").unwrap();
+    let out = dir.path().join("out");
+    lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--config", &s(&spec)]), &Env::new());
+    let rows = samples(&out);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].caption.as_deref(), Some("fine"));
+    let errors = errors(&out);
+    assert_eq!(errors.len(), 1);
+    assert_eq!((errors[0].key.as_str(), errors[0].kind.as_str()), ("a", "bad_sidecar"));
+    assert!(errors[0].error.contains("a.txt"), "{}", errors[0].error);
+}
+
+#[test]
+fn a_panic_costs_its_item_and_never_the_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    webdataset(&corpus, 1, 4);
+    // Per item (the text stage catches each sample), and per batch (the inference stage calls the models on a
+    // whole batch: the runner turns the batch's items into error rows).
+    for (point, expected_errors) in [("text:000001", 1), ("refine.infer:000002", 4)] {
+        let out = dir.path().join(point.replace(':', "-"));
+        let env: Env = vec![("LYRICS_FAILPOINT".into(), point.into())];
+        let spec = dir.path().join("job.toml");
+        std::fs::write(&spec, "[refine]\nbatch_size = 4\n").unwrap();
+        lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--models", &fixture_models(), "--config", &s(&spec)]), &env);
+        let errors = errors(&out);
+        assert_eq!(errors.len(), expected_errors, "{point}: {errors:#?}");
+        let stage = point.split(':').next().unwrap();
+        for row in &errors {
+            assert_eq!((row.stage.as_str(), row.kind.as_str()), (stage, "panic"), "{row:#?}");
+        }
+        assert!(errors.iter().any(|r| r.key == point.split(':').nth(1).unwrap()));
+        assert_eq!(samples(&out).len() + errors.len(), 4);
+        assert!(out.join("_SUCCESS").exists(), "the unit commits");
+    }
+}
+
+#[test]
+fn models_that_do_not_load_end_the_job_with_status_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    webdataset(&corpus, 2, 2);
+    let models_dir = repo_root().join("examples/models");
+    let broken = dir.path().join("models");
+    std::fs::create_dir_all(&broken).unwrap();
+    let fixtures = std::fs::read_to_string(models_dir.join("fixtures.toml")).unwrap();
+    for entry in std::fs::read_dir(&models_dir).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, broken.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(broken.join("tagger.onnx"), b"not an onnx graph").unwrap();
+    std::fs::write(broken.join("fixtures.toml"), fixtures).unwrap();
+    let out = dir.path().join("out");
+    let output =
+        lyrics(&run_args(&s(&corpus), &s(&out), &["--models", &s(&broken.join("fixtures.toml"))]), &Env::new());
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("cannot load the models"), "{text}");
+    assert!(!out.join("_SUCCESS").exists());
+    assert!(!out.join("samples").exists(), "nothing of an unfinished unit is visible");
+}
+
+#[test]
+fn reruns_of_a_finished_refining_job_exit_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    webdataset(&corpus, 1, 2);
+    let out = dir.path().join("out");
+    let (corpus, out, models) = (s(&corpus), s(&out), fixture_models());
+    let args = run_args(&corpus, &out, &["--models", &models]);
+    lyrics_ok(&args, &Env::new());
+    for attempt in 0..30 {
+        let output = lyrics(&args, &Env::new());
+        assert_eq!(output.status.code(), Some(0), "rerun {attempt}: {}", stderr(&output));
+    }
+}
