@@ -100,40 +100,49 @@ fn refine_error(sample: &Sample<State>, error: &ModelError) -> Record {
     )
 }
 
-/// Computes every model input that depends on the image alone, in parallel: resizing and normalization are off
-/// the inference thread, so they overlap inference of the previous micro-batch.
-pub struct RefinePrepareStage {
-    config: Arc<ModelsConfig>,
+/// A stage that maps each sample on its own, in parallel on a rayon pool, catching panics per sample.
+pub struct PerSample {
+    name: &'static str,
     pool: Arc<rayon::ThreadPool>,
+    f: Box<dyn Fn(Box<Sample<State>>) -> Record + Send + Sync>,
 }
 
-impl RefinePrepareStage {
-    pub fn new(config: Arc<ModelsConfig>, pool: Arc<rayon::ThreadPool>) -> Self {
-        RefinePrepareStage { config, pool }
+impl PerSample {
+    pub fn new(
+        name: &'static str,
+        pool: Arc<rayon::ThreadPool>,
+        f: impl Fn(Box<Sample<State>>) -> Record + Send + Sync + 'static,
+    ) -> Self {
+        PerSample { name, pool, f: Box::new(f) }
     }
 }
 
-impl Stage<State> for RefinePrepareStage {
+impl Stage<State> for PerSample {
     fn name(&self) -> &str {
-        "refine.prepare"
+        self.name
     }
 
     fn process(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, StageError> {
-        let config = &self.config;
-        Ok(map_samples(&self.pool, "refine.prepare", batch, |mut sample| {
-            let State::Pixels(pixels) = std::mem::take(&mut sample.state) else {
-                let error = ModelError::Preprocess("no decoded pixels reached the refiner".into());
-                return refine_error(&sample, &error);
-            };
-            match prepare(config, &pixels) {
-                Ok(prepared) => {
-                    sample.state = State::Prepared(pixels, prepared);
-                    Record::Sample(sample)
-                }
-                Err(e) => refine_error(&sample, &e),
-            }
-        }))
+        Ok(map_samples(&self.pool, self.name, batch, &*self.f))
     }
+}
+
+/// Computes every model input that depends on the image alone, in parallel: resizing and normalization are off
+/// the inference thread, so they overlap inference of the previous micro-batch.
+pub fn refine_prepare(config: Arc<ModelsConfig>, pool: Arc<rayon::ThreadPool>) -> PerSample {
+    PerSample::new("refine.prepare", pool, move |mut sample| {
+        let State::Pixels(pixels) = std::mem::take(&mut sample.state) else {
+            let error = ModelError::Preprocess("no decoded pixels reached the refiner".into());
+            return refine_error(&sample, &error);
+        };
+        match prepare(&config, &pixels) {
+            Ok(prepared) => {
+                sample.state = State::Prepared(pixels, prepared);
+                Record::Sample(sample)
+            }
+            Err(e) => refine_error(&sample, &e),
+        }
+    })
 }
 
 /// Sessions that may still be loading on another thread.
@@ -228,43 +237,23 @@ impl Stage<State> for RefineInferStage {
 }
 
 /// Encodes masks and fills the refined columns, in parallel.
-pub struct RefineFinishStage {
-    description: Arc<str>,
-    pool: Arc<rayon::ThreadPool>,
-}
-
-impl RefineFinishStage {
-    pub fn new(description: Arc<str>, pool: Arc<rayon::ThreadPool>) -> Self {
-        RefineFinishStage { description, pool }
-    }
-}
-
-impl Stage<State> for RefineFinishStage {
-    fn name(&self) -> &str {
-        "refine.finish"
-    }
-
-    fn process(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, StageError> {
-        let description = &self.description;
-        Ok(map_samples(&self.pool, "refine.finish", batch, |mut sample| {
-            let State::Inferred(inferred) = std::mem::take(&mut sample.state) else {
-                return refine_error(
-                    &sample,
-                    &ModelError::Postprocess("the refiner produced nothing for this image".into()),
-                );
-            };
-            match finish(inferred) {
-                Ok(refined) => {
-                    sample.row.tags =
-                        Some(refined.tags.into_iter().map(|t| TagRow { tag: t.tag, score: t.score }).collect());
-                    sample.row.objects = Some(refined.objects.into_iter().map(object_row).collect());
-                    sample.row.refiner = Some(description.to_string());
-                    Record::Sample(sample)
-                }
-                Err(e) => refine_error(&sample, &e),
+pub fn refine_finish(description: Arc<str>, pool: Arc<rayon::ThreadPool>) -> PerSample {
+    PerSample::new("refine.finish", pool, move |mut sample| {
+        let State::Inferred(inferred) = std::mem::take(&mut sample.state) else {
+            let error = ModelError::Postprocess("the refiner produced nothing for this image".into());
+            return refine_error(&sample, &error);
+        };
+        match finish(inferred) {
+            Ok(refined) => {
+                sample.row.tags =
+                    Some(refined.tags.into_iter().map(|t| TagRow { tag: t.tag, score: t.score }).collect());
+                sample.row.objects = Some(refined.objects.into_iter().map(object_row).collect());
+                sample.row.refiner = Some(description.to_string());
+                Record::Sample(sample)
             }
-        }))
-    }
+            Err(e) => refine_error(&sample, &e),
+        }
+    })
 }
 
 fn object_row(o: RefinedObject) -> ObjectRow {
@@ -280,42 +269,22 @@ fn object_row(o: RefinedObject) -> ObjectRow {
 }
 
 /// The grounded text of refined samples: the `pretrain` row (formats, grounded caption, spans) and the `instruct`
-/// conversations, built in parallel.
-pub struct TextStage {
+/// conversations, built in parallel, in the two tables it declares in `tables`.
+pub fn text(
     options: Arc<TextOptions>,
     pool: Arc<rayon::ThreadPool>,
-    pretrain: TableHandle<PretrainRow>,
-    instruct: TableHandle<InstructRow>,
-}
-
-impl TextStage {
-    /// The stage, writing the tables it declared in `tables`.
-    pub fn new(
-        options: Arc<TextOptions>,
-        pool: Arc<rayon::ThreadPool>,
-        tables: &mut lyrics_pipeline::Tables,
-    ) -> Result<Self, lyrics_pipeline::PipelineError> {
-        Ok(TextStage { options, pool, pretrain: tables.declare()?, instruct: tables.declare()? })
-    }
-}
-
-impl Stage<State> for TextStage {
-    fn name(&self) -> &str {
-        "text"
-    }
-
-    fn process(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, StageError> {
-        let options = &self.options;
-        let (pretrain, instruct) = (self.pretrain, self.instruct);
-        Ok(map_samples(&self.pool, "text", batch, |mut sample| {
-            let (row, conversations) = texts(&sample.row, options);
-            pretrain.push(&mut sample.products, row);
-            for conversation in conversations {
-                instruct.push(&mut sample.products, conversation);
-            }
-            Record::Sample(sample)
-        }))
-    }
+    tables: &mut lyrics_pipeline::Tables,
+) -> Result<PerSample, lyrics_pipeline::PipelineError> {
+    let pretrain: TableHandle<PretrainRow> = tables.declare()?;
+    let instruct: TableHandle<InstructRow> = tables.declare()?;
+    Ok(PerSample::new("text", pool, move |mut sample| {
+        let (row, conversations) = texts(&sample.row, &options);
+        pretrain.push(&mut sample.products, row);
+        for conversation in conversations {
+            instruct.push(&mut sample.products, conversation);
+        }
+        Record::Sample(sample)
+    }))
 }
 
 /// Runs `f` on every sample of `batch` on `pool`, keeping the order; raw items and error rows pass through. A

@@ -181,29 +181,30 @@ pub fn sample_schema() -> SchemaRef {
     with_metadata(
         Table::Samples,
         vec![
-            Field::new(col::KEY, DataType::Utf8, false),
-            Field::new(col::SOURCE, DataType::Utf8, false),
+            required_text(col::KEY),
+            required_text(col::SOURCE),
             Field::new(col::IMAGE, DataType::Struct(image_fields()), true),
             Field::new(col::CAPTION, DataType::Utf8, true),
             Field::new(col::CAPTIONS, utf8_list(), true),
             Field::new(col::WIDTH, DataType::Int32, false),
             Field::new(col::HEIGHT, DataType::Int32, false),
-            Field::new(col::FORMAT, DataType::Utf8, false),
-            Field::new(col::SHA256, DataType::Utf8, false),
+            required_text(col::FORMAT),
+            required_text(col::SHA256),
             Field::new(col::META, DataType::Utf8, true),
-            Field::new(
-                col::TAGS,
-                DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Struct(tag_fields()), true))),
-                true,
-            ),
-            Field::new(
-                col::OBJECTS,
-                DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Struct(object_fields()), true))),
-                true,
-            ),
+            struct_list(col::TAGS, tag_fields()),
+            struct_list(col::OBJECTS, object_fields()),
             Field::new(col::REFINER, DataType::Utf8, true),
         ],
     )
+}
+
+/// A nullable list of structs of `fields`, as pyarrow names list items.
+fn struct_list(name: &str, fields: Fields) -> Field {
+    Field::new(name, DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Struct(fields), true))), true)
+}
+
+fn required_text(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, false)
 }
 
 fn utf8(name: &str) -> Field {
@@ -215,7 +216,7 @@ pub fn pretrain_schema() -> SchemaRef {
     with_metadata(
         Table::Pretrain,
         vec![
-            Field::new(col::KEY, DataType::Utf8, false),
+            required_text(col::KEY),
             Field::new(col::IMAGE, DataType::Struct(image_fields()), true),
             utf8(col::CAPTION),
             utf8(col::LYRICS),
@@ -223,16 +224,8 @@ pub fn pretrain_schema() -> SchemaRef {
             utf8(col::KOSMOS2),
             utf8(col::SHIKRA),
             utf8(col::GROUNDED_CAPTION),
-            Field::new(
-                col::CAPTION_SPANS,
-                DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Struct(span_fields()), true))),
-                true,
-            ),
-            Field::new(
-                col::OBJECTS,
-                DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Struct(object_fields()), true))),
-                true,
-            ),
+            struct_list(col::CAPTION_SPANS, span_fields()),
+            struct_list(col::OBJECTS, object_fields()),
         ],
     )
 }
@@ -242,16 +235,12 @@ pub fn instruct_schema() -> SchemaRef {
     with_metadata(
         Table::Instruct,
         vec![
-            Field::new(col::ID, DataType::Utf8, false),
-            Field::new(col::KEY, DataType::Utf8, false),
-            Field::new(col::IMAGE, DataType::Utf8, false),
-            Field::new(col::TASK, DataType::Utf8, false),
-            Field::new(col::LANGUAGE, DataType::Utf8, false),
-            Field::new(
-                col::CONVERSATIONS,
-                DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Struct(turn_fields()), true))),
-                true,
-            ),
+            required_text(col::ID),
+            required_text(col::KEY),
+            required_text(col::IMAGE),
+            required_text(col::TASK),
+            required_text(col::LANGUAGE),
+            struct_list(col::CONVERSATIONS, turn_fields()),
         ],
     )
 }
@@ -261,11 +250,11 @@ pub fn error_schema() -> SchemaRef {
     with_metadata(
         Table::Errors,
         vec![
-            Field::new(col::KEY, DataType::Utf8, false),
-            Field::new(col::SOURCE, DataType::Utf8, false),
-            Field::new(col::STAGE, DataType::Utf8, false),
-            Field::new(col::KIND, DataType::Utf8, false),
-            Field::new(col::ERROR, DataType::Utf8, false),
+            required_text(col::KEY),
+            required_text(col::SOURCE),
+            required_text(col::STAGE),
+            required_text(col::KIND),
+            required_text(col::ERROR),
         ],
     )
 }

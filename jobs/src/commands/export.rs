@@ -144,11 +144,19 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
         }
         writer.flush()?;
         let mut images = 0usize;
+        let mut written: HashSet<String> = HashSet::new();
         if args.images == ExportImages::Write {
             let columns = [col::KEY, col::FORMAT, col::IMAGE];
             for_each_batch(&output, &shards(Table::Samples), &columns, |batch| {
                 for (key, format, bytes) in images_of(batch)? {
                     let Some(bytes) = bytes.filter(|_| keys.contains(&key)) else { continue };
+                    // Keys are unique within a work unit; one repeated in another unit must not overwrite the
+                    // first image, which its conversations describe.
+                    if !written.insert(key.clone()) {
+                        tracing::warn!(%key, "image left out: another sample with this key was exported first");
+                        refused += 1;
+                        continue;
+                    }
                     let target = match safe_join(&folder, &image_file_name(&key, &format)) {
                         Ok(target) => target,
                         Err(why) => {

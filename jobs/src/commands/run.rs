@@ -12,9 +12,7 @@ use lyrics_pipeline::{Metrics, RunConfig, Stage, Tables, Worker};
 use super::{input_of, load_spec, registry, runtime};
 use crate::RunArgs;
 use crate::progress::{ProgressMode, Reporter, summary};
-use crate::stages::{
-    DecodeStage, PendingRefiner, RefineFinishStage, RefineInferStage, RefinePrepareStage, State, TextStage,
-};
+use crate::stages::{DecodeStage, PendingRefiner, RefineInferStage, State, refine_finish, refine_prepare, text};
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let mode = args.progress.resolved();
@@ -61,16 +59,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         refiner_description = refiner.description.clone();
         let config = Arc::new(refiner.config.clone());
         let description: Arc<str> = Arc::from(refiner.description.as_str());
-        stages.push(Box::new(RefinePrepareStage::new(config, pool.clone())));
+        stages.push(Box::new(refine_prepare(config, pool.clone())));
         stages.push(Box::new(RefineInferStage::new(refiner.sessions, metrics.clone())));
-        stages.push(Box::new(RefineFinishStage::new(description, pool.clone())));
+        stages.push(Box::new(refine_finish(description, pool.clone())));
         if spec.text.enabled {
             let options = TextOptions {
                 formats: spec.text.formats.clone(),
                 inline_format: spec.text.inline_format,
                 instruct: spec.text.instruct.clone(),
             };
-            stages.push(Box::new(TextStage::new(Arc::new(options), pool.clone(), &mut tables)?));
+            stages.push(Box::new(text(Arc::new(options), pool.clone(), &mut tables)?));
         }
         // Model inputs are large: smaller batches and queues keep memory bounded.
         spec.pipeline.batch_size = spec.refine.batch_size;
