@@ -258,8 +258,7 @@ fn hub_sources_download_into_the_cache_with_checksums() {
         ["tagger.onnx", "tags.txt", "detector_idea.onnx", "tokenizer.json", "sam_encoder.onnx", "sam_decoder.onnx"]
     {
         std::fs::copy(models_dir().join(name), resolve.join(name)).unwrap();
-        use sha2::Digest;
-        files.insert(name, hex::encode(sha2::Sha256::digest(std::fs::read(models_dir().join(name)).unwrap())));
+        files.insert(name, sha256_hex(&std::fs::read(models_dir().join(name)).unwrap()));
     }
     let port = free_port();
     let _server = Server {
@@ -358,4 +357,27 @@ fn a_model_that_cannot_load_fails_the_run_before_anything_commits() {
     let text = stderr(&output);
     assert!(text.contains("cannot load") && text.contains("tagger"), "{text}");
     assert!(support::walk(&out.join("_lyrics/done")).is_empty(), "no unit may commit");
+}
+
+#[test]
+fn a_refiner_run_writes_nothing_outside_its_output_and_cache() {
+    // ONNX Runtime's telemetry kept an event database under ~/.cache/Microsoft on every run that loaded a model.
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path(), &scenes()[..1]);
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let env: Env = vec![
+        ("HOME".into(), s(&home)),
+        ("XDG_CACHE_HOME".into(), s(&home.join(".cache"))),
+        ("XDG_DATA_HOME".into(), s(&home.join(".local/share"))),
+        ("XDG_CONFIG_HOME".into(), s(&home.join(".config"))),
+        ("LYRICS_CACHE".into(), s(&dir.path().join("cache"))),
+    ];
+    let models = s(&models_dir().join("fixtures.toml"));
+    let out = dir.path().join("out");
+    let args = ["run", "--input", &s(&corpus), "--output", &s(&out), "--models", &models, "--progress", "off"];
+    lyrics_ok(&args, &env);
+    assert_eq!(samples(&out).len(), 1);
+    let left: Vec<PathBuf> = std::fs::read_dir(&home).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "the run wrote outside its output and cache: {left:?} ({:?})", walk(&home));
 }

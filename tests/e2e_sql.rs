@@ -147,3 +147,47 @@ fn sql_reads_an_output_on_s3_and_only_committed_units_of_an_unfinished_job() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("nowhere"), "{}", stderr(&bad));
 }
+
+#[test]
+fn sql_is_read_only_and_says_each_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("wds");
+    webdataset(&corpus, 1, 2);
+    let out = s(&dir.path().join("out"));
+    let env = Env::new();
+    lyrics_ok(&["run", "--input", &s(&corpus), "--output", &out, "--progress", "off"], &env);
+
+    let copied = dir.path().join("copied.csv");
+    let created = dir.path().join("created");
+    std::fs::create_dir_all(&created).unwrap();
+    for refused in [
+        format!("COPY (SELECT key FROM samples) TO '{}'", s(&copied)),
+        format!("COPY samples TO '{}' STORED AS PARQUET", s(&created.join("x.parquet"))),
+        format!("CREATE EXTERNAL TABLE e STORED AS CSV LOCATION '{}'", s(&created)),
+        "CREATE TABLE t AS SELECT 1".to_string(),
+        "INSERT INTO samples SELECT * FROM samples".to_string(),
+        "DROP TABLE samples".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+    ] {
+        let result = lyrics(&["sql", "--output", &out, &refused], &env);
+        assert!(!result.status.success(), "{refused} ran");
+        assert!(stderr(&result).contains("read-only"), "{refused}: {}", stderr(&result));
+    }
+    assert!(!copied.exists(), "COPY wrote {}", copied.display());
+    assert_eq!(std::fs::read_dir(&created).unwrap().count(), 0, "COPY or CREATE wrote into {}", created.display());
+    // The tables are still there, and reads still work.
+    let rows = query(&out, "SELECT count(*) AS n FROM samples", &env);
+    assert_eq!(int(&rows[0], "n"), 2);
+
+    let said_once = |sql: &str, needle: &str| {
+        let result = lyrics(&["sql", "--output", &out, sql], &env);
+        assert!(!result.status.success(), "{sql} ran");
+        let text = stderr(&result);
+        assert_eq!(text.matches(needle).count(), 1, "{sql}: `{needle}` not said exactly once:\n{text}");
+        text
+    };
+    let missing = said_once("SELECT * FROM nowhere", "nowhere");
+    assert!(["samples", "errors", "pretrain", "instruct"].iter().all(|t| missing.contains(t)), "{missing}");
+    said_once("SELEC key FROM samples", "SELEC");
+    said_once("SELECT nope FROM samples", "No field named nope");
+}

@@ -198,7 +198,20 @@ fn tune_malloc() {
     }
 }
 
+/// Switches ONNX Runtime's telemetry off before the library is loaded. Microsoft's builds open an event database
+/// under `~/.cache/Microsoft` when the environment is created, before the API's `DisableTelemetryEvents` can be
+/// called, so only the library's own `ORT_DISABLE_TELEMETRY` keeps a run from writing outside its output and cache.
+/// A value already set is left as it is.
+fn disable_onnxruntime_telemetry() {
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        // SAFETY: called first thing in `main`, before any thread is started, so nothing reads the environment
+        // concurrently.
+        unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+    }
+}
+
 fn main() -> ExitCode {
+    disable_onnxruntime_telemetry();
     tune_malloc();
     let cli = Cli::parse();
     let result = match cli.command {

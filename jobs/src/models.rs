@@ -6,6 +6,10 @@
 //! fetched from `$HF_ENDPOINT/{org}/{repo}/resolve/{revision}/{path}` (`https://huggingface.co` by default, with
 //! `HF_TOKEN` as a bearer token when set). Remote files are cached under `<cache>/<digest of the source>/<name>`
 //! with a `<name>.sha256` beside; a file with an expected `sha256` that differs is refused and not kept.
+//!
+//! Many workers may share one cache: every file is written to a temporary file of its own in the target's folder
+//! and renamed into place when whole, so no worker ever writes into a file another one writes or reads. Hashing and
+//! file I/O run on tokio's blocking threads, off the async workers that drive the downloads.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +21,28 @@ use futures::StreamExt;
 use lyrics_operators::models::{FileRef, ModelPaths, ModelsConfig};
 use lyrics_pipeline::{StorageOptions, StoreRegistry, redact};
 use object_store::ObjectStoreExt;
-use sha2::{Digest, Sha256};
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data))
+}
+
+/// Runs blocking work (file I/O, hashing gigabytes) on tokio's blocking threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.context("a file task of the model cache crashed")?
+}
+
+/// Writes `data` to `path` through a temporary file of its own in the same folder, renamed over `path` when whole:
+/// a concurrent reader sees the old file or the new one, never a part, and two writers never share a file.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().context("a cache file without a folder")?;
+    let mut file = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    file.write_all(data).with_context(|| format!("cannot write {}", file.path().display()))?;
+    file.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
 
 /// Where downloaded model files are kept: `--cache`, else `LYRICS_CACHE`, else `$XDG_CACHE_HOME/lyrics-prep/models`,
 /// else `~/.cache/lyrics-prep/models`.
@@ -57,7 +82,7 @@ pub async fn read_models_file(uri: &str, registry: &StoreRegistry) -> Result<Mod
         String::from_utf8(bytes.to_vec())
             .with_context(|| format!("the models file {} is not UTF-8", redact(uri)))?
     } else {
-        std::fs::read_to_string(uri).with_context(|| format!("cannot read the models file {uri}"))?
+        tokio::fs::read_to_string(uri).await.with_context(|| format!("cannot read the models file {uri}"))?
     };
     let config = ModelsConfig::parse(&text).with_context(|| format!("invalid models file {}", redact(uri)))?;
     let base = match uri.rsplit_once('/') {
@@ -110,7 +135,7 @@ fn resolve(models: &ModelsFile, source: &str) -> Result<Resolved> {
 }
 
 fn cache_path(cache: &Path, url: &str, name: &str) -> PathBuf {
-    let digest = hex::encode(Sha256::digest(url.as_bytes()));
+    let digest = sha256_hex(url.as_bytes());
     cache.join(&digest[..16]).join(if name.is_empty() { "file" } else { name })
 }
 
@@ -136,7 +161,7 @@ fn sha256_remembered(path: &Path, cache: &Path) -> Result<String> {
     let modified =
         meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let id = hex::encode(Sha256::digest(absolute.to_string_lossy().as_bytes()));
+    let id = sha256_hex(absolute.to_string_lossy().as_bytes());
     let record = cache.join("checksums").join(format!("{}.json", &id[..24]));
     let stamp = format!("{} {modified}", meta.len());
     if let Ok(text) = std::fs::read_to_string(&record)
@@ -146,10 +171,19 @@ fn sha256_remembered(path: &Path, cache: &Path) -> Result<String> {
         return Ok(sha.to_string());
     }
     let sha = sha256_file(path)?;
+    // Only remembered: a record that cannot be written costs a rehash next time, nothing else.
     if std::fs::create_dir_all(cache.join("checksums")).is_ok() {
-        let _ = std::fs::write(&record, format!("{stamp} {sha}\n"));
+        let _ = write_atomic(&record, format!("{stamp} {sha}\n").as_bytes());
     }
     Ok(sha)
+}
+
+/// `<name>.sha256` beside a cached file.
+fn sidecar_of(path: &Path) -> PathBuf {
+    path.with_extension(format!(
+        "{}.sha256",
+        path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
+    ))
 }
 
 fn check(key: &str, file: &FileRef, actual: &str) -> Result<()> {
@@ -161,12 +195,10 @@ fn check(key: &str, file: &FileRef, actual: &str) -> Result<()> {
     }
 }
 
-/// Downloads `url` to `target` (through a temporary file, renamed when whole), with a progress bar on a terminal.
+/// Downloads `url` to `target` with a progress bar on a terminal, through a temporary file of its own in the
+/// target's folder (written on a blocking thread) that is renamed over `target` when whole.
 async fn download(url: &str, hub: bool, target: &Path, registry: &StoreRegistry, show: bool) -> Result<()> {
-    let dir = target.parent().context("cache path without a folder")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let partial = target.with_extension("partial");
-    let mut out = std::fs::File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
+    let dir = target.parent().context("cache path without a folder")?.to_path_buf();
     let bar = show.then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -191,25 +223,56 @@ async fn download(url: &str, hub: bool, target: &Path, registry: &StoreRegistry,
         if let Some(bar) = &bar {
             bar.set_length(get.meta.size);
         }
+        let (chunks, mut received) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+        let writer = tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile> {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut file = tempfile::Builder::new()
+                .prefix(".partial-")
+                .tempfile_in(&dir)
+                .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+            while let Some(chunk) = received.blocking_recv() {
+                file.write_all(&chunk).with_context(|| format!("cannot write {}", file.path().display()))?;
+            }
+            file.as_file().sync_all().ok();
+            Ok(file)
+        });
         let mut stream = get.into_stream();
+        let mut broken = None;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.with_context(|| format!("download of {} broke off", redact(url)))?;
-            out.write_all(&chunk).with_context(|| format!("cannot write {}", partial.display()))?;
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    broken = Some(anyhow::Error::new(e).context(format!("download of {} broke off", redact(url))));
+                    break;
+                }
+            };
+            let len = chunk.len() as u64;
+            // A closed channel means the writer failed; its error is the one to report.
+            if chunks.send(chunk).await.is_err() {
+                break;
+            }
             if let Some(bar) = &bar {
-                bar.inc(chunk.len() as u64);
+                bar.inc(len);
             }
         }
-        out.sync_all().ok();
-        std::fs::rename(&partial, target)
-            .with_context(|| format!("cannot move the download to {}", target.display()))?;
-        Ok(())
+        drop(chunks);
+        let file = writer.await.context("the download's writer crashed")??;
+        if let Some(e) = broken {
+            // Dropping the temporary file removes it.
+            return Err(e);
+        }
+        let target = target.to_path_buf();
+        blocking(move || {
+            file.persist(&target)
+                .map_err(|e| e.error)
+                .with_context(|| format!("cannot move the download to {}", target.display()))?;
+            Ok(())
+        })
+        .await
     }
     .await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
-    }
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
     }
     result
 }
@@ -269,21 +332,20 @@ pub async fn pull(
                 target
             }
         };
-        let sha = sha256_remembered(&local, cache)?;
+        let sha = {
+            let (local, cache) = (local.clone(), cache.to_path_buf());
+            blocking(move || sha256_remembered(&local, &cache)).await?
+        };
         if let Err(e) = check(&key, &file, &sha) {
             if local.starts_with(cache) {
-                let _ = std::fs::remove_file(&local);
+                let _ = tokio::fs::remove_file(&local).await;
             }
             return Err(e);
         }
         if local.starts_with(cache) {
-            let _ = std::fs::write(
-                local.with_extension(format!(
-                    "{}.sha256",
-                    local.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
-                )),
-                &sha,
-            );
+            let (sidecar, sha) = (sidecar_of(&local), sha.clone());
+            // Only a record for `models verify`; the pull itself has succeeded either way.
+            let _ = blocking(move || write_atomic(&sidecar, sha.as_bytes())).await;
         }
         paths.paths.insert(key.clone(), local);
         paths.sha256.insert(key, sha);
@@ -335,12 +397,11 @@ pub fn command(action: &crate::ModelsAction, models_uri: &str, cache: Option<&Pa
                         bad += 1;
                         continue;
                     }
-                    let sha = sha256_file(&path)?;
-                    let recorded = std::fs::read_to_string(path.with_extension(format!(
-                        "{}.sha256",
-                        path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
-                    )))
-                    .ok();
+                    let sha = {
+                        let path = path.clone();
+                        blocking(move || sha256_file(&path)).await?
+                    };
+                    let recorded = tokio::fs::read_to_string(sidecar_of(&path)).await.ok();
                     let expected = file.sha256().map(str::to_string).or(recorded);
                     match expected {
                         Some(e) if !e.trim().eq_ignore_ascii_case(&sha) => {
@@ -355,4 +416,85 @@ pub fn command(action: &crate::ModelsAction, models_uri: &str, cache: Option<&Pa
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source_file(dir: &Path) -> (PathBuf, Vec<u8>) {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let path = dir.join("model.onnx");
+        std::fs::write(&path, &data).unwrap();
+        (path, data)
+    }
+
+    fn url_of(path: &Path) -> String {
+        format!("file://{}", path.display())
+    }
+
+    #[test]
+    fn cache_paths_keep_their_digest() {
+        // The first 16 hex digits of SHA-256 of the URL (from Python's hashlib): files cached by earlier versions
+        // stay where they are found.
+        let path = cache_path(Path::new("/c"), "https://example.com/models/m.onnx", "m.onnx");
+        assert_eq!(path, Path::new("/c/2206209c78f8bbc0/m.onnx"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_download_never_writes_into_another_writers_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, data) = source_file(dir.path());
+        let url = url_of(&source);
+        let target = cache_path(&dir.path().join("cache"), &url, "model.onnx");
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        // What another worker has written so far, under the name a shared partial file would have.
+        let theirs = target.with_extension("partial");
+        std::fs::write(&theirs, b"another worker's first bytes").unwrap();
+        let registry = StoreRegistry::new(StorageOptions::default());
+        download(&url, false, &target, &registry, false).await.unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), data);
+        assert_eq!(std::fs::read(&theirs).unwrap(), b"another worker's first bytes");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_downloads_into_one_cache_all_succeed_with_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, data) = source_file(dir.path());
+        let url = url_of(&source);
+        let target = cache_path(&dir.path().join("cache"), &url, "model.onnx");
+        let registry = Arc::new(StoreRegistry::new(StorageOptions::default()));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (url, target, registry) = (url.clone(), target.clone(), registry.clone());
+                tokio::spawn(async move { download(&url, false, &target, &registry, false).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(std::fs::read(&target).unwrap(), data);
+        // No temporary file is left behind.
+        let names: Vec<_> =
+            std::fs::read_dir(target.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from("model.onnx")]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_checksum_records_are_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, data) = source_file(dir.path());
+        let cache = dir.path().join("cache");
+        let expected = sha256_hex(&data);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (source, cache) = (source.clone(), cache.clone());
+                tokio::spawn(blocking(move || sha256_remembered(&source, &cache)))
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap(), expected);
+        }
+        assert_eq!(sha256_remembered(&source, &cache).unwrap(), expected);
+    }
 }

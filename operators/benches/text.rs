@@ -1,13 +1,15 @@
 //! Rows/s of the text stage alone: `texts()` — the four grounded formats, caption grounding, the inline caption and
 //! every instruction task — over synthetic refined rows shaped like the refiner's output (2–9 tags, 0–8 objects with
 //! RLE masks, a caption naming some of them, a 48 KiB image). Rows are made in batches of 1,024, as the engine
-//! hands them to the stage, and only `texts()` is timed. Prints a table.
+//! hands them to the stage, and only `texts()` is timed, on one thread and on a pool of every core. On criterion:
+//! each iteration is one batch, the throughput is in rows (`elem/s`).
 //!
-//! `cargo bench -p lyrics-operators --bench text -- [ROWS]` (default 100,000).
+//! `cargo bench -p lyrics-operators --bench text`; `TEXT_BENCH_ROWS` sets how many distinct rows the batches are
+//! cut from (default 100,000).
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lyrics_operators::text::{GroundedFormat, InstructOptions, TextOptions, texts};
 use lyrics_schemas::{ImageRef, MaskRow, ObjectRow, SampleRow, TagRow};
 use rayon::prelude::*;
@@ -98,8 +100,8 @@ fn row(i: u64, rng: &mut Rng, image: &[u8]) -> SampleRow {
     }
 }
 
-fn main() {
-    let rows: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(100_000);
+fn text_stage(c: &mut Criterion) {
+    let rows: u64 = std::env::var("TEXT_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let options = TextOptions {
         formats: GroundedFormat::ALL.to_vec(),
         inline_format: GroundedFormat::Kosmos2,
@@ -109,36 +111,35 @@ fn main() {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
 
-    let mut serial = Duration::ZERO;
-    let mut parallel = Duration::ZERO;
-    let mut conversations = 0usize;
-    let mut objects = 0usize;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut start = 0u64;
-    while start < rows {
-        let batch: Vec<SampleRow> =
-            (start..(start + BATCH as u64).min(rows)).map(|i| row(i, &mut rng, &image)).collect();
-        objects += batch.iter().map(|r| r.objects.as_ref().map_or(0, Vec::len)).sum::<usize>();
+    let batches: Vec<Vec<SampleRow>> = (0..rows)
+        .step_by(BATCH)
+        .map(|start| (start..(start + BATCH as u64).min(rows)).map(|i| row(i, &mut rng, &image)).collect())
+        .collect();
+    let objects: usize = batches.iter().flatten().map(|r| r.objects.as_ref().map_or(0, Vec::len)).sum();
+    println!("text stage over {rows} refined rows ({objects} objects), batches of {BATCH}");
 
-        let t = Instant::now();
-        for r in &batch {
-            let (pretrain, instruct) = texts(r, &options);
-            conversations += instruct.len();
-            black_box((pretrain, instruct));
-        }
-        serial += t.elapsed();
-
-        let t = Instant::now();
-        let out: Vec<_> = pool.install(|| batch.par_iter().map(|r| texts(r, &options)).collect());
-        parallel += t.elapsed();
-        black_box(out);
-        start += BATCH as u64;
-    }
-
-    let rate = |d: Duration| rows as f64 / d.as_secs_f64();
-    println!("text stage over {rows} refined rows ({objects} objects, {conversations} conversations)");
-    println!("| threads | seconds | rows/s |");
-    println!("|---|---|---|");
-    println!("| 1 | {:.2} | {:.0} |", serial.as_secs_f64(), rate(serial));
-    println!("| {threads} | {:.2} | {:.0} |", parallel.as_secs_f64(), rate(parallel));
+    let mut group = c.benchmark_group("text stage");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    // Each iteration takes the next batch, so every row is timed in turn, as a run over all of them would.
+    let mut next = batches.iter().cycle();
+    group.bench_function("1 thread", |b| {
+        b.iter(|| {
+            for r in next.next().into_iter().flatten() {
+                black_box(texts(r, &options));
+            }
+        })
+    });
+    let mut next = batches.iter().cycle();
+    group.bench_function(format!("{threads} threads"), |b| {
+        b.iter(|| {
+            let batch = next.next().map_or(&[][..], Vec::as_slice);
+            let out: Vec<_> = pool.install(|| batch.par_iter().map(|r| texts(r, &options)).collect());
+            black_box(out)
+        })
+    });
+    group.finish();
 }
+
+criterion_group!(benches, text_stage);
+criterion_main!(benches);

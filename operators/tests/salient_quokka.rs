@@ -56,11 +56,12 @@ fn isnet_segments_the_annotated_quokka() {
     let mask = &masks[0];
     let (w, h) = image.dimensions();
     assert_eq!((mask.width, mask.height), (w, h));
+    let pixels = mask.pixels().unwrap();
     let (mut inter, mut union) = (0u64, 0u64);
     for y in 0..h {
         for x in 0..w {
             let truth = inside(&polygon, f64::from(x) + 0.5, f64::from(y) + 0.5);
-            let got = mask.pixels[(y * w + x) as usize];
+            let got = pixels[(y * w + x) as usize];
             inter += u64::from(truth && got);
             union += u64::from(truth || got);
         }

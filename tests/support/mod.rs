@@ -490,14 +490,18 @@ pub fn errors(dir: &Path) -> Vec<ErrorRow> {
     batches(dir, "errors").iter().flat_map(|b| ErrorRow::from_batch(b).expect("errors")).collect()
 }
 
+/// Hex SHA-256 of `data` (ring, the implementation the binary uses).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data))
+}
+
 /// Every shard's SHA-256, by path relative to the output.
 pub fn shards(dir: &Path) -> BTreeMap<String, String> {
-    use sha2::Digest;
     walk(dir)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .map(|p| {
-            let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&p).expect("read")));
+            let digest = sha256_hex(&std::fs::read(&p).expect("read"));
             (p.strip_prefix(dir).expect("under").to_string_lossy().into_owned(), digest)
         })
         .collect()

@@ -3,14 +3,20 @@
 //! its [`OutputView`] shows: the manifest's, or, while the job is still running, the committed units', so a query
 //! never sees a shard of an unfinished unit. A table with no shard yet is registered empty with its schema, so
 //! queries stay valid on any output.
+//!
+//! Queries are read-only: DDL (`CREATE`, `DROP`), DML (`INSERT`, `COPY … TO`) and statements (`SET`, transactions)
+//! are refused before anything runs, so a query can neither write files nor change the session.
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use lyrics_pipeline::{Location, OutputView, StorageOptions, StoreRegistry, redact};
 use lyrics_schemas::Table;
 
@@ -19,8 +25,8 @@ use crate::{SqlArgs, SqlFormat};
 
 /// A session with the output's tables registered: the tables the job declared (and the four built-in ones, so
 /// queries stay valid on any output), each from its visible shards.
-async fn session(output: &Location, uri: &str) -> Result<SessionContext> {
-    let ctx = SessionContext::new();
+pub(crate) async fn session(output: &Location, uri: &str, config: SessionConfig) -> Result<SessionContext> {
+    let ctx = SessionContext::new_with_config(config);
     ctx.register_object_store(output.base(), output.store.clone());
     let view = OutputView::open(output)
         .await?
@@ -54,6 +60,50 @@ async fn session(output: &Location, uri: &str) -> Result<SessionContext> {
     Ok(ctx)
 }
 
+/// Plans `query` read-only. Every error is one line of DataFusion's reason: it is turned into a message here, not
+/// kept as a source, since DataFusion's messages already hold their causes and a chain would print them again.
+pub(crate) async fn plan(ctx: &SessionContext, query: &str) -> Result<DataFrame> {
+    let state = ctx.state();
+    // What `SessionContext::sql_with_options` does, in two steps, so that a refusal reads as one.
+    let planned = match state.create_logical_plan(query).await {
+        Ok(plan) => plan,
+        Err(e) => {
+            if let Some(table) = missing_table(ctx, query) {
+                let tables: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+                bail!(
+                    "the query does not plan: no table `{table}` in the output; its tables are {}",
+                    tables.join(", ")
+                );
+            }
+            bail!("the query does not plan: {}", message(e));
+        }
+    };
+    let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    read_only.verify_plan(&planned).map_err(|e| {
+        anyhow::anyhow!(
+            "the query is refused: lyrics-prep sql is read-only (no DDL, DML, COPY or SET): {}",
+            message(e)
+        )
+    })?;
+    ctx.execute_logical_plan(planned).await.map_err(|e| anyhow::anyhow!("the query does not plan: {}", message(e)))
+}
+
+/// The first table `query` reads that the session does not have.
+fn missing_table(ctx: &SessionContext, query: &str) -> Option<String> {
+    let state = ctx.state();
+    let statement = state.sql_to_statement(query, &state.config().options().sql_parser.dialect).ok()?;
+    let tables = state.resolve_table_references(&statement).ok()?;
+    tables.into_iter().find(|t| !ctx.table_exist(t.clone()).unwrap_or(true)).map(|t| t.to_string())
+}
+
+/// DataFusion's reason for `error`, once, without a backtrace; a parser error as the parser says it.
+pub(crate) fn message(error: DataFusionError) -> String {
+    match error.find_root() {
+        DataFusionError::SQL(parser, _) => parser.to_string(),
+        _ => error.strip_backtrace(),
+    }
+}
+
 pub fn sql(args: SqlArgs) -> Result<ExitCode> {
     if args.query.trim().is_empty() {
         bail!("the query is empty; e.g. lyrics-prep sql --output out/ \"SELECT count(*) FROM samples\"");
@@ -61,9 +111,9 @@ pub fn sql(args: SqlArgs) -> Result<ExitCode> {
     let registry = StoreRegistry::new(StorageOptions::default());
     let output = registry.locate(&args.output)?;
     let batches = runtime()?.block_on(async {
-        let ctx = session(&output, &args.output).await?;
-        let frame = ctx.sql(&args.query).await.context("the query does not plan")?;
-        frame.collect().await.context("the query failed")
+        let ctx = session(&output, &args.output, SessionConfig::new()).await?;
+        let frame = plan(&ctx, &args.query).await?;
+        frame.collect().await.map_err(|e| anyhow::anyhow!("the query failed: {}", message(e)))
     })?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

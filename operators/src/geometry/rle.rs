@@ -28,12 +28,19 @@ impl Rle {
         if mask.len() != h * w {
             return Err(RleError::Size { len: mask.len(), height, width });
         }
+        Ok(Rle::encode_with(height, width, |i| mask[i]))
+    }
+
+    /// Encodes the mask whose row-major pixel `i` is `foreground(i)`, for `i` below `height` × `width`: a model's
+    /// output is encoded where it lies, with no full-resolution copy of the mask.
+    pub fn encode_with(height: u32, width: u32, foreground: impl Fn(usize) -> bool) -> Rle {
+        let (h, w) = (height as usize, width as usize);
         let mut runs: Vec<u64> = Vec::new();
         let mut current = false;
         let mut run = 0u64;
         for x in 0..w {
             for y in 0..h {
-                let v = mask[y * w + x];
+                let v = foreground(y * w + x);
                 if v != current {
                     runs.push(run);
                     run = 0;
@@ -43,7 +50,7 @@ impl Rle {
             }
         }
         runs.push(run);
-        Ok(Rle { size: [height, width], counts: counts_to_string(&runs) })
+        Rle { size: [height, width], counts: counts_to_string(&runs) }
     }
 
     /// The run lengths (zeros first).

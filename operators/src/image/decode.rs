@@ -13,7 +13,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbIma
 use super::ImageError;
 use super::encode::{EncodeFormat, EncodeSpec, encode};
 use super::jpeg;
-use super::resize::{ResizeSpec, resize};
+use super::resize::{ResizeSpec, check_resize, resize};
 
 /// Limits that protect the process from hostile input (the `[decode]` section of a job spec).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -123,6 +123,8 @@ impl ImageOperator {
         if pixels > self.limits.max_pixels {
             return Err(ImageError::Bomb { width, height, pixels, limit: self.limits.max_pixels });
         }
+        // The output of every mode has the same pixel count whichever way EXIF turns the image.
+        check_resize(width, height, &self.resize, self.limits.max_pixels)?;
         let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
         let fast = if name == ImageFormatName::Jpeg { fast_jpeg(&data, width, height) } else { None };
         let mut decoded = match fast {
@@ -150,7 +152,7 @@ impl ImageOperator {
             });
         }
         let rgb = to_rgb(decoded);
-        if let Some(resized) = resize(&rgb, &self.resize)? {
+        if let Some(resized) = resize(&rgb, &self.resize, self.limits.max_pixels)? {
             let bytes = encode(&resized, self.encode.format, self.encode.quality)?;
             let (width, height) = resized.dimensions();
             let pixels = self.keep_pixels.then_some(resized);
@@ -278,6 +280,23 @@ mod tests {
         assert_eq!(out.pixels.unwrap().dimensions(), (32, 24));
         let again = ImageOperator::default().process(out.bytes).unwrap();
         assert_eq!((again.width, again.height), (32, 24));
+    }
+
+    #[test]
+    fn a_resize_above_max_pixels_is_an_error_of_the_image() {
+        let op = ImageOperator {
+            resize: ResizeSpec { mode: ResizeMode::KeepRatioSmallest, image_size: 256, ..ResizeSpec::default() },
+            ..ImageOperator::default()
+        };
+        let err = op.process(png(1, 50_000)).unwrap_err();
+        assert_eq!(err.kind(), "resize_too_large");
+        assert!(err.to_string().contains("256x12800000"), "{err}");
+        // The same image in a mode whose output fits is accepted.
+        let longest = ImageOperator {
+            resize: ResizeSpec { mode: ResizeMode::KeepRatio, image_size: 256, ..ResizeSpec::default() },
+            ..ImageOperator::default()
+        };
+        assert_eq!((longest.process(png(1, 50_000)).unwrap().height), 256);
     }
 
     /// `jpeg` with an EXIF APP1 segment holding only an orientation tag, inserted after SOI.

@@ -13,6 +13,11 @@ pub enum ImageError {
     Unsupported(String),
     #[error("decompression bomb: {width}x{height} = {pixels} pixels exceeds the limit of {limit} pixels")]
     Bomb { width: u32, height: u32, pixels: u64, limit: u64 },
+    #[error(
+        "resizing the {width}x{height} image gives {out_width}x{out_height} = {pixels} pixels, more than \
+         decode.max_pixels = {limit}"
+    )]
+    ResizeTooLarge { width: u32, height: u32, out_width: u32, out_height: u32, pixels: u64, limit: u64 },
     #[error("degenerate image of {width}x{height} pixels")]
     Degenerate { width: u32, height: u32 },
     #[error("truncated image: {0}")]
@@ -32,6 +37,7 @@ impl ImageError {
             ImageError::NotAnImage => "not_an_image",
             ImageError::Unsupported(_) => "unsupported_format",
             ImageError::Bomb { .. } => "decompression_bomb",
+            ImageError::ResizeTooLarge { .. } => "resize_too_large",
             ImageError::Degenerate { .. } => "degenerate",
             ImageError::Truncated(_) => "truncated",
             ImageError::Corrupt(_) => "corrupt",

@@ -123,9 +123,31 @@ pub fn resized_size(w: u32, h: u32, spec: &ResizeSpec) -> (u32, u32) {
     geometry(w, h, spec).map_or((w, h), |g| g.canvas)
 }
 
-/// Resizes `image` under `spec`, or returns `None` when the spec leaves it as it is.
-pub(crate) fn resize(image: &RgbImage, spec: &ResizeSpec) -> Result<Option<RgbImage>, ImageError> {
+/// Refuses a resize whose output would exceed `max_pixels` (`decode.max_pixels`): `keep_ratio_smallest` of a thin
+/// strip (1×50,000 at 256 asks for 256×12,800,000), or any upscale to a large `image_size`, would otherwise
+/// allocate gigabytes for one image. Checked from the header's size, before a pixel is decoded.
+pub(crate) fn check_resize(w: u32, h: u32, spec: &ResizeSpec, max_pixels: u64) -> Result<(), ImageError> {
+    let Some(g) = geometry(w, h, spec) else { return Ok(()) };
+    let (out_width, out_height) = g.canvas;
+    let pixels = u64::from(out_width) * u64::from(out_height);
+    if pixels > max_pixels {
+        return Err(ImageError::ResizeTooLarge {
+            width: w,
+            height: h,
+            out_width,
+            out_height,
+            pixels,
+            limit: max_pixels,
+        });
+    }
+    Ok(())
+}
+
+/// Resizes `image` under `spec`, or returns `None` when the spec leaves it as it is. An output above `max_pixels`
+/// is refused (see [`check_resize`]).
+pub(crate) fn resize(image: &RgbImage, spec: &ResizeSpec, max_pixels: u64) -> Result<Option<RgbImage>, ImageError> {
     let (w, h) = image.dimensions();
+    check_resize(w, h, spec, max_pixels)?;
     let Some(g) = geometry(w, h, spec) else { return Ok(None) };
     if g.crop == (0, 0, w, h) && g.scaled == (w, h) && g.canvas == (w, h) {
         return Ok(None);
@@ -192,17 +214,38 @@ mod tests {
                 img.put_pixel(x, y, image::Rgb([200, 10, 10]));
             }
         }
-        let bordered = resize(&img, &spec(ResizeMode::Border, 20, false)).unwrap().unwrap();
+        let bordered = resize(&img, &spec(ResizeMode::Border, 20, false), u64::MAX).unwrap().unwrap();
         assert_eq!(bordered.dimensions(), (20, 20));
         assert_eq!(bordered.get_pixel(10, 0), &image::Rgb([255, 255, 255]));
         assert_eq!(bordered.get_pixel(10, 10), &image::Rgb([200, 10, 10]));
-        let cropped = resize(&img, &spec(ResizeMode::CenterCrop, 10, false)).unwrap().unwrap();
+        let cropped = resize(&img, &spec(ResizeMode::CenterCrop, 10, false), u64::MAX).unwrap().unwrap();
         assert_eq!(cropped.dimensions(), (10, 10));
         // The convolution may blend the outermost column with its neighbours outside the crop, as resizing and then
         // cropping does.
         for x in 1..9 {
             assert_eq!(cropped.get_pixel(x, 5), &image::Rgb([200, 10, 10]));
         }
+    }
+
+    #[test]
+    fn outputs_above_max_pixels_are_refused_before_allocating() {
+        let strip = RgbImage::from_pixel(1, 50_000, image::Rgb([1, 2, 3]));
+        let smallest = spec(ResizeMode::KeepRatioSmallest, 256, false);
+        assert_eq!(resized_size(1, 50_000, &smallest), (256, 12_800_000));
+        let err = resize(&strip, &smallest, 89_478_485).unwrap_err();
+        assert_eq!(err.kind(), "resize_too_large");
+        let text = err.to_string();
+        assert!(
+            text.contains("1x50000") && text.contains("256x12800000") && text.contains("decode.max_pixels"),
+            "{text}"
+        );
+        // Upscaling to a huge image_size is refused the same way; an output at the limit is not.
+        let err = check_resize(2, 2, &spec(ResizeMode::Border, 65_535, false), 1 << 30).unwrap_err();
+        assert_eq!(err.kind(), "resize_too_large");
+        assert!(check_resize(640, 480, &spec(ResizeMode::KeepRatioSmallest, 240, false), 320 * 240).is_ok());
+        assert!(check_resize(640, 480, &spec(ResizeMode::KeepRatioSmallest, 240, false), 320 * 240 - 1).is_err());
+        // Modes that leave the image as it is are never refused.
+        assert!(check_resize(1, 50_000, &spec(ResizeMode::No, 256, false), 10).is_ok());
     }
 
     proptest! {

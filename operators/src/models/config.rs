@@ -14,6 +14,7 @@
 //! export = "idea"                 # idea (IDEA / X-AnyLabeling) | hf (Hugging Face / optimum)
 //! model = { source = "hf://org/repo/gdino.onnx@main", sha256 = "..." }
 //! tokenizer = "tokenizer.json"
+//! max_detections = 100            # boxes kept per image, the best first
 //!
 //! [segmenter]
 //! family = "sam"                  # sam (encoder + decoder) | salient_crop (ISNet on each box)
@@ -71,6 +72,21 @@ pub struct TaggerConfig {
     pub threshold: f32,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// What the model's output holds; `auto` tells by the output's name.
+    #[serde(default)]
+    pub scores: TaggerScores,
+}
+
+/// What a tagger's output holds: logits (put through the sigmoid) or scores already in `[0, 1]`
+/// (probabilities, or the 0/1 targets of thresholds baked into the graph).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaggerScores {
+    /// Decided from the output's name when the model is loaded (`logits`; `tag`, `targets`, `probs`, ...).
+    #[default]
+    Auto,
+    Logits,
+    Probabilities,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +125,10 @@ pub struct DetectorConfig {
     /// Text tokens the model takes at most (Grounding DINO: 256).
     #[serde(default = "default_max_text_len")]
     pub max_text_len: usize,
+    /// Boxes kept per image at most, the best-scoring first, before segmentation: each box costs a decoder run
+    /// and a mask.
+    #[serde(default = "default_max_detections")]
+    pub max_detections: usize,
     #[serde(default = "default_one")]
     pub batch_size: usize,
 }
@@ -171,6 +191,12 @@ fn default_iou_threshold() -> f32 {
 fn default_max_text_len() -> usize {
     256
 }
+/// The default of `detector.max_detections`.
+pub const DEFAULT_MAX_DETECTIONS: usize = 100;
+
+fn default_max_detections() -> usize {
+    DEFAULT_MAX_DETECTIONS
+}
 fn default_batch() -> usize {
     4
 }
@@ -212,6 +238,7 @@ impl ModelsConfig {
             unit("detector.iou_threshold", d.iou_threshold)?;
             positive("detector.batch_size", d.batch_size)?;
             positive("detector.max_text_len", d.max_text_len)?;
+            positive("detector.max_detections", d.max_detections)?;
         }
         if let Some(s) = &self.segmenter {
             positive("segmenter.batch_size", s.batch_size)?;
@@ -322,5 +349,16 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("tagger"), "{err}");
+        let err =
+            ModelsConfig::parse(&FULL.replace("export = \"hf\"", "max_detections = 0")).unwrap_err().to_string();
+        assert!(err.contains("detector.max_detections"), "{err}");
+    }
+
+    #[test]
+    fn max_detections_defaults_to_100() {
+        let c = ModelsConfig::parse(FULL).unwrap();
+        assert_eq!(c.detector.unwrap().max_detections, 100);
+        let c = ModelsConfig::parse(&FULL.replace("export = \"hf\"", "max_detections = 7")).unwrap();
+        assert_eq!(c.detector.unwrap().max_detections, 7);
     }
 }

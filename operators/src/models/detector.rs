@@ -56,6 +56,7 @@ pub struct Detector {
     text_threshold: f32,
     iou_threshold: f32,
     max_text_len: usize,
+    max_detections: usize,
 }
 
 const IDEA_INPUTS: [&str; 6] =
@@ -90,6 +91,7 @@ impl Detector {
             text_threshold: config.text_threshold,
             iou_threshold: config.iou_threshold,
             max_text_len: config.max_text_len,
+            max_detections: config.max_detections,
         })
     }
 
@@ -190,7 +192,7 @@ impl Detector {
         }
         let boxes: Vec<BoxXyxy> = detections.iter().map(|d| d.bbox).collect();
         let scores: Vec<f32> = detections.iter().map(|d| d.score).collect();
-        let keep = nms(&boxes, &scores, self.iou_threshold);
+        let keep = best_boxes(&boxes, &scores, self.iou_threshold, self.max_detections);
         Ok(keep.into_iter().map(|i| detections[i].clone()).collect())
     }
 
@@ -209,6 +211,15 @@ impl Detector {
     pub fn model(&self) -> &OnnxModel {
         &self.model
     }
+}
+
+/// The indices of the boxes kept: class-agnostic NMS, then at most `max` of them, by score (highest first, ties
+/// in query order, so the choice is the same on every run).
+pub fn best_boxes(boxes: &[BoxXyxy], scores: &[f32], iou_threshold: f32, max: usize) -> Vec<usize> {
+    // `nms` returns the kept boxes best first, ties in index order.
+    let mut keep = nms(boxes, scores, iou_threshold);
+    keep.truncate(max);
+    keep
 }
 
 /// Grounding DINO's `generate_masks_with_special_tokens_and_transfer_map` for one prompt: each sub-sentence (the
@@ -246,6 +257,20 @@ pub fn sub_sentence_masks(ids: &[u32], special: &[u32]) -> (Vec<bool>, Vec<i64>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_most_max_detections_are_kept_best_first_ties_in_query_order() {
+        let boxes: Vec<BoxXyxy> =
+            (0..6).map(|i| BoxXyxy([i as f32 * 10.0, 0.0, i as f32 * 10.0 + 5.0, 5.0])).collect();
+        let scores = [0.5, 0.9, 0.5, 0.7, 0.9, 0.3];
+        assert_eq!(best_boxes(&boxes, &scores, 0.6, 3), vec![1, 4, 3]);
+        assert_eq!(best_boxes(&boxes, &scores, 0.6, 4), vec![1, 4, 3, 0]);
+        assert_eq!(best_boxes(&boxes, &scores, 0.6, 100), vec![1, 4, 3, 0, 2, 5]);
+        // Overlapping boxes are suppressed before the cap, so a suppressed box never takes a kept one's place.
+        let mut overlapping = boxes.clone();
+        overlapping[4] = BoxXyxy([10.0, 0.0, 15.0, 5.0]);
+        assert_eq!(best_boxes(&overlapping, &scores, 0.6, 3), vec![1, 3, 0]);
+    }
 
     #[test]
     fn sub_sentences_attend_to_themselves() {

@@ -3,8 +3,9 @@
 //!
 //! The work is split so the engine can overlap it: [`prepare`] turns a decoded image into every model input that
 //! depends on the image alone (resizing and normalization; pure CPU, run on the decode threads in parallel);
-//! [`Refiner::infer`] runs the sessions on a micro-batch (one thread owns them); [`finish`] encodes the masks
-//! (COCO RLE) and normalizes the boxes (CPU again, in parallel).
+//! [`Refiner::infer`] runs the sessions on a micro-batch (one thread owns them) and COCO RLE-encodes each mask as
+//! the segmenter returns it, so no full-resolution mask outlives its decoder run; [`finish`] maps phrases to tags
+//! and normalizes the boxes (CPU again, in parallel).
 
 mod config;
 mod detector;
@@ -15,16 +16,16 @@ mod segmenter;
 mod tagger;
 
 pub use config::{
-    DetectorConfig, DetectorExport, DetectorFamily, FileRef, ModelsConfig, SegmenterConfig, SegmenterFamily,
-    TaggerConfig, TaggerFamily,
+    DEFAULT_MAX_DETECTIONS, DetectorConfig, DetectorExport, DetectorFamily, FileRef, ModelsConfig, SegmenterConfig,
+    SegmenterFamily, TaggerConfig, TaggerFamily, TaggerScores,
 };
-pub use detector::{Detection, Detector, DetectorImage, TextInputs, sub_sentence_masks};
+pub use detector::{Detection, Detector, DetectorImage, TextInputs, best_boxes, sub_sentence_masks};
 pub use refiner::{
     Inferred, ModelPaths, Prepared, Refined, RefinedObject, Refiner, describe, finish, label_of, prepare,
 };
 pub use runtime::{Device, OnnxModel};
 pub use segmenter::{Mask, Segmenter, crop_region, salient_input, salient_output};
-pub use tagger::{Tag, Tagger, prompt_of};
+pub use tagger::{Tag, Tagger, output_is_logits, prompt_of};
 
 /// Why a model could not be loaded or run. Per-image failures become error rows; load failures stop the job.
 #[derive(Debug, thiserror::Error)]

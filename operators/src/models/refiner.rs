@@ -99,12 +99,7 @@ pub fn finish(inferred: Inferred) -> Result<Refined, ModelError> {
         let label = label_of(&detection.phrase, &inferred.tags).unwrap_or(&detection.phrase).to_string();
         let b = detection.bbox.clamped(w, h).scaled(1.0 / w.max(1.0), 1.0 / h.max(1.0)).0;
         let (rle, area, score) = match mask {
-            Some(mask) => {
-                let rle = Rle::encode(&mask.pixels, mask.height, mask.width)
-                    .map_err(|e| ModelError::Postprocess(e.to_string()))?;
-                let area = mask.pixels.iter().filter(|p| **p).count() as u64;
-                (Some(rle), Some(area), Some(mask.score))
-            }
+            Some(mask) => (Some(mask.rle), Some(mask.area), Some(mask.score)),
             None => (None, None, None),
         };
         objects.push(RefinedObject {
@@ -313,16 +308,23 @@ pub fn describe(config: &ModelsConfig, files: &ModelPaths) -> String {
         if t.thresholds.is_some() {
             v["thresholds"] = file("tagger.thresholds");
         }
+        // Written only when set, so the description (and the spec hash) of existing jobs stays as it was.
+        if t.scores != super::TaggerScores::Auto {
+            v["scores"] = json!(t.scores);
+        }
         out.insert("tagger".into(), v);
     }
     if let Some(d) = &config.detector {
-        out.insert(
-            "detector".into(),
-            json!({
-                "family": d.family, "export": d.export, "model": file("detector.model"), "tokenizer": file("detector.tokenizer"),
-                "box_threshold": num(d.box_threshold), "text_threshold": num(d.text_threshold), "iou_threshold": num(d.iou_threshold),
-            }),
-        );
+        let mut v = json!({
+            "family": d.family, "export": d.export, "model": file("detector.model"), "tokenizer": file("detector.tokenizer"),
+            "box_threshold": num(d.box_threshold), "text_threshold": num(d.text_threshold), "iou_threshold": num(d.iou_threshold),
+        });
+        // Only a cap other than the default is written, so that the description (and the spec hash) of jobs
+        // begun before the cap existed stays as it was.
+        if d.max_detections != super::DEFAULT_MAX_DETECTIONS {
+            v["max_detections"] = json!(d.max_detections);
+        }
+        out.insert("detector".into(), v);
     }
     if let Some(s) = &config.segmenter {
         let mut v = json!({ "family": s.family });

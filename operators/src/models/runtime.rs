@@ -4,7 +4,9 @@
 //! The library is loaded at run time (`ort`'s `load-dynamic`): from `ORT_DYLIB_PATH`, else `libonnxruntime.so`
 //! beside the executable, else `.ort/libonnxruntime.so` under the working directory (where
 //! `scripts/fetch-onnxruntime.sh` puts it). A missing library is a clear error, never a panic. `--device cuda:N`
-//! registers the CUDA execution provider and fails if it cannot: there is no silent CPU fallback.
+//! registers the CUDA execution provider and fails if it cannot: there is no silent CPU fallback. Telemetry is
+//! switched off (here, and with `ORT_DISABLE_TELEMETRY` in the binary), so a run writes nothing outside its output
+//! and its model cache.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -81,7 +83,14 @@ fn environment() -> Result<&'static ort::environment::Environment, ModelError> {
         let built = std::panic::catch_unwind(|| -> Result<ort::environment::Environment, String> {
             let builder = ort::init_from(&path)
                 .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
-            builder.with_name("lyrics-prep").build().map_err(|e| format!("cannot start ONNX Runtime: {e}"))
+            // Microsoft's builds send telemetry events by default. This stops the events; the event database they
+            // open under ~/.cache/Microsoft when the environment is created is kept away only by the library's
+            // ORT_DISABLE_TELEMETRY, which the lyrics-prep binary sets before anything is loaded.
+            builder
+                .with_name("lyrics-prep")
+                .with_telemetry(false)
+                .build()
+                .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
         });
         built.unwrap_or_else(|_| Err(format!("cannot load ONNX Runtime from {}", path.display())))
     });

@@ -17,26 +17,50 @@ use image::{GrayImage, RgbImage};
 use super::preprocess::{SAM_MEAN, SAM_STD, longest_side_size, resize_bilinear, to_planar};
 use super::runtime::{Device, Input, OnnxModel};
 use super::{ModelError, SegmenterConfig, SegmenterFamily};
-use crate::geometry::BoxXyxy;
+use crate::geometry::{BoxXyxy, Rle};
 
+/// Side of SAM's square encoder input.
 pub const SAM_SIDE: usize = 1024;
+/// Side of ISNet's square input.
 pub const ISNET_SIDE: usize = 1024;
 
-/// A mask at the original image's resolution, row-major, and the model's confidence in it.
+/// A mask at the original image's resolution, COCO RLE-encoded as soon as the model returns it (a full-resolution
+/// mask of every object of a batch would otherwise be held until the batch is done), with the model's confidence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mask {
     pub width: u32,
     pub height: u32,
-    pub pixels: Vec<bool>,
+    /// The mask, COCO compressed RLE (`size` is `[height, width]`).
+    pub rle: Rle,
+    /// Foreground pixels.
+    pub area: u64,
+    /// The model's confidence: SAM's predicted IoU, or ISNet's mean probability over the mask.
     pub score: f32,
 }
 
+impl Mask {
+    /// The mask whose row-major pixel `i` of a `width`×`height` image is `foreground(i)`.
+    pub fn encode(width: u32, height: u32, score: f32, foreground: impl Fn(usize) -> bool) -> Mask {
+        let area = (0..width as usize * height as usize).filter(|&i| foreground(i)).count() as u64;
+        Mask { width, height, rle: Rle::encode_with(height, width, foreground), area, score }
+    }
+
+    /// The row-major pixels (decoded from the RLE).
+    pub fn pixels(&self) -> Result<Vec<bool>, ModelError> {
+        self.rle.decode().map_err(|e| ModelError::Postprocess(e.to_string()))
+    }
+}
+
+/// A loaded segmenter of either family, with its sessions.
 pub enum Segmenter {
+    /// SAM's image encoder and prompt decoder.
     Sam { encoder: OnnxModel, decoder: OnnxModel, encoder_input: String },
+    /// ISNet on each box's crop, with the crop margin and the foreground threshold.
     SalientCrop { model: OnnxModel, margin: f32, threshold: f32 },
 }
 
 impl Segmenter {
+    /// Loads the sessions of `config`'s family from `files` (SAM: encoder and decoder; salient_crop: the model).
     pub fn load(
         config: &SegmenterConfig,
         files: &[&std::path::Path],
@@ -139,12 +163,9 @@ impl Segmenter {
                                 message: format!("masks {:?} for a {ow}x{oh} image", masks.shape),
                             });
                         }
-                        Ok(Mask {
-                            width: ow,
-                            height: oh,
-                            pixels: masks.data[..plane].iter().map(|v| *v > 0.0).collect(),
-                            score: ious.data.first().copied().unwrap_or(0.0),
-                        })
+                        let logits = &masks.data[..plane];
+                        let score = ious.data.first().copied().unwrap_or(0.0);
+                        Ok(Mask::encode(ow, oh, score, |i| logits[i] > 0.0))
                     })
                     .collect()
             }
@@ -154,6 +175,7 @@ impl Segmenter {
         }
     }
 
+    /// The sessions, for their run statistics.
     pub fn models(&self) -> Vec<&OnnxModel> {
         match self {
             Segmenter::Sam { encoder, decoder, .. } => vec![encoder, decoder],
@@ -220,7 +242,8 @@ pub fn salient_output(
             }
         }
     }
-    Ok(Mask { width, height, pixels, score: if count == 0 { 0.0 } else { sum / count as f32 } })
+    let score = if count == 0 { 0.0 } else { sum / count as f32 };
+    Ok(Mask::encode(width, height, score, |i| pixels[i]))
 }
 
 /// ISNet on every box, pipelined: while the model runs on box k, a second thread prepares the input of box k + 1
@@ -286,7 +309,8 @@ mod tests {
         let probabilities = vec![1.0; ISNET_SIDE * ISNET_SIDE];
         let bbox = BoxXyxy([2.0, 2.0, 6.0, 5.0]);
         let mask = salient_output(&probabilities, (0, 0, 10, 10), &bbox, 10, 10, 0.5).unwrap();
-        assert_eq!(mask.pixels.iter().filter(|p| **p).count(), 12);
+        assert_eq!(mask.area, 12);
+        assert_eq!(mask.pixels().unwrap().iter().filter(|p| **p).count(), 12);
         assert!((mask.score - 1.0).abs() < 1e-6);
     }
 }

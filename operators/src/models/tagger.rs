@@ -4,30 +4,65 @@
 //! bilinear, as `ram/transform.py`), ImageNet mean and std; a tag is kept when its sigmoid score is above its class
 //! threshold (strictly; `threshold` by default, per-class values from a file as `ram_tag_list_threshold.txt`), in
 //! tag-list order. Exports that output logits, probabilities, or the 0/1 targets of thresholds baked into the graph
-//! (`tag`, `targets`) are all read as scores in `[0, 1]`. The detector prompt is built as the demo builds it:
+//! (`tag`, `targets`) are all read as scores in `[0, 1]`; which of them a model gives is decided once, when it is
+//! loaded (`tagger.scores`, else the name of its output), never from the values of a batch, so that how images are
+//! batched (and an out-of-memory retry halving a batch) cannot change a row. The detector prompt is built as the
+//! demo builds it:
 //! `" | ".join(tags).replace(" |", ",").lower()` plus a final `.`.
 
 use image::RgbImage;
 
 use super::preprocess::{IMAGENET_MEAN, IMAGENET_STD, resize_bilinear, sigmoid, to_planar};
 use super::runtime::{Device, Input, OnnxModel};
-use super::{ModelError, TaggerConfig};
+use super::{ModelError, TaggerConfig, TaggerScores};
 
+/// Side of the square image the tagger takes.
 pub const TAGGER_SIDE: u32 = 384;
 
 /// A tag with its score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tag {
     pub tag: String,
+    /// Probability in `[0, 1]` (the sigmoid of the model's logit, for models that output logits).
     pub score: f32,
 }
 
+/// A loaded RAM / RAM++ tagger: its session, tag list and per-class thresholds.
 pub struct Tagger {
     model: OnnxModel,
     input: String,
     output: String,
+    /// Whether the output is logits (put through the sigmoid) or already scores in `[0, 1]`.
+    logits: bool,
     tags: Vec<String>,
     thresholds: Vec<f32>,
+}
+
+/// Whether the tagger output `output` gives logits, from `tagger.scores` or, when that is `auto`, the output's
+/// name: `logits` (RAM's own export) are logits; `tag`, `targets`, `probs`, `scores`, `sigmoid` are scores.
+pub fn output_is_logits(output: &str, scores: TaggerScores) -> Result<bool, ModelError> {
+    match scores {
+        TaggerScores::Logits => Ok(true),
+        TaggerScores::Probabilities => Ok(false),
+        TaggerScores::Auto => {
+            let name = output.to_ascii_lowercase();
+            if name.contains("logit") {
+                Ok(true)
+            } else if ["tag", "target", "prob", "score", "sigmoid"].iter().any(|n| name.contains(n)) {
+                Ok(false)
+            } else {
+                Err(ModelError::Config(format!(
+                    "tagger.scores: the tagger's output `{output}` does not say whether it gives logits or \
+                     probabilities; set tagger.scores = \"logits\" or \"probabilities\""
+                )))
+            }
+        }
+    }
+}
+
+/// Scores in `[0, 1]` of a batch of raw outputs. Every value is read the same way whatever else is in the batch.
+fn scores_of(raw: &[f32], logits: bool) -> Vec<f32> {
+    if logits { raw.iter().map(|v| sigmoid(*v)).collect() } else { raw.to_vec() }
 }
 
 impl Tagger {
@@ -49,6 +84,7 @@ impl Tagger {
             model: "tagger".into(),
             message: "the model has no output".into(),
         })?;
+        let logits = output_is_logits(&output, config.scores)?;
         let tags: Vec<String> = tags.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
         if tags.is_empty() {
             return Err(ModelError::Config("tagger.tags: the tag list is empty".into()));
@@ -68,9 +104,10 @@ impl Tagger {
                 }
             }
         }
-        Ok(Tagger { model, input, output, tags, thresholds: per_class })
+        Ok(Tagger { model, input, output, logits, tags, thresholds: per_class })
     }
 
+    /// Number of tags in the tag list (the classes the model scores).
     pub fn tag_count(&self) -> usize {
         self.tags.len()
     }
@@ -109,23 +146,19 @@ impl Tagger {
                 ),
             });
         }
-        // Logits leave [0, 1]; probabilities and 0/1 targets stay in it.
-        let are_logits = scores.data.iter().any(|v| !(0.0..=1.0).contains(v));
-        Ok(scores
-            .data
+        Ok(scores_of(&scores.data, self.logits)
             .chunks(classes)
             .map(|row| {
                 row.iter()
                     .enumerate()
-                    .filter_map(|(i, v)| {
-                        let score = if are_logits { sigmoid(*v) } else { *v };
-                        (score > self.thresholds[i]).then(|| Tag { tag: self.tags[i].clone(), score })
-                    })
+                    .filter(|(i, score)| **score > self.thresholds[*i])
+                    .map(|(i, score)| Tag { tag: self.tags[i].clone(), score: *score })
                     .collect()
             })
             .collect())
     }
 
+    /// The session, for its run statistics.
     pub fn model(&self) -> &OnnxModel {
         &self.model
     }
@@ -152,5 +185,28 @@ mod tests {
         assert_eq!(prompt_of(&tags(&["Red", "blue", "traffic light"])), "red, blue, traffic light.");
         assert_eq!(prompt_of(&tags(&["dog"])), "dog.");
         assert_eq!(prompt_of(&[]), ".");
+    }
+
+    #[test]
+    fn scores_do_not_depend_on_the_rest_of_the_batch() {
+        // Two images of a logits model: the second's logits happen to lie in [0, 1]. Alone (as after an
+        // out-of-memory halving) or together, it must get the same scores.
+        let (first, second) = ([4.0, -3.0], [0.9, 0.2]);
+        let together = scores_of(&[first, second].concat(), true);
+        let alone = scores_of(&second, true);
+        assert_eq!(&together[2..], &alone[..]);
+        assert!((alone[0] - sigmoid(0.9)).abs() < 1e-6, "{alone:?}");
+        assert_eq!(scores_of(&second, false), second);
+    }
+
+    #[test]
+    fn the_kind_of_output_is_decided_by_the_model_not_the_values() {
+        assert!(output_is_logits("logits", TaggerScores::Auto).unwrap());
+        assert!(!output_is_logits("tag", TaggerScores::Auto).unwrap());
+        assert!(!output_is_logits("targets", TaggerScores::Auto).unwrap());
+        assert!(!output_is_logits("logits", TaggerScores::Probabilities).unwrap());
+        assert!(output_is_logits("output", TaggerScores::Logits).unwrap());
+        let err = output_is_logits("output", TaggerScores::Auto).unwrap_err().to_string();
+        assert!(err.contains("tagger.scores") && err.contains("output"), "{err}");
     }
 }
