@@ -2,6 +2,7 @@
 //! (`lyrics-pipeline`) to the operators (`lyrics-operators`) and does nothing else of its own.
 
 mod commands;
+mod gallery;
 mod logging;
 mod models;
 mod progress;
@@ -41,6 +42,28 @@ enum Command {
     Export(ExportArgs),
     /// Query a job's output with SQL (DataFusion): tables samples, errors, pretrain, instruct.
     Sql(SqlArgs),
+    /// Draw a static HTML gallery of a job's output: annotated thumbnails, texts, conversations, error cards.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The job's output URI or path.
+    #[arg(long)]
+    pub output: String,
+    /// A SQL predicate over `samples` choosing the samples shown (then error cards are left out), e.g.
+    /// "array_length(objects) >= 3".
+    #[arg(long = "where")]
+    pub r#where: Option<String>,
+    /// Show at most this many samples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Cards per page.
+    #[arg(long, default_value_t = 100)]
+    pub page_size: usize,
+    /// Folder to write the gallery into (index.html, page-N.html, thumbs/).
+    #[arg(long)]
+    pub to: String,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +244,7 @@ fn main() -> ExitCode {
         Command::Models(args) => models::command(&args.action, &args.models, args.cache.as_deref()),
         Command::Export(args) => commands::export::export(args),
         Command::Sql(args) => commands::sql::sql(args),
+        Command::Render(args) => commands::render::render(args),
     };
     match result {
         Ok(code) => code,

@@ -9,6 +9,7 @@
 //! files, and `models::Refiner` loads and drives it. A new text product goes under `text/`, returning row types of
 //! `lyrics-schemas`.
 
+pub mod draw;
 pub mod geometry;
 pub mod image;
 pub mod models;

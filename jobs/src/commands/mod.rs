@@ -2,6 +2,7 @@
 
 pub mod export;
 pub mod plan;
+pub mod render;
 pub mod run;
 pub mod sql;
 pub mod status;
