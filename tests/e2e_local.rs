@@ -305,3 +305,31 @@ fn plan_and_status_report_the_job() {
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(json["complete"], true);
 }
+
+#[test]
+fn a_resize_above_max_pixels_becomes_an_error_row() {
+    // keep_ratio_smallest of a 1x50000 strip at 256 would be 256x12800000 (about 10 GB of pixels).
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let mut tar = Tar::default();
+    tar.add("strip.png", &png(1, 50_000, 1)).add("strip.txt", b"a thin strip");
+    tar.add("photo.jpg", &jpeg(64, 48, 2)).add("photo.txt", b"a small photo");
+    std::fs::write(corpus.join("s.tar"), tar.finish()).unwrap();
+    let spec = dir.path().join("job.toml");
+    std::fs::write(&spec, "[resize]\nmode = \"keep_ratio_smallest\"\nimage_size = 256\n").unwrap();
+    let out = dir.path().join("out");
+    lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--config", &s(&spec)]), &Env::new());
+
+    let samples = samples(&out);
+    assert_eq!(samples.len(), 1);
+    assert_eq!((samples[0].key.as_str(), samples[0].width, samples[0].height), ("photo", 341, 256));
+    let errors = errors(&out);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    let error = &errors[0];
+    assert_eq!(
+        (error.key.as_str(), error.stage.as_str(), error.kind.as_str()),
+        ("strip", "decode", "resize_too_large")
+    );
+    assert!(error.error.contains("256x12800000") && error.error.contains("decode.max_pixels"), "{error:#?}");
+}

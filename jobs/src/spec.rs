@@ -137,7 +137,8 @@ impl JobSpec {
                     // Only the section's own keys are taken here; the rest are the source options flattened into
                     // it, which are deserialized on their own so that their errors keep their key's name.
                     let (head, rest) = split_off(table, &["uri", "format"]);
-                    let allowed = ["uri", "format"].into_iter().chain(fields_of::<SourceOptions>()).collect();
+                    let allowed: Vec<&str> =
+                        ["uri", "format"].into_iter().chain(fields_of::<SourceOptions>()).collect();
                     check_keys("input", &rest, &allowed)?;
                     let head: InputHead = section("input", head)?;
                     spec.input =
@@ -145,7 +146,7 @@ impl JobSpec {
                 }
                 "output" => {
                     let (head, rest) = split_off(table, &["uri"]);
-                    let allowed = ["uri"].into_iter().chain(fields_of::<SinkOptions>()).collect();
+                    let allowed: Vec<&str> = ["uri"].into_iter().chain(fields_of::<SinkOptions>()).collect();
                     check_keys("output", &rest, &allowed)?;
                     let head: OutputHead = section("output", head)?;
                     spec.output = OutputSection { uri: head.uri, sink: section("output", rest)? };
@@ -269,7 +270,7 @@ fn split_off(mut table: toml::Table, keys: &[&str]) -> (toml::Table, toml::Table
     (head, table)
 }
 
-fn check_keys(section: &str, table: &toml::Table, allowed: &Vec<&'static str>) -> Result<()> {
+fn check_keys(section: &str, table: &toml::Table, allowed: &[&str]) -> Result<()> {
     for key in table.keys() {
         if !allowed.contains(&key.as_str()) {
             bail!("unknown key `{section}.{key}`; the keys of [{section}] are: {}", allowed.join(", "));

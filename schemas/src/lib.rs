@@ -1,10 +1,11 @@
 //! The Arrow schemas of every table lyrics-prep writes: the contract between stages and with the readers outside
 //! (pyarrow, DuckDB, polars, Hugging Face `datasets`, trainers).
 //!
-//! Each table is a row type ([`SampleRow`], [`ErrorRow`]) with one place that turns rows into a `RecordBatch` and
-//! back. Column names are spelled once, in [`col`]; nothing else in the workspace spells them. Every schema carries
-//! key-value metadata: the schema version ([`SCHEMA_VERSION`]), the table name, and the Hugging Face `datasets`
-//! features, so `datasets.load_dataset("parquet", ...)` yields decoded images with no extra code.
+//! Each table is a row type ([`SampleRow`], [`ErrorRow`], [`PretrainRow`], [`InstructRow`]) with one place that
+//! turns rows into a `RecordBatch` and back. Column names are spelled once, in [`col`]; nothing else in the
+//! workspace spells them. Every schema carries key-value metadata: the schema version ([`SCHEMA_VERSION`]), the
+//! table name, and the Hugging Face `datasets` features, so `datasets.load_dataset("parquet", ...)` yields decoded
+//! images with no extra code.
 
 mod arrays;
 mod error;
@@ -97,6 +98,7 @@ pub enum Table {
 }
 
 impl Table {
+    /// Every table, in the order they are listed and registered.
     pub const ALL: [Table; 4] = [Table::Samples, Table::Errors, Table::Pretrain, Table::Instruct];
 
     /// The table's name: its folder under the output and its `lyrics.table` metadata.
@@ -109,6 +111,7 @@ impl Table {
         }
     }
 
+    /// The table named `name` (as [`Table::name`] spells it).
     pub fn from_name(name: &str) -> Option<Table> {
         Table::ALL.into_iter().find(|t| t.name() == name)
     }

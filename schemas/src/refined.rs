@@ -13,6 +13,7 @@ use arrow::datatypes::{DataType, Field, Fields, Float32Type, Int32Type, Int64Typ
 use crate::arrays::strings_of;
 use crate::{SchemaError, col};
 
+/// One tag of the `tags` column: a RAM tag and its score in `[0, 1]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagRow {
     pub tag: String,
@@ -26,17 +27,22 @@ pub struct MaskRow {
     pub counts: String,
 }
 
+/// One detected object of the `objects` column: its phrase and the tag it maps to, its box, and its mask.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectRow {
     /// The tag the detected phrase maps back to.
     pub label: String,
     /// The phrase the detector's tokens decode to.
     pub phrase: String,
+    /// The detector's score in `[0, 1]` (the best token's sigmoid).
     pub score: f32,
     /// `[x1, y1, x2, y2]`, fractions of the displayed image's width and height.
     pub bbox: [f32; 4],
+    /// The segmenter's mask at the displayed image's size; `None` without a segmenter.
     pub mask: Option<MaskRow>,
+    /// Foreground pixels of `mask`.
     pub mask_area: Option<i64>,
+    /// The segmenter's confidence in `mask` (SAM's predicted IoU, ISNet's mean probability).
     pub mask_score: Option<f32>,
 }
 
@@ -44,6 +50,7 @@ fn item(data_type: DataType) -> Arc<Field> {
     Arc::new(Field::new(col::LIST_ITEM, data_type, true))
 }
 
+/// The struct fields of one `tags` item.
 pub fn tag_fields() -> Fields {
     Fields::from(vec![
         Field::new(col::TAG, DataType::Utf8, false),
@@ -58,6 +65,7 @@ fn mask_fields() -> Fields {
     ])
 }
 
+/// The struct fields of one `objects` item (also the `objects` of `pretrain`).
 pub fn object_fields() -> Fields {
     Fields::from(vec![
         Field::new(col::LABEL, DataType::Utf8, false),

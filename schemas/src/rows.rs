@@ -42,7 +42,9 @@ pub struct SampleRow {
     pub meta: Option<String>,
     /// The refiner's tags, objects and description; `None` when the job ran no models.
     pub tags: Option<Vec<TagRow>>,
+    /// The detected objects, best score first.
     pub objects: Option<Vec<ObjectRow>>,
+    /// JSON naming every model, its file's checksum and its thresholds.
     pub refiner: Option<String>,
 }
 
@@ -214,6 +216,7 @@ impl ErrorRow {
         Ok(RecordBatch::try_new(error_schema(), columns)?)
     }
 
+    /// The rows of an `errors` batch.
     pub fn from_batch(batch: &RecordBatch) -> Result<Vec<ErrorRow>, SchemaError> {
         let key = strings(batch, col::KEY)?;
         let source = strings(batch, col::SOURCE)?;

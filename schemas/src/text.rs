@@ -23,11 +23,13 @@ pub struct SpanRow {
     pub bbox: [f32; 4],
 }
 
+/// One row of `pretrain`: a refined sample's caption in each grounded format, the caption with boxes inline, its grounded spans and the objects.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PretrainRow {
     pub key: String,
     pub image: ImageRef,
     pub caption: Option<String>,
+    /// The objects and caption in the `lyrics` format; this and the next three formats are `None` when not enabled.
     pub lyrics: Option<String>,
     pub qwen: Option<String>,
     pub kosmos2: Option<String>,
@@ -38,13 +40,17 @@ pub struct PretrainRow {
     pub objects: Vec<ObjectRow>,
 }
 
+/// One row of `instruct`: an instruction conversation about one image.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct InstructRow {
+    /// Unique id of the conversation: `<key>-<task>`.
     pub id: String,
     pub key: String,
     /// The image's file name, as LLaVA-style trainers resolve it against their image folder.
     pub image: String,
+    /// The task: `rec`, `region_caption`, `grounded_caption`, `tag_listing`, `counting`, `multi_turn`.
     pub task: String,
+    /// `en` or `zh`.
     pub language: String,
     /// `(from, value)` turns: `human` and `gpt` alternating, `<image>` in the first human turn.
     pub conversations: Vec<(String, String)>,
@@ -54,6 +60,7 @@ fn item(data_type: DataType) -> Arc<Field> {
     Arc::new(Field::new(col::LIST_ITEM, data_type, true))
 }
 
+/// The struct fields of one `caption_spans` item.
 pub fn span_fields() -> Fields {
     Fields::from(vec![
         Field::new(col::START, DataType::Int32, false),
@@ -63,11 +70,13 @@ pub fn span_fields() -> Fields {
     ])
 }
 
+/// The struct fields of one `conversations` turn.
 pub fn turn_fields() -> Fields {
     Fields::from(vec![Field::new(col::FROM, DataType::Utf8, false), Field::new(col::VALUE, DataType::Utf8, false)])
 }
 
 impl PretrainRow {
+    /// Approximate in-memory size, for cutting shards by bytes.
     pub fn approx_bytes(&self) -> usize {
         let texts = [&self.caption, &self.lyrics, &self.qwen, &self.kosmos2, &self.shikra, &self.grounded_caption];
         self.key.len()
@@ -81,6 +90,7 @@ impl PretrainRow {
                 .sum::<usize>()
     }
 
+    /// A `pretrain` batch of `rows`.
     pub fn to_batch(rows: &[PretrainRow]) -> Result<RecordBatch, SchemaError> {
         let text = |f: &dyn Fn(&PretrainRow) -> Option<&str>| -> ArrayRef {
             Arc::new(rows.iter().map(f).collect::<StringArray>())
@@ -125,6 +135,7 @@ impl PretrainRow {
         Ok(RecordBatch::try_new(pretrain_schema(), columns)?)
     }
 
+    /// The rows of a `pretrain` batch.
     pub fn from_batch(batch: &RecordBatch) -> Result<Vec<PretrainRow>, SchemaError> {
         let key = strings(batch, col::KEY)?;
         let images = image_refs(batch)?;
@@ -181,6 +192,7 @@ fn spans_of(s: &StructArray) -> Result<Vec<SpanRow>, SchemaError> {
 }
 
 impl InstructRow {
+    /// Approximate in-memory size, for cutting shards by bytes.
     pub fn approx_bytes(&self) -> usize {
         self.id.len()
             + self.key.len()
@@ -189,6 +201,7 @@ impl InstructRow {
             + 16
     }
 
+    /// An `instruct` batch of `rows`.
     pub fn to_batch(rows: &[InstructRow]) -> Result<RecordBatch, SchemaError> {
         let turns: Vec<&(String, String)> = rows.iter().flat_map(|r| r.conversations.iter()).collect();
         let values = StructArray::new(
@@ -216,6 +229,7 @@ impl InstructRow {
         Ok(RecordBatch::try_new(instruct_schema(), columns)?)
     }
 
+    /// The rows of an `instruct` batch.
     pub fn from_batch(batch: &RecordBatch) -> Result<Vec<InstructRow>, SchemaError> {
         let [id, key, image, task, language] =
             [col::ID, col::KEY, col::IMAGE, col::TASK, col::LANGUAGE].map(|c| strings(batch, c));

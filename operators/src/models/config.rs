@@ -34,17 +34,21 @@ use super::ModelError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum FileRef {
+    /// Just where the file comes from.
     Source(String),
+    /// Where the file comes from and the SHA-256 it must have (hex; `None` checks nothing).
     Checked { source: String, sha256: Option<String> },
 }
 
 impl FileRef {
+    /// Where the file comes from: a path, a URI or `hf://org/repo/path@revision`.
     pub fn source(&self) -> &str {
         match self {
             FileRef::Source(source) | FileRef::Checked { source, .. } => source,
         }
     }
 
+    /// The SHA-256 the file must have, if one is given.
     pub fn sha256(&self) -> Option<&str> {
         match self {
             FileRef::Source(_) => None,
@@ -53,23 +57,31 @@ impl FileRef {
     }
 }
 
+/// Which tagger the `[tagger]` section loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaggerFamily {
+    /// Recognize Anything (RAM).
     Ram,
+    /// RAM++ (same contract, per-class thresholds usually given).
     RamPlus,
 }
 
+/// The `[tagger]` section: a RAM-style tagger whose tags become the detector's prompt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaggerConfig {
     pub family: TaggerFamily,
     pub model: FileRef,
+    /// The tag list, one tag per line, in the model's class order.
     pub tags: FileRef,
+    /// Per-class thresholds, one per line in tag-list order; classes without one use `threshold`.
     #[serde(default)]
     pub thresholds: Option<FileRef>,
+    /// A tag is kept when its score is strictly above its class threshold.
     #[serde(default = "default_tag_threshold")]
     pub threshold: f32,
+    /// Images per tagger run (halved on out-of-memory).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
     /// What the model's output holds; `auto` tells by the output's name.
@@ -85,13 +97,17 @@ pub enum TaggerScores {
     /// Decided from the output's name when the model is loaded (`logits`; `tag`, `targets`, `probs`, ...).
     #[default]
     Auto,
+    /// Logits: scores are their sigmoid.
     Logits,
+    /// Scores in `[0, 1]` as they are.
     Probabilities,
 }
 
+/// Which detector the `[detector]` section loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DetectorFamily {
+    /// Grounding DINO, in either export of [`DetectorExport`].
     GroundingDino,
 }
 
@@ -108,6 +124,7 @@ pub enum DetectorExport {
     Hf,
 }
 
+/// The `[detector]` section: Grounding DINO, prompted with the tagger's tags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectorConfig {
@@ -115,11 +132,15 @@ pub struct DetectorConfig {
     #[serde(default)]
     pub export: DetectorExport,
     pub model: FileRef,
+    /// The BERT `tokenizer.json` the export was traced with.
     pub tokenizer: FileRef,
+    /// A query is kept when its best token score is above this.
     #[serde(default = "default_box_threshold")]
     pub box_threshold: f32,
+    /// Tokens scoring above this make up a kept query's phrase.
     #[serde(default = "default_text_threshold")]
     pub text_threshold: f32,
+    /// Class-agnostic NMS drops a box overlapping a better one by more than this IoU.
     #[serde(default = "default_iou_threshold")]
     pub iou_threshold: f32,
     /// Text tokens the model takes at most (Grounding DINO: 256).
@@ -129,17 +150,22 @@ pub struct DetectorConfig {
     /// and a mask.
     #[serde(default = "default_max_detections")]
     pub max_detections: usize,
+    /// Images per detector run.
     #[serde(default = "default_one")]
     pub batch_size: usize,
 }
 
+/// Which segmenter the `[segmenter]` section loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SegmenterFamily {
+    /// Segment Anything: image encoder once per image, prompt decoder once per box.
     Sam,
+    /// ISNet salient-object segmentation on each box's crop.
     SalientCrop,
 }
 
+/// The `[segmenter]` section: a mask for each detected box.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SegmenterConfig {
@@ -159,6 +185,7 @@ pub struct SegmenterConfig {
     /// salient_crop: probability above which a pixel is foreground.
     #[serde(default = "default_half")]
     pub mask_threshold: f32,
+    /// Images per segmenter run.
     #[serde(default = "default_one")]
     pub batch_size: usize,
 }
@@ -211,6 +238,7 @@ fn default_half() -> f32 {
 }
 
 impl ModelsConfig {
+    /// Parses and validates a models file; errors name the key.
     pub fn parse(text: &str) -> Result<ModelsConfig, ModelError> {
         let config: ModelsConfig = toml::from_str(text).map_err(|e| ModelError::Config(e.to_string()))?;
         config.validate()?;

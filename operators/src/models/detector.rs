@@ -23,14 +23,18 @@ use crate::geometry::{BoxXyxy, cxcywh_to_xyxy, nms};
 /// One detection, in pixels of the original image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Detection {
+    /// The decoded tokens scoring above `text_threshold`.
     pub phrase: String,
+    /// The best token score (sigmoid) of the query.
     pub score: f32,
+    /// Corners in pixels of the original image (not clamped).
     pub bbox: BoxXyxy,
 }
 
 /// The detector's image input: `[3, h, w]` and its size.
 #[derive(Debug, Clone)]
 pub struct DetectorImage {
+    /// Planar RGB, ImageNet-normalized, row-major.
     pub tensor: Vec<f32>,
     pub width: usize,
     pub height: usize,
@@ -47,6 +51,7 @@ pub struct TextInputs {
     pub text_token_mask: Vec<bool>,
 }
 
+/// A loaded Grounding DINO: its session, tokenizer and thresholds.
 pub struct Detector {
     model: OnnxModel,
     tokenizer: Tokenizer,
@@ -64,6 +69,7 @@ const IDEA_INPUTS: [&str; 6] =
 const HF_INPUTS: [&str; 5] = ["pixel_values", "input_ids", "token_type_ids", "attention_mask", "pixel_mask"];
 
 impl Detector {
+    /// Loads the model and its tokenizer, checking the export's input and output names.
     pub fn load(
         config: &DetectorConfig,
         model: &std::path::Path,
@@ -208,6 +214,7 @@ impl Detector {
         self.tokenizer.decode(&ids, true).map_err(|e| ModelError::Postprocess(format!("decode phrase: {e}")))
     }
 
+    /// The session, for its run statistics.
     pub fn model(&self) -> &OnnxModel {
         &self.model
     }

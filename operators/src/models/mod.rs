@@ -30,20 +30,28 @@ pub use tagger::{Tag, Tagger, output_is_logits, prompt_of};
 /// Why a model could not be loaded or run. Per-image failures become error rows; load failures stop the job.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// The models file is invalid (the message names the key).
     #[error("models file: {0}")]
     Config(String),
+    /// The ONNX Runtime library cannot be found or started.
     #[error("{0}")]
     Runtime(String),
+    /// The device cannot be used (an execution provider did not register).
     #[error("device {device}: {message}")]
     Device { device: String, message: String },
+    /// A model file cannot be loaded into a session.
     #[error("cannot load {model} from {path}: {message}")]
     Load { model: String, path: String, message: String },
+    /// A model's inputs or outputs are not those of its family's export.
     #[error("{model} does not follow its contract: {message}")]
     Contract { model: String, message: String },
+    /// A session run failed (out of memory included; see `runtime::is_out_of_memory`).
     #[error("{model} failed: {message}")]
     Run { model: String, message: String },
+    /// An image or a prompt could not be turned into model inputs.
     #[error("preprocessing: {0}")]
     Preprocess(String),
+    /// Model outputs could not be turned into tags, boxes or masks.
     #[error("postprocessing: {0}")]
     Postprocess(String),
 }

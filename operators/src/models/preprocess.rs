@@ -10,9 +10,11 @@ use super::ModelError;
 
 /// ImageNet mean and std, on 0..1 values (RAM, Grounding DINO).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet standard deviation of RGB in `[0, 1]`.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// SAM's pixel mean and std, on 0..255 values.
 pub const SAM_MEAN: [f32; 3] = [123.675, 116.28, 103.53];
+/// SAM's `pixel_std`, of RGB in `0..=255`.
 pub const SAM_STD: [f32; 3] = [58.395, 57.12, 57.375];
 
 /// `image` resized to `w`×`h` with PIL's bilinear filter (the image itself when already that size).
@@ -81,6 +83,7 @@ pub fn longest_side_size(w: u32, h: u32, long: u32) -> (u32, u32) {
     ((f64::from(w) * scale + 0.5) as u32, (f64::from(h) * scale + 0.5) as u32)
 }
 
+/// The logistic function.
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }

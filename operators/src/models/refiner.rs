@@ -13,7 +13,9 @@ use crate::geometry::{BoxXyxy, Rle};
 /// Local files of a models config, by the keys of [`ModelsConfig::files`], with their SHA-256.
 #[derive(Debug, Clone, Default)]
 pub struct ModelPaths {
+    /// Local file of each key (`tagger.model`, `detector.tokenizer`, ...).
     pub paths: BTreeMap<String, PathBuf>,
+    /// Hex SHA-256 of each key's file.
     pub sha256: BTreeMap<String, String>,
 }
 
@@ -32,8 +34,11 @@ impl ModelPaths {
 /// The model inputs of one image that depend on the image alone.
 #[derive(Debug, Default)]
 pub struct Prepared {
+    /// The tagger's `[3, 384, 384]` input.
     pub tagger: Option<Vec<f32>>,
+    /// The detector's image input.
     pub detector: Option<DetectorImage>,
+    /// SAM's encoder input (`None` for `salient_crop`, which crops per box).
     pub segmenter: Option<Vec<f32>>,
 }
 
@@ -52,9 +57,11 @@ pub fn prepare(config: &ModelsConfig, image: &RgbImage) -> Result<Prepared, Mode
 /// What the sessions produced for one image, in pixels.
 #[derive(Debug, Clone, Default)]
 pub struct Inferred {
+    /// Size of the image the models saw, as displayed.
     pub width: u32,
     pub height: u32,
     pub tags: Vec<Tag>,
+    /// Each kept detection, with its mask when a segmenter runs.
     pub objects: Vec<(super::Detection, Option<Mask>)>,
 }
 
@@ -64,13 +71,19 @@ pub struct RefinedObject {
     /// The tag the phrase maps back to (exact, then prefix, then suffix match), else the phrase.
     pub label: String,
     pub phrase: String,
+    /// The detector's score.
     pub score: f32,
+    /// `[x1, y1, x2, y2]` as fractions of the displayed image, clamped to it.
     pub bbox: [f32; 4],
+    /// COCO RLE of the mask at the displayed image's size.
     pub mask: Option<Rle>,
+    /// Foreground pixels of the mask.
     pub mask_area: Option<u64>,
+    /// The segmenter's confidence in the mask.
     pub mask_score: Option<f32>,
 }
 
+/// What the refiner stores for one image: its tags and objects.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Refined {
     pub tags: Vec<Tag>,
@@ -125,6 +138,7 @@ pub struct Refiner {
 }
 
 impl Refiner {
+    /// Loads every model of `config` from its local files on `device`.
     pub fn load(
         config: &ModelsConfig,
         files: &ModelPaths,
@@ -171,6 +185,7 @@ impl Refiner {
         Ok(Refiner { config: config.clone(), tagger, detector, segmenter, description })
     }
 
+    /// The models file the refiner was loaded from.
     pub fn config(&self) -> &ModelsConfig {
         &self.config
     }

@@ -22,8 +22,10 @@ use super::ModelError;
 /// Where sessions run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
+    /// ONNX Runtime's CPU provider.
     #[default]
     Cpu,
+    /// The CUDA execution provider on this device id.
     Cuda(i32),
 }
 
@@ -99,12 +101,16 @@ fn environment() -> Result<&'static ort::environment::Environment, ModelError> {
 
 /// A loaded model: one session, its input and output names, and the time spent in `run`.
 pub struct OnnxModel {
+    /// The model's key for messages (`tagger`, `segmenter.decoder`, ...).
     pub name: String,
     session: Session,
+    /// The graph's input names, in order.
     pub inputs: Vec<String>,
+    /// The graph's output names, in order.
     pub outputs: Vec<String>,
     /// Total time inside `Session::run`.
     pub run_time: Duration,
+    /// Number of `Session::run` calls.
     pub runs: u64,
 }
 
@@ -123,8 +129,11 @@ pub struct Output {
 
 /// One input value of a run, borrowed: sessions read the caller's buffers in place, with no copy.
 pub enum Input<'a> {
+    /// A shape and f32 values, row-major.
     F32(Vec<usize>, &'a [f32]),
+    /// A shape and i64 values, row-major.
     I64(Vec<usize>, &'a [i64]),
+    /// A shape and bool values, row-major.
     Bool(Vec<usize>, &'a [bool]),
 }
 
