@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beside the Rust toolchain, idempotently: the Python packages of
-# scripts/requirements-test.txt, azurite (Azure blob emulator) from npm into .tools/, the ONNX Runtime library
+# scripts/requirements-test.txt, azurite (Azure blob emulator) and playwright-core from npm into .tools/, Debian's
+# chromium for the gallery tests, the ONNX Runtime library
 # into .ort/, and the real ISNet weights and test image into .models/.
 # Quick when everything is already there.
 set -euo pipefail
@@ -16,6 +17,18 @@ if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
     echo "setup: installing azurite 3.35.0 into .tools/" >&2
     mkdir -p .tools
     npm install --silent --no-audit --no-fund --prefix .tools azurite@3.35.0 >/dev/null
+fi
+
+# The gallery tests open pages in Debian's Chromium through playwright-core (which downloads no browser).
+if ! command -v chromium >/dev/null; then
+    echo "setup: installing Debian's chromium" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+if [ ! -d .tools/node_modules/playwright-core ]; then
+    echo "setup: installing playwright-core 1.65.1 into .tools/" >&2
+    mkdir -p .tools
+    npm install --silent --no-audit --no-fund --prefix .tools playwright-core@1.65.1 >/dev/null
 fi
 
 scripts/fetch-onnxruntime.sh

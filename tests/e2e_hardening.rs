@@ -241,3 +241,34 @@ fn reruns_of_a_finished_refining_job_exit_cleanly() {
         assert_eq!(output.status.code(), Some(0), "rerun {attempt}: {}", stderr(&output));
     }
 }
+
+#[test]
+fn a_key_repeated_in_another_unit_never_pairs_a_conversation_with_the_wrong_image() {
+    use support::scenes::{Kind, Scene, encode_png};
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let first = encode_png(&Scene::new(120, 80, &[(0, Kind::Rectangle, [0.1, 0.1, 0.6, 0.7])]).render());
+    let second = encode_png(&Scene::new(90, 90, &[(2, Kind::Ellipse, [0.2, 0.2, 0.9, 0.9])]).render());
+    for (shard, image) in [("a.tar", &first), ("b.tar", &second)] {
+        let mut tar = Tar::default();
+        tar.add("dup.png", image).add("dup.txt", b"a shape");
+        std::fs::write(corpus.join(shard), tar.finish()).unwrap();
+    }
+    let out = dir.path().join("out");
+    lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--models", &fixture_models()]), &Env::new());
+    let to = dir.path().join("export");
+    let text = lyrics_ok(&["export", "--output", &s(&out), "--to", &s(&to)], &Env::new());
+    assert!(text.contains("an earlier work unit already used"), "{text}");
+    assert_eq!(std::fs::read(to.join("images/dup.png")).unwrap(), first, "the first unit's image is kept");
+    let llava: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(to.join("llava.json")).unwrap()).unwrap();
+    let conversations = llava.as_array().unwrap();
+    assert!(!conversations.is_empty());
+    let ids: std::collections::HashSet<&str> = conversations.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), conversations.len(), "conversation ids are unique in the export");
+    for conversation in conversations {
+        let talk = conversation["conversations"].to_string();
+        assert!(!talk.contains("blue"), "a conversation of the second image was exported: {talk}");
+    }
+}

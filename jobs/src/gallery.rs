@@ -57,13 +57,13 @@ header table{border-collapse:collapse;font-size:13px}header td{padding:1px 10px 
 header pre{white-space:pre-wrap;margin:0;font-size:12px;max-width:1200px}\
 nav{padding:8px 20px;font-size:14px}nav a{margin-right:8px}\
 main{display:flex;flex-wrap:wrap;gap:12px;padding:0 20px 20px}\
-.card{background:#fff;border-radius:6px;box-shadow:0 1px 3px #0002;padding:10px;width:400px;font-size:13px;\
+.card{background:#fff;border-radius:6px;box-shadow:0 1px 3px #0002;padding:10px;width:380px;font-size:13px;\
 overflow-wrap:anywhere}.card h3{margin:4px 0;font-size:14px}.card img{display:block;max-width:100%}\
 .error{border-left:5px solid #c0392b}.error dt{font-weight:bold}.error dd{margin:0 0 4px}\
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:4px}\
 .tags span{display:inline-block;background:#eef;border-radius:3px;padding:0 4px;margin:1px}\
 ul.objects{padding-left:0;list-style:none;margin:4px 0}details{margin:4px 0}\
-summary{cursor:pointer;color:#345}code,pre{font-size:12px}.turn{margin:2px 0}.from{font-weight:bold}";
+summary{cursor:pointer;color:#345}header summary{color:#aab}code,pre{font-size:12px}.turn{margin:2px 0}.from{font-weight:bold}";
 
 /// A whole page: the header, the navigation between the `pages`, and the cards.
 pub fn page(summary: &Summary, number: usize, pages: usize, cards: &str) -> String {
@@ -96,7 +96,7 @@ fn navigation(number: usize, pages: usize) -> String {
         let _ = write!(nav, "<a href=\"{}\">next &rarr;</a>", page_file(number + 1));
     }
     // A page list that stays short for large galleries: the first, the last, and the neighbours.
-    for p in 1..=pages {
+    for p in (1..=pages).filter(|_| pages > 1) {
         if p == 1 || p == pages || p.abs_diff(number) <= 3 {
             if p == number {
                 let _ = write!(nav, "<strong>{p}</strong> ");
@@ -133,14 +133,49 @@ fn header(summary: &Summary) -> String {
     if let Some(predicate) = &summary.predicate {
         let _ = write!(h, "<tr><td>samples where</td><td><code>{}</code></td></tr>", esc(predicate));
     }
-    let models = match summary.refiner.as_deref().map(serde_json::from_str::<serde_json::Value>) {
-        Some(Ok(value)) => serde_json::to_string_pretty(&value).unwrap_or_default(),
-        Some(Err(_)) => summary.refiner.clone().unwrap_or_default(),
-        None => "no refiner: the job ran no models".into(),
-    };
-    let _ = write!(h, "<tr><td>models</td><td><details><summary>models and thresholds</summary><pre>{}</pre></details></td></tr>", esc(&models));
+    match summary.refiner.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+        Some(Ok(value)) => {
+            let full = serde_json::to_string_pretty(&value).unwrap_or_default();
+            let _ = write!(
+                h,
+                "<tr><td>models</td><td>{}<details><summary>every file, checksum and setting</summary><pre>{}</pre>\
+                 </details></td></tr>",
+                esc(&models_line(&value)),
+                esc(&full)
+            );
+        }
+        Some(Err(_)) => {
+            let text = summary.refiner.clone().unwrap_or_default();
+            let _ = write!(h, "<tr><td>models</td><td><pre>{}</pre></td></tr>", esc(&text));
+        }
+        None => h.push_str("<tr><td>models</td><td>none: the job ran no refiner</td></tr>"),
+    }
     h.push_str("</table></header>\n");
     h
+}
+
+/// One line per model of the `refiner` description: its role, family and export, and its thresholds.
+fn models_line(value: &serde_json::Value) -> String {
+    let Some(models) = value.as_object() else { return value.to_string() };
+    let mut parts = Vec::new();
+    for (role, model) in models {
+        let Some(settings) = model.as_object() else { continue };
+        let text = |key: &str| settings.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        let mut part = format!("{role}: {}", text("family").unwrap_or_default());
+        if let Some(export) = text("export") {
+            part += &format!(" ({export})");
+        }
+        let thresholds: Vec<String> = settings
+            .iter()
+            .filter(|(k, v)| k.contains("threshold") && v.is_number())
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        if !thresholds.is_empty() {
+            part += &format!(", {}", thresholds.join(", "));
+        }
+        parts.push(part);
+    }
+    parts.join(" · ")
 }
 
 /// The card of one sample. `thumb` is `None` when its image could not be drawn (`why` says so).
@@ -228,15 +263,16 @@ pub fn sample_card(
                 esc(&conversation.language)
             );
             for (from, value) in &conversation.conversations {
-                let _ = write!(c, "<p class=\"turn\"><span class=\"from\">{}:</span> {}</p>", esc(from), esc(value));
+                let _ =
+                    write!(c, "<p class=\"turn\"><span class=\"from\">{}:</span> {}</p>", esc(from), esc(value));
             }
             c.push_str("</div>");
         }
         c.push_str("</details>");
     }
-    let _ = write!(
+    let _ = writeln!(
         c,
-        "<p class=\"meta\">{}×{} {} · <code>{}</code></p></article>\n",
+        "<p class=\"meta\">{}×{} {} · <code>{}</code></p></article>",
         row.width,
         row.height,
         esc(&row.format),

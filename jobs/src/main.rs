@@ -44,6 +44,16 @@ enum Command {
     Sql(SqlArgs),
     /// Draw a static HTML gallery of a job's output: annotated thumbnails, texts, conversations, error cards.
     Render(RenderArgs),
+    /// The whole recipe on the bundled sample corpus, on the CPU: ingest, refine, grounded text, instructions,
+    /// gallery.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder for the corpus, the models, the job's output and the gallery.
+    #[arg(long, default_value = "demo")]
+    pub to: String,
 }
 
 #[derive(Debug, Args)]
@@ -141,7 +151,7 @@ pub struct JobArgs {
     /// Input: a URI (s3://, az://, gs://, http(s)://, file://) or a path, naming a file or a prefix.
     #[arg(long)]
     input: Option<String>,
-    /// Input format; inferred from file extensions when absent.
+    /// Input format: webdataset, parquet, jsonl, csv, coco or images; inferred from file extensions when absent.
     #[arg(long, value_parser = parse_format)]
     format: Option<InputFormat>,
     /// Job spec (TOML). Flags override its values.
@@ -245,6 +255,7 @@ fn main() -> ExitCode {
         Command::Export(args) => commands::export::export(args),
         Command::Sql(args) => commands::sql::sql(args),
         Command::Render(args) => commands::render::render(args),
+        Command::Demo(args) => commands::demo::demo(args),
     };
     match result {
         Ok(code) => code,

@@ -120,14 +120,18 @@ fn tint_mask(thumb: &mut RgbImage, rle: &Rle, colour: [u8; 3]) -> Result<(), Dra
         for tx in 0..tw {
             let mx = (((tx as f64 + 0.5) * mw as f64 / tw as f64) as u32).min(mw - 1);
             if mask[(my * mw + mx) as usize] {
-                let pixel = thumb.get_pixel_mut(tx, ty);
-                for c in 0..3 {
-                    pixel.0[c] = (pixel.0[c] as f32 * (1.0 - TINT) + colour[c] as f32 * TINT).round() as u8;
-                }
+                blend(&mut thumb.get_pixel_mut(tx, ty).0, colour, TINT);
             }
         }
     }
     Ok(())
+}
+
+/// `pixel` moved `amount` (0 to 1) of the way to `colour`.
+fn blend(pixel: &mut [u8; 3], colour: [u8; 3], amount: f32) {
+    for (p, c) in pixel.iter_mut().zip(colour) {
+        *p = (*p as f32 * (1.0 - amount) + c as f32 * amount).round() as u8;
+    }
 }
 
 fn outline(thumb: &mut RgbImage, bbox: [f32; 4], colour: [u8; 3]) {
@@ -176,10 +180,7 @@ fn label(thumb: &mut RgbImage, font: &FontRef<'_>, a: &Annotation<'_>) {
             if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
                 return;
             }
-            let pixel = thumb.get_pixel_mut(x as u32, y as u32);
-            for i in 0..3 {
-                pixel.0[i] = (pixel.0[i] as f32 * (1.0 - coverage) + ink[i] as f32 * coverage).round() as u8;
-            }
+            blend(&mut thumb.get_pixel_mut(x as u32, y as u32).0, ink, coverage);
         });
     }
 }

@@ -3,8 +3,7 @@
 //! detector and segmenter on ONNX Runtime ([`models`]); the grounded text formats, caption grounding and
 //! instruction data built from refined objects ([`text`]). Operators know nothing of the engine that schedules them
 //! (`lyrics-pipeline`): each takes an item and returns an item or a typed error that says which input was bad and
-//! why. Annotated thumbnails for the gallery are drawn
-//! by [`draw`].
+//! why. The gallery's annotated thumbnails are drawn by [`draw`].
 //!
 //! A new model family goes in a module of its own under `models/`, implementing the public export's exact input
 //! and output contract and its reference pre- and post-processing; `models::config` names the family for models

@@ -66,6 +66,12 @@ pub fn shard_path(table: Table, unit: u64, seq: u32) -> String {
     format!("{}/part-{unit:06}-{seq:03}.parquet", table.name())
 }
 
+/// The unit a shard path (as [`shard_path`] makes it) belongs to.
+pub fn unit_of_shard(path: &str) -> Option<u64> {
+    let name = path.rsplit('/').next()?;
+    name.strip_prefix("part-")?.split('-').next()?.parse().ok()
+}
+
 fn properties(options: &SinkOptions) -> Result<WriterProperties, PipelineError> {
     let level = ZstdLevel::try_new(options.zstd_level)
         .map_err(|e| PipelineError::Config(format!("output.zstd_level: {e}")))?;

@@ -2,7 +2,7 @@
 //! of `{id, image, conversations}`; or `instruct.jsonl`, one per line), with the images written beside them under
 //! `images/` (pass `--image_folder DIR/images` to the trainer), or left out to be referenced by name.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
 use futures::StreamExt;
 use lyrics_pipeline::keys::safe_join;
+use lyrics_pipeline::sink::unit_of_shard;
 use lyrics_pipeline::{Location, OutputView, StorageOptions, StoreRegistry, redact};
 use lyrics_schemas::{InstructRow, Table, col};
 use object_store::ObjectStoreExt;
@@ -23,13 +24,13 @@ use super::runtime;
 use crate::{ExportArgs, ExportFormat, ExportImages};
 use lyrics_operators::text::image_file_name;
 
-/// Calls `each` on every batch of the shards, in order, one batch in memory at a time; `columns` limits what is
-/// read (all columns when empty).
+/// Calls `each` on every batch of the shards, in order, one batch in memory at a time, with the unit of the
+/// batch's shard; `columns` limits what is read (all columns when empty).
 async fn for_each_batch(
     output: &Location,
     shards: &[String],
     columns: &[&str],
-    mut each: impl FnMut(&RecordBatch) -> Result<()>,
+    mut each: impl FnMut(u64, &RecordBatch) -> Result<()>,
 ) -> Result<()> {
     for shard in shards {
         let path = output.child(shard);
@@ -46,9 +47,10 @@ async fn for_each_batch(
             let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
             builder.with_projection(mask)
         };
+        let unit = unit_of_shard(shard).with_context(|| format!("{} is not named as a shard", redact(&uri)))?;
         let mut stream = builder.with_batch_size(64).build()?;
         while let Some(batch) = stream.next().await {
-            each(&batch.with_context(|| format!("cannot read {}", redact(&uri)))?)?;
+            each(unit, &batch.with_context(|| format!("cannot read {}", redact(&uri)))?)?;
         }
     }
     Ok(())
@@ -106,12 +108,19 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
         let folder = to.join("images");
         let mut count = 0usize;
         let mut refused = 0usize;
-        let mut keys: HashSet<String> = HashSet::new();
+        // The unit each key was first exported from. Keys are unique within a unit; one repeated in a later unit
+        // is left out, conversations and image alike, so a trainer never pairs a conversation with another image.
+        let mut first_unit: HashMap<String, u64> = HashMap::new();
+        let mut repeated = 0usize;
         if args.format == ExportFormat::LlavaJson {
             writer.write_all(b"[\n")?;
         }
-        for_each_batch(&output, &instruct_shards, &[], |batch| {
+        for_each_batch(&output, &instruct_shards, &[], |unit, batch| {
             for row in InstructRow::from_batch(batch)? {
+                if *first_unit.entry(row.key.clone()).or_insert(unit) != unit {
+                    repeated += 1;
+                    continue;
+                }
                 // The image a trainer opens must lie inside the export folder, whatever the output holds.
                 if let Err(why) = safe_join(&folder, &row.image) {
                     tracing::warn!(id = %row.id, "conversation left out: its image {why}");
@@ -133,7 +142,6 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
                         writer.write_all(b"\n")?;
                     }
                 }
-                keys.insert(row.key);
                 count += 1;
             }
             Ok(())
@@ -144,19 +152,11 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
         }
         writer.flush()?;
         let mut images = 0usize;
-        let mut written: HashSet<String> = HashSet::new();
         if args.images == ExportImages::Write {
             let columns = [col::KEY, col::FORMAT, col::IMAGE];
-            for_each_batch(&output, &shards(Table::Samples), &columns, |batch| {
+            for_each_batch(&output, &shards(Table::Samples), &columns, |unit, batch| {
                 for (key, format, bytes) in images_of(batch)? {
-                    let Some(bytes) = bytes.filter(|_| keys.contains(&key)) else { continue };
-                    // Keys are unique within a work unit; one repeated in another unit must not overwrite the
-                    // first image, which its conversations describe.
-                    if !written.insert(key.clone()) {
-                        tracing::warn!(%key, "image left out: another sample with this key was exported first");
-                        refused += 1;
-                        continue;
-                    }
+                    let Some(bytes) = bytes.filter(|_| first_unit.get(&key) == Some(&unit)) else { continue };
                     let target = match safe_join(&folder, &image_file_name(&key, &format)) {
                         Ok(target) => target,
                         Err(why) => {
@@ -180,6 +180,9 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
             file.display(),
             folder.display()
         );
+        if repeated > 0 {
+            eprintln!("left out {repeated} conversations of keys that an earlier work unit already used");
+        }
         if refused > 0 {
             eprintln!("left out {refused} conversations or images whose key is not a safe file name");
         }

@@ -1,5 +1,6 @@
 //! One module per subcommand, plus what they share: loading the job spec and building the runtime.
 
+pub mod demo;
 pub mod export;
 pub mod plan;
 pub mod render;

@@ -44,7 +44,10 @@ pub fn render(args: RenderArgs) -> Result<ExitCode> {
         let view = OutputView::open(&output)
             .await?
             .with_context(|| format!("{} holds no lyrics-prep job (no _lyrics/plan.json)", redact(&args.output)))?;
-        let ctx = session(&output, &args.output, SessionConfig::new().with_batch_size(BATCH_ROWS)).await?;
+        // One partition: shards are read one after the other in the manifest's order, so cards keep the job's order
+        // and memory holds one batch, not one per core.
+        let config = SessionConfig::new().with_batch_size(BATCH_ROWS).with_target_partitions(1);
+        let ctx = session(&output, &args.output, config).await?;
         let chosen = match &args.r#where {
             Some(predicate) => format!("SELECT * FROM samples WHERE ({predicate})"),
             None => "SELECT * FROM samples".to_string(),
@@ -131,12 +134,10 @@ async fn first_refiner(ctx: &SessionContext) -> Result<Option<String>> {
         .collect()
         .await
         .map_err(|e| anyhow::anyhow!("{}", message(e)))?;
-    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-        let column = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
-        let strings = arrow::array::cast::AsArray::as_string::<i32>(column.as_ref());
-        return Ok(Some(strings.value(0).to_string()));
-    }
-    Ok(None)
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else { return Ok(None) };
+    let column = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
+    let strings = arrow::array::cast::AsArray::as_string::<i32>(column.as_ref());
+    Ok(Some(strings.value(0).to_string()))
 }
 
 /// The pages being written: cards accumulate until a page is full, then the page is written and dropped.
@@ -199,8 +200,10 @@ impl Book<'_> {
             rows.par_iter().enumerate().map(|(i, row)| thumbnail(row, &thumbs_dir, first + i + 1)).collect()
         });
         for (row, thumb) in rows.iter().zip(thumbs) {
-            let talks: Vec<&InstructRow> = conversations.get(&row.key).map(|c| c.iter().collect()).unwrap_or_default();
-            let card = gallery::sample_card(row, thumb.as_ref().map_err(String::as_str), pretrain.get(&row.key), &talks);
+            let talks: Vec<&InstructRow> =
+                conversations.get(&row.key).map(|c| c.iter().collect()).unwrap_or_default();
+            let card =
+                gallery::sample_card(row, thumb.as_ref().map_err(String::as_str), pretrain.get(&row.key), &talks);
             self.push(card)?;
         }
         Ok(())
@@ -239,7 +242,9 @@ fn thumbnail(row: &SampleRow, dir: &Path, number: usize) -> Result<Thumb, String
         .iter()
         .flatten()
         .map(|o| {
-            o.mask.as_ref().map(|m| Rle { size: [m.size[0].max(0) as u32, m.size[1].max(0) as u32], counts: m.counts.clone() })
+            o.mask
+                .as_ref()
+                .map(|m| Rle { size: [m.size[0].max(0) as u32, m.size[1].max(0) as u32], counts: m.counts.clone() })
         })
         .collect();
     let annotations: Vec<Annotation<'_>> = row

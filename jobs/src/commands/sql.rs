@@ -113,7 +113,10 @@ pub fn sql(args: SqlArgs) -> Result<ExitCode> {
     let batches = runtime()?.block_on(async {
         let ctx = session(&output, &args.output, SessionConfig::new()).await?;
         let frame = plan(&ctx, &args.query).await?;
-        frame.collect().await.map_err(|e| anyhow::anyhow!("the query failed: {}", message(e)))
+        let schema: arrow::datatypes::SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await.map_err(|e| anyhow::anyhow!("the query failed: {}", message(e)))?;
+        // An empty result still says what its columns are.
+        anyhow::Ok(if batches.is_empty() { vec![arrow::array::RecordBatch::new_empty(schema)] } else { batches })
     })?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
