@@ -191,3 +191,59 @@ fn sql_is_read_only_and_says_each_error_once() {
     said_once("SELEC key FROM samples", "SELEC");
     said_once("SELECT nope FROM samples", "No field named nope");
 }
+
+/// `lyrics-prep sql` as a sqllogictest database: each query runs through the binary, and the printed table is the
+/// result (an empty cell is NULL); a failing query's message is the error.
+struct Cli {
+    output: String,
+}
+
+#[derive(Debug)]
+struct CliError(String);
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl sqllogictest::DB for Cli {
+    type Error = CliError;
+    type ColumnType = sqllogictest::DefaultColumnType;
+
+    fn run(&mut self, sql: &str) -> Result<sqllogictest::DBOutput<Self::ColumnType>, Self::Error> {
+        let result = lyrics(&["sql", "--output", &self.output, sql], &Env::new());
+        if !result.status.success() {
+            return Err(CliError(stderr(&result)));
+        }
+        let text = String::from_utf8_lossy(&result.stdout).into_owned();
+        let mut lines = text.lines().filter(|l| l.starts_with('|'));
+        let header = lines.next().ok_or_else(|| CliError(format!("no table printed:\n{text}")))?;
+        let columns = header.matches('|').count() - 1;
+        let rows: Vec<Vec<String>> = lines
+            .map(|line| {
+                let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+                cells.iter().map(|c| if c.is_empty() { "NULL".to_string() } else { c.to_string() }).collect()
+            })
+            .collect();
+        Ok(sqllogictest::DBOutput::Rows { types: vec![sqllogictest::DefaultColumnType::Any; columns], rows })
+    }
+}
+
+#[test]
+fn annotation_views_and_functions_give_the_expected_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let output = lyrics(&["demo", "--to", &s(&demo)], &Env::new());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = s(&demo.join("output"));
+    let mut runner = sqllogictest::Runner::new(|| {
+        let out = out.clone();
+        async move { Ok(Cli { output: out }) }
+    });
+    if let Err(e) = runner.run_file(repo_root().join("tests/sql/annotations.slt")) {
+        panic!("{}", e.display(false));
+    }
+}

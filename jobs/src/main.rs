@@ -1,5 +1,11 @@
 //! The `lyrics-prep` command: job specs, subcommands, logging and progress. It wires the engine
 //! (`lyrics-pipeline`) to the operators (`lyrics-operators`) and does nothing else of its own.
+//!
+//! A new stage is a `lyrics_pipeline::Stage<stages::State>` in `stages.rs` (per-sample work as a
+//! `stages::PerSample`, which catches panics per item), added to the list `commands::run` builds; state it hands to
+//! later stages is a variant of `State`, and rows of a new table go through the `TableHandle` its `declare` call
+//! returns. A new subcommand is a module under `commands/` and a variant of `Command`; a reader of an output uses
+//! `lyrics_pipeline::OutputView`.
 
 mod commands;
 mod gallery;
@@ -7,6 +13,7 @@ mod logging;
 mod models;
 mod progress;
 mod spec;
+mod sqlfns;
 mod stages;
 
 use std::path::PathBuf;

@@ -6,6 +6,11 @@
 //! workspace spells them. Every schema carries key-value metadata: the schema version ([`SCHEMA_VERSION`]), the
 //! table name, and the Hugging Face `datasets` features, so `datasets.load_dataset("parquet", ...)` yields decoded
 //! images with no extra code.
+//!
+//! A new table (the gallery's, embeddings) is a variant of [`Table`] with its schema function, a row type beside the
+//! others with its `to_batch`/`from_batch`, and a [`TableRow`] impl; the stage that fills it declares it with
+//! `lyrics_pipeline::Tables::declare`, and the engine, the manifest, `status` and `sql` need no change. Bump
+//! [`SCHEMA_VERSION`] when an existing table's columns change.
 
 mod arrays;
 mod error;

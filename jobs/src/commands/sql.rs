@@ -57,6 +57,9 @@ pub(crate) async fn session(output: &Location, uri: &str, config: SessionConfig)
             ctx.register_table(name.as_str(), Arc::new(empty))?;
         }
     }
+    crate::sqlfns::register(&ctx)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot register the annotation views: {}", message(e)))?;
     Ok(ctx)
 }
 
@@ -69,7 +72,8 @@ pub(crate) async fn plan(ctx: &SessionContext, query: &str) -> Result<DataFrame>
         Ok(plan) => plan,
         Err(e) => {
             if let Some(table) = missing_table(ctx, query) {
-                let tables: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+                let mut tables: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+                tables.extend(["objects (a view)", "tags (a view)"]);
                 bail!(
                     "the query does not plan: no table `{table}` in the output; its tables are {}",
                     tables.join(", ")
