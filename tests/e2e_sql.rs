@@ -247,3 +247,37 @@ fn annotation_views_and_functions_give_the_expected_results() {
         panic!("{}", e.display(false));
     }
 }
+
+#[test]
+fn a_query_result_written_as_parquet_feeds_a_new_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let output = lyrics(&["demo", "--to", &s(&demo)], &Env::new());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = s(&demo.join("output"));
+    let busy = dir.path().join("busy.parquet");
+    let text = lyrics_ok(
+        &[
+            "sql",
+            "--output",
+            &out,
+            "--to",
+            &s(&busy),
+            "SELECT * FROM samples WHERE array_length(objects) >= 3 ORDER BY key",
+        ],
+        &Env::new(),
+    );
+    assert!(text.contains("wrote 3 rows"), "{text}");
+    let rerun = dir.path().join("rerun");
+    lyrics_ok(&["run", "--input", &s(&busy), "--output", &s(&rerun), "--progress", "off"], &Env::new());
+    let keys: Vec<String> = samples(&rerun).into_iter().map(|r| r.key).collect();
+    let expected = query(&out, "SELECT key FROM objects GROUP BY 1 HAVING count(*) >= 3 ORDER BY 1", &Env::new());
+    let expected: Vec<String> = expected.iter().map(|r| r["key"].as_str().unwrap().to_string()).collect();
+    assert_eq!(keys, expected);
+    // The images are the stored ones, byte for byte.
+    let originals: BTreeMap<String, Vec<u8>> =
+        samples(&demo.join("output")).into_iter().map(|r| (r.key, r.image.bytes.unwrap())).collect();
+    for row in samples(&rerun) {
+        assert_eq!(row.image.bytes.as_ref(), originals.get(&row.key), "{}", row.key);
+    }
+}

@@ -91,6 +91,10 @@ pub struct SqlArgs {
     /// How to print the result: an aligned table, CSV (scalar columns only), or one JSON object per line.
     #[arg(long, value_enum, default_value = "table")]
     pub format: SqlFormat,
+    /// Write the result as Parquet to this URI or path instead of printing it (a `.parquet` file, or a folder
+    /// that gets `part-000000.parquet`); `run --input` reads it as it is.
+    #[arg(long)]
+    pub to: Option<String>,
     /// The query, e.g. "SELECT o.label, count(*) FROM (SELECT unnest(objects) AS o FROM samples) GROUP BY 1".
     pub query: String,
 }

@@ -108,12 +108,55 @@ pub(crate) fn message(error: DataFusionError) -> String {
     }
 }
 
+/// The file `--to` names: itself when it ends in `.parquet`, else `part-000000.parquet` in that folder.
+fn result_file(to: &str) -> String {
+    if to.to_ascii_lowercase().ends_with(".parquet") {
+        to.to_string()
+    } else {
+        format!("{}/part-000000.parquet", to.trim_end_matches('/'))
+    }
+}
+
+/// Streams the result into one Parquet file at `target` (a multipart upload: it appears whole or not at all);
+/// returns the rows written.
+async fn write_result(frame: DataFrame, target: &Location) -> Result<u64> {
+    use futures::StreamExt;
+    let schema: arrow::datatypes::SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let uri = redact(&target.uri());
+    let upload = object_store::buffered::BufWriter::new(target.store.clone(), target.path.clone());
+    let properties = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::default()))
+        .build();
+    let mut writer = parquet::arrow::AsyncArrowWriter::try_new(upload, schema, Some(properties))
+        .with_context(|| format!("cannot write {uri}"))?;
+    let mut stream =
+        frame.execute_stream().await.map_err(|e| anyhow::anyhow!("the query failed: {}", message(e)))?;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| anyhow::anyhow!("the query failed: {}", message(e)))?;
+        rows += batch.num_rows() as u64;
+        writer.write(&batch).await.with_context(|| format!("cannot write {uri}"))?;
+    }
+    writer.close().await.with_context(|| format!("cannot write {uri}"))?;
+    Ok(rows)
+}
+
 pub fn sql(args: SqlArgs) -> Result<ExitCode> {
     if args.query.trim().is_empty() {
         bail!("the query is empty; e.g. lyrics-prep sql --output out/ \"SELECT count(*) FROM samples\"");
     }
     let registry = StoreRegistry::new(StorageOptions::default());
     let output = registry.locate(&args.output)?;
+    if let Some(to) = &args.to {
+        let target = registry.locate(&result_file(to))?;
+        let rows = runtime()?.block_on(async {
+            let ctx = session(&output, &args.output, SessionConfig::new()).await?;
+            let frame = plan(&ctx, &args.query).await?;
+            write_result(frame, &target).await
+        })?;
+        eprintln!("wrote {rows} rows to {}", redact(&target.uri()));
+        return Ok(ExitCode::SUCCESS);
+    }
     let batches = runtime()?.block_on(async {
         let ctx = session(&output, &args.output, SessionConfig::new()).await?;
         let frame = plan(&ctx, &args.query).await?;
