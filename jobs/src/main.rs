@@ -49,11 +49,21 @@ enum Command {
     Export(ExportArgs),
     /// Query a job's output with SQL (DataFusion): tables samples, errors, pretrain, instruct.
     Sql(SqlArgs),
+    /// Write the manifest and _SUCCESS of a job whose units are all committed (what the last worker does; run it
+    /// after an array job in case that worker was lost). Exit status 1, naming the unfinished workers, otherwise.
+    Finalize(FinalizeArgs),
     /// Draw a static HTML gallery of a job's output: annotated thumbnails, texts, conversations, error cards.
     Render(RenderArgs),
     /// The whole recipe on the bundled sample corpus, on the CPU: ingest, refine, grounded text, instructions,
     /// gallery.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FinalizeArgs {
+    /// The job's output URI or path.
+    #[arg(long)]
+    pub output: String,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +227,10 @@ pub struct StatusArgs {
     /// The job's output URI or path.
     #[arg(long)]
     output: String,
+    /// Print only the indices of the workers that still own uncommitted units, comma-separated, as
+    /// `sbatch --array=` takes them (nothing when every unit is committed).
+    #[arg(long)]
+    unfinished: bool,
     /// Print as JSON.
     #[arg(long)]
     json: bool,
@@ -267,6 +281,7 @@ fn main() -> ExitCode {
         Command::Sql(args) => commands::sql::sql(args),
         Command::Render(args) => commands::render::render(args),
         Command::Demo(args) => commands::demo::demo(args),
+        Command::Finalize(args) => commands::status::finalize(args),
     };
     match result {
         Ok(code) => code,

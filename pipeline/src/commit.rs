@@ -42,6 +42,10 @@ pub struct PlanRecord {
     /// The tables the job writes, in order (`samples`, `errors`, then those its stages declared).
     #[serde(default = "default_tables")]
     pub tables: Vec<String>,
+    /// The worker count the job was started with: units are split `u mod workers`, so every worker of the job must
+    /// use it (a retried array task with another count would split them differently). Absent in older outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u64>,
     #[serde(flatten)]
     pub plan: Plan,
 }
@@ -125,7 +129,7 @@ pub async fn open_output(output: &Location, record: &PlanRecord, force: bool) ->
     let refuse = |message: String| PipelineError::Resume { output: output.uri(), message };
     if let Some(existing) = get_json::<PlanRecord>(output, PLAN_FILE).await? {
         if existing.spec_hash == record.spec_hash && existing.plan_hash == record.plan_hash {
-            return Ok(());
+            return same_workers(output, &existing, record);
         }
         if !force {
             let what = if existing.spec_hash != record.spec_hash {
@@ -156,11 +160,26 @@ pub async fn open_output(output: &Location, record: &PlanRecord, force: bool) ->
         // Another worker created it first: it must describe the same job.
         Err(object_store::Error::AlreadyExists { .. }) => match get_json::<PlanRecord>(output, PLAN_FILE).await? {
             Some(existing) if existing.spec_hash == record.spec_hash && existing.plan_hash == record.plan_hash => {
-                Ok(())
+                same_workers(output, &existing, record)
             }
             _ => Err(refuse("another worker started this output with a different job spec or input".into())),
         },
         Err(e) => Err(PipelineError::sink(output.uri_of(&path), e)),
+    }
+}
+
+/// Refuses a worker whose count differs from the one the job was started with.
+fn same_workers(output: &Location, existing: &PlanRecord, record: &PlanRecord) -> Result<(), PipelineError> {
+    match (existing.workers, record.workers) {
+        (Some(started), Some(now)) if started != now => Err(PipelineError::Resume {
+            output: output.uri(),
+            message: format!(
+                "it was started by {started} workers and this worker is one of {now}: units are split by the count \
+                 fixed at the first start, so run every worker with {started} (e.g. --workers {started}), or pass \
+                 --force to start over"
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -286,6 +305,8 @@ pub struct OutputView {
     pub manifest: Option<Manifest>,
     /// Units committed.
     pub units_done: u64,
+    /// The ids of the committed units.
+    pub committed: BTreeSet<u64>,
     /// Items read by the committed units.
     pub items: u64,
     pub errors_by_kind: BTreeMap<String, u64>,
@@ -301,6 +322,7 @@ impl OutputView {
         if let Some(manifest) = read_manifest(output).await? {
             return Ok(Some(OutputView {
                 units_done: manifest.units,
+                committed: plan.plan.units.iter().map(|u| u.id).collect(),
                 items: manifest.items,
                 errors_by_kind: manifest.errors_by_kind.clone(),
                 warnings_by_kind: manifest.warnings_by_kind.clone(),
@@ -315,6 +337,7 @@ impl OutputView {
             plan,
             manifest: None,
             units_done: units.len() as u64,
+            committed: units.iter().copied().collect(),
             items: 0,
             errors_by_kind: BTreeMap::new(),
             warnings_by_kind: BTreeMap::new(),
@@ -341,6 +364,21 @@ impl OutputView {
 
     pub fn units_total(&self) -> u64 {
         self.plan.plan.units.len() as u64
+    }
+
+    /// The indices of the workers that still own uncommitted units, under the worker count the job was started
+    /// with (one worker for outputs that did not record it).
+    pub fn unfinished_workers(&self) -> Vec<u64> {
+        let workers = self.plan.workers.unwrap_or(1).max(1);
+        let owners: BTreeSet<u64> = self
+            .plan
+            .plan
+            .units
+            .iter()
+            .filter(|u| !self.committed.contains(&u.id))
+            .map(|u| u.id % workers)
+            .collect();
+        owners.into_iter().collect()
     }
 
     /// The tables of the job: those its plan names, then any other a shard belongs to.

@@ -111,6 +111,7 @@ pub async fn run<S: Send + 'static>(
         plan_hash: plan.fingerprint(),
         input: redact(&config.input),
         tables: tables.names(),
+        workers: Some(config.worker.count),
         plan: plan.clone(),
     };
     commit::open_output(&output, &record, config.force).await?;

@@ -8,7 +8,7 @@ use lyrics_pipeline::{OutputView, StorageOptions, StoreRegistry};
 use serde::Serialize;
 
 use super::runtime;
-use crate::StatusArgs;
+use crate::{FinalizeArgs, StatusArgs};
 
 #[derive(Debug, Serialize)]
 struct Status {
@@ -32,6 +32,11 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     let view = runtime()?.block_on(OutputView::open(&output))?.with_context(|| {
         format!("{} holds no lyrics-prep job (no _lyrics/plan.json)", lyrics_pipeline::redact(&args.output))
     })?;
+    if args.unfinished {
+        let workers: Vec<String> = view.unfinished_workers().iter().map(u64::to_string).collect();
+        println!("{}", workers.join(","));
+        return Ok(ExitCode::SUCCESS);
+    }
     let status = Status {
         output: lyrics_pipeline::redact(&args.output),
         units_total: view.units_total(),
@@ -74,4 +79,31 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         println!("bytes    {}", status.bytes);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn finalize(args: FinalizeArgs) -> Result<ExitCode> {
+    let registry = StoreRegistry::new(StorageOptions::default());
+    let output = registry.locate(&args.output)?;
+    let shown = lyrics_pipeline::redact(&args.output);
+    runtime()?.block_on(async {
+        let view = OutputView::open(&output)
+            .await?
+            .with_context(|| format!("{shown} holds no lyrics-prep job (no _lyrics/plan.json)"))?;
+        if view.complete() {
+            eprintln!("{shown} is complete already");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if lyrics_pipeline::commit::finalize(&output, &view.plan).await? {
+            eprintln!("{shown} is complete: _lyrics/manifest.json and _SUCCESS written");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let workers: Vec<String> = view.unfinished_workers().iter().map(u64::to_string).collect();
+        eprintln!(
+            "{shown}: {} of {} units committed; workers {} still own uncommitted units (rerun them)",
+            view.units_done,
+            view.units_total(),
+            workers.join(",")
+        );
+        anyhow::Ok(ExitCode::from(1))
+    })
 }

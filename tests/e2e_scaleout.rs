@@ -1,0 +1,120 @@
+//! End-to-end tests of scale-out on the schedulers users already run, against an S3-compatible server (moto) on
+//! 127.0.0.1: the Slurm array script of `examples/` run as its array tasks would run it, the Kubernetes Indexed
+//! Job's command with `JOB_COMPLETION_INDEX`; one worker killed mid-unit and rerun; the worker count fixed at the
+//! first start; `status --unfinished` and `finalize`.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::*;
+
+fn shards_of(uri: &str, env: &Env, local: &Path) -> std::collections::BTreeMap<String, String> {
+    download_dir(uri, env, local);
+    shards(local)
+}
+
+/// Runs `examples/slurm/array.sh` as array task `task` of a job of `workers`.
+fn slurm_task(
+    task: u64,
+    workers: u64,
+    input: &str,
+    output: &str,
+    env: &Env,
+    extra: &[(&str, &str)],
+) -> std::process::Output {
+    Command::new("bash")
+        .arg(repo_root().join("examples/slurm/array.sh"))
+        .args([input, output, &workers.to_string()])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(extra.iter().copied())
+        .env("LYRICS_PREP", bin())
+        .env("SLURM_ARRAY_TASK_ID", task.to_string())
+        .env("SLURM_ARRAY_TASK_MIN", "0")
+        .env("SLURM_ARRAY_TASK_COUNT", workers.to_string())
+        .output()
+        .expect("bash")
+}
+
+#[test]
+fn array_jobs_with_a_killed_worker_write_what_one_process_writes() {
+    let moto = moto();
+    let env = s3_env(moto.port);
+    create_bucket(moto.port, "corpus");
+    create_bucket(moto.port, "out");
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("wds");
+    webdataset(&corpus, 6, 3);
+    upload_dir(&corpus, "s3://corpus/wds", &env);
+    let input = "s3://corpus/wds";
+    lyrics_ok(&["run", "--input", input, "--output", "s3://out/one", "--progress", "off"], &env);
+    let expected = shards_of("s3://out/one", &env, &dir.path().join("one"));
+
+    // Slurm: three array tasks of the committed script; task 1 dies before committing its first unit (unit 1).
+    let out = "s3://out/slurm";
+    for task in [0, 2] {
+        let run = slurm_task(task, 3, input, out, &env, &[]);
+        assert!(run.status.success(), "task {task}: {}", stderr(&run));
+    }
+    let killed = slurm_task(1, 3, input, out, &env, &[("LYRICS_FAILPOINT", "before-marker:1")]);
+    assert!(!killed.status.success(), "the failpoint kills task 1");
+    let unfinished = lyrics(&["status", "--output", out, "--unfinished"], &env);
+    assert_eq!(String::from_utf8_lossy(&unfinished.stdout).trim(), "1", "{}", stderr(&unfinished));
+    let finalize = lyrics(&["finalize", "--output", out], &env);
+    assert_eq!(finalize.status.code(), Some(1), "not all units are committed: {}", stderr(&finalize));
+    assert!(stderr(&finalize).contains("workers 1 still own"), "{}", stderr(&finalize));
+
+    // A retry with another count would split the units differently: refused, saying so.
+    let wrong = lyrics(&["run", "--input", input, "--output", out, "--worker", "0/2", "--progress", "off"], &env);
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(stderr(&wrong).contains("started by 3 workers"), "{}", stderr(&wrong));
+
+    // The resubmitted task (`sbatch --array=1`: its own minimum and count are 1) finishes the job.
+    let retry = Command::new("bash")
+        .arg(repo_root().join("examples/slurm/array.sh"))
+        .args([input, out, "3"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("LYRICS_PREP", bin())
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env("SLURM_ARRAY_TASK_MIN", "1")
+        .env("SLURM_ARRAY_TASK_COUNT", "1")
+        .output()
+        .unwrap();
+    assert!(retry.status.success(), "{}", stderr(&retry));
+    assert_eq!(
+        String::from_utf8_lossy(&lyrics(&["status", "--output", out, "--unfinished"], &env).stdout).trim(),
+        ""
+    );
+    let finalize = lyrics(&["finalize", "--output", out], &env);
+    assert!(finalize.status.success(), "{}", stderr(&finalize));
+    assert_eq!(shards_of(out, &env, &dir.path().join("slurm")), expected);
+
+    // Kubernetes: the Indexed Job's command, one process per completion index, run concurrently.
+    let out = "s3://out/k8s";
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            Command::new(bin())
+                .args(["run", "--input", input, "--output", out, "--workers", "3", "--progress", "off"])
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .env("JOB_COMPLETION_INDEX", i.to_string())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert_eq!(shards_of(out, &env, &dir.path().join("k8s")), expected);
+    let disagree = lyrics(
+        &["run", "--input", input, "--output", out, "--worker", "1/3", "--workers", "3", "--progress", "off"],
+        &[env.clone(), vec![("JOB_COMPLETION_INDEX".into(), "2".into())]].concat(),
+    );
+    assert_eq!(disagree.status.code(), Some(2));
+    assert!(stderr(&disagree).contains("JOB_COMPLETION_INDEX"), "{}", stderr(&disagree));
+    let zero = lyrics(&["run", "--input", input, "--output", "s3://out/zero", "--workers", "0"], &env);
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(stderr(&zero).contains("--workers 0"), "{}", stderr(&zero));
+}
