@@ -281,3 +281,29 @@ fn a_query_result_written_as_parquet_feeds_a_new_run() {
         assert_eq!(row.image.bytes.as_ref(), originals.get(&row.key), "{}", row.key);
     }
 }
+
+#[test]
+fn statements_piped_into_the_prompt_run_one_by_one() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let output = lyrics(&["demo", "--to", &s(&demo)], &Env::new());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mut child = std::process::Command::new(bin())
+        .args(["sql", "--output", &s(&demo.join("output")), "--format", "csv"])
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script =
+        "SELECT count(*) AS n\n  FROM samples;\nSELECT nope FROM samples;\nSELECT count(*) AS t FROM tags;\n";
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let result = child.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&result.stdout);
+    assert_eq!(printed, "n\n16\nt\n28\n", "a multi-line statement, then one after the failing one");
+    assert!(String::from_utf8_lossy(&result.stderr).contains("No field named nope"));
+    assert_eq!(result.status.code(), Some(1), "a piped script with a failing statement fails");
+    assert!(!dir.path().join(".cache/lyrics-prep/sql_history").exists(), "no history for piped statements");
+}

@@ -105,8 +105,9 @@ pub struct SqlArgs {
     /// that gets `part-000000.parquet`); `run --input` reads it as it is.
     #[arg(long)]
     pub to: Option<String>,
-    /// The query, e.g. "SELECT o.label, count(*) FROM (SELECT unnest(objects) AS o FROM samples) GROUP BY 1".
-    pub query: String,
+    /// The query, e.g. "SELECT label, count(*) FROM objects GROUP BY 1". Without one, an interactive prompt
+    /// (statements end with `;`; history kept), which also reads statements piped into standard input.
+    pub query: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

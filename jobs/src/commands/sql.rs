@@ -142,32 +142,38 @@ async fn write_result(frame: DataFrame, target: &Location) -> Result<u64> {
 }
 
 pub fn sql(args: SqlArgs) -> Result<ExitCode> {
-    if args.query.trim().is_empty() {
-        bail!("the query is empty; e.g. lyrics-prep sql --output out/ \"SELECT count(*) FROM samples\"");
-    }
     let registry = StoreRegistry::new(StorageOptions::default());
     let output = registry.locate(&args.output)?;
+    let runtime = runtime()?;
+    let ctx = runtime.block_on(session(&output, &args.output, SessionConfig::new()))?;
+    let Some(query) = args.query.as_deref() else {
+        return prompt(&runtime, &ctx, args.format);
+    };
+    if query.trim().is_empty() {
+        bail!("the query is empty; e.g. lyrics-prep sql --output out/ \"SELECT count(*) FROM samples\"");
+    }
     if let Some(to) = &args.to {
         let target = registry.locate(&result_file(to))?;
-        let rows = runtime()?.block_on(async {
-            let ctx = session(&output, &args.output, SessionConfig::new()).await?;
-            let frame = plan(&ctx, &args.query).await?;
-            write_result(frame, &target).await
-        })?;
+        let rows = runtime.block_on(async { write_result(plan(&ctx, query).await?, &target).await })?;
         eprintln!("wrote {rows} rows to {}", redact(&target.uri()));
         return Ok(ExitCode::SUCCESS);
     }
-    let batches = runtime()?.block_on(async {
-        let ctx = session(&output, &args.output, SessionConfig::new()).await?;
-        let frame = plan(&ctx, &args.query).await?;
-        let schema: arrow::datatypes::SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-        let batches = frame.collect().await.map_err(|e| anyhow::anyhow!("the query failed: {}", message(e)))?;
-        // An empty result still says what its columns are.
-        anyhow::Ok(if batches.is_empty() { vec![arrow::array::RecordBatch::new_empty(schema)] } else { batches })
-    })?;
+    runtime.block_on(print_result(&ctx, query, args.format))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `query` and prints its result in `format`.
+async fn print_result(ctx: &SessionContext, query: &str, format: SqlFormat) -> Result<()> {
+    let frame = plan(ctx, query).await?;
+    let schema: arrow::datatypes::SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let mut batches = frame.collect().await.map_err(|e| anyhow::anyhow!("the query failed: {}", message(e)))?;
+    // An empty result still says what its columns are.
+    if batches.is_empty() {
+        batches.push(arrow::array::RecordBatch::new_empty(schema));
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match args.format {
+    match format {
         SqlFormat::Table => {
             let text = arrow::util::pretty::pretty_format_batches(&batches)?;
             writeln!(out, "{text}")?;
@@ -185,5 +191,65 @@ pub fn sql(args: SqlArgs) -> Result<ExitCode> {
         }
     }
     out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// `~/.cache/lyrics-prep/sql_history` (under `XDG_CACHE_HOME` when set).
+fn history_file() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(base.join("lyrics-prep").join("sql_history"))
+}
+
+/// The interactive prompt: statements end with `;` and may span lines; history is kept in the cache folder. A
+/// failing statement is reported and the prompt goes on. Also reads statements piped into standard input.
+fn prompt(runtime: &tokio::runtime::Runtime, ctx: &SessionContext, format: SqlFormat) -> Result<ExitCode> {
+    use rustyline::error::ReadlineError;
+    let mut editor = rustyline::DefaultEditor::new().context("cannot start the prompt")?;
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    // History is a person's: kept beside the model cache, and not for piped scripts.
+    let history = interactive.then(history_file).flatten();
+    if let Some(file) = &history {
+        let _ = editor.load_history(file);
+    }
+    if interactive {
+        eprintln!(
+            "lyrics-prep sql: end each statement with `;`, Ctrl-D to leave; tables: samples, errors, pretrain, instruct, objects, tags"
+        );
+    }
+    let mut statement = String::new();
+    let mut failed = false;
+    loop {
+        let line = match editor.readline(if statement.is_empty() { "sql> " } else { "...> " }) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => {
+                statement.clear();
+                continue;
+            }
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e).context("cannot read the prompt"),
+        };
+        statement.push_str(&line);
+        statement.push('\n');
+        let Some(end) = statement.trim_end().strip_suffix(';') else { continue };
+        let query = end.trim().to_string();
+        statement.clear();
+        if query.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(format!("{query};"));
+        if let Err(e) = runtime.block_on(print_result(ctx, &query, format)) {
+            eprintln!("error: {}", lyrics_pipeline::store::redact_secrets(&format!("{e:#}")));
+            failed = true;
+        }
+    }
+    if let Some(file) = &history {
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = editor.save_history(file);
+    }
+    // Piped statements are a script: it fails when one of them did.
+    Ok(if failed && !interactive { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
