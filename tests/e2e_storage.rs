@@ -46,6 +46,18 @@ fn webdataset_from_s3_to_s3_is_read_alike_by_four_readers() {
     // A rerun on the finished output has nothing to do and changes nothing.
     let text = run("s3://corpus/wds", "s3://out/job", &[], &env);
     assert!(text.contains("3 already committed"), "{text}");
+
+    // The gallery draws from the bucket as from a folder.
+    let gallery = dir.path().join("gallery");
+    lyrics_ok(&["render", "--output", "s3://out/job", "--to", &s(&gallery), "--page-size", "5"], &env);
+    let pages: Vec<String> = ["index.html", "page-2.html", "page-3.html"]
+        .iter()
+        .map(|p| std::fs::read_to_string(gallery.join(p)).unwrap())
+        .collect();
+    let cards: usize = pages.iter().map(|p| p.matches("<article class=\"card sample\">").count()).sum();
+    assert_eq!(cards, 12);
+    assert!(pages[0].contains("s3://out/job"), "the header names the output");
+    assert_eq!(std::fs::read_dir(gallery.join("thumbs")).unwrap().count(), 12);
 }
 
 #[test]
