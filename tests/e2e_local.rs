@@ -333,3 +333,22 @@ fn a_resize_above_max_pixels_becomes_an_error_row() {
     );
     assert!(error.error.contains("256x12800000") && error.error.contains("decode.max_pixels"), "{error:#?}");
 }
+
+#[test]
+fn shards_carry_row_group_statistics_and_the_page_index() {
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+    let out = tempfile::tempdir().unwrap();
+    let corpus = repo_root().join("examples/corpus");
+    lyrics_ok(&run_args(&s(&corpus), &s(out.path()), &[]), &Env::new());
+    let shard =
+        walk(&out.path().join("samples")).into_iter().find(|p| p.extension().is_some_and(|e| e == "parquet"));
+    let file = std::fs::File::open(shard.unwrap()).unwrap();
+    let options = ArrowReaderOptions::new().with_page_index(true);
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).unwrap();
+    let metadata = builder.metadata();
+    let key = metadata.file_metadata().schema_descr().columns().iter().position(|c| c.name() == "key").unwrap();
+    let stats = metadata.row_group(0).column(key).statistics().expect("row-group statistics of key");
+    assert!(stats.min_bytes_opt().is_some() && stats.max_bytes_opt().is_some());
+    assert!(metadata.column_index().is_some(), "the page index (column index) is written");
+    assert!(metadata.offset_index().is_some(), "the page index (offset index) is written");
+}

@@ -78,6 +78,8 @@ fn properties(options: &SinkOptions) -> Result<WriterProperties, PipelineError> 
     let image_bytes = ColumnPath::new(vec![col::IMAGE.to_string(), col::IMAGE_BYTES.to_string()]);
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
+        // Min/max per row group and per page (the page index), so SQL engines skip what a predicate excludes.
+        .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
         .set_max_row_group_bytes(Some(options.row_group_bytes.max(1)))
         // Encoded images neither compress nor repeat: skip the work, and keep blobs out of the statistics.

@@ -70,18 +70,22 @@ impl Manifest {
     }
 }
 
-/// The first non-blank line of a JSONL manifest, when it is a JSON object.
-async fn first_jsonl_object(at: &Location) -> Result<Option<Map<String, Value>>, PipelineError> {
+/// The first MiB of a manifest: enough for its header or first row.
+async fn head_of(at: &Location) -> Result<bytes::Bytes, PipelineError> {
     let uri = at.uri();
     let options = GetOptions { range: Some(GetRange::Bounded(0..1 << 20)), ..GetOptions::default() };
-    let head = at
-        .store
+    at.store
         .get_opts(&at.path, options)
         .await
         .map_err(|e| PipelineError::store(&uri, e))?
         .bytes()
         .await
-        .map_err(|e| PipelineError::store(&uri, e))?;
+        .map_err(|e| PipelineError::store(&uri, e))
+}
+
+/// The first non-blank line of a JSONL manifest, when it is a JSON object.
+async fn first_jsonl_object(at: &Location) -> Result<Option<Map<String, Value>>, PipelineError> {
+    let head = head_of(at).await?;
     let first = head.split(|b| *b == b'\n').find(|l| l.iter().any(|b| !b.is_ascii_whitespace()));
     Ok(first.and_then(|line| match serde_json::from_slice::<Value>(line) {
         Ok(Value::Object(object)) => Some(object),
@@ -215,15 +219,7 @@ async fn read(
 /// The CSV header row, from the head of the object.
 async fn csv_header(location: &Location) -> Result<Vec<String>, PipelineError> {
     let uri = location.uri();
-    let options = GetOptions { range: Some(GetRange::Bounded(0..1 << 20)), ..GetOptions::default() };
-    let head = location
-        .store
-        .get_opts(&location.path, options)
-        .await
-        .map_err(|e| PipelineError::store(&uri, e))?
-        .bytes()
-        .await
-        .map_err(|e| PipelineError::store(&uri, e))?;
+    let head = head_of(location).await?;
     let mut csv =
         csv::ReaderBuilder::new().delimiter(delimiter_of(&uri)).has_headers(true).from_reader(head.as_ref());
     let header = csv.headers().map_err(|e| PipelineError::input(&uri, format!("unreadable CSV header: {e}")))?;
