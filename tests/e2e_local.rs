@@ -337,13 +337,14 @@ fn a_resize_above_max_pixels_becomes_an_error_row() {
 #[test]
 fn shards_carry_row_group_statistics_and_the_page_index() {
     use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+    use parquet::file::metadata::PageIndexPolicy;
     let out = tempfile::tempdir().unwrap();
     let corpus = repo_root().join("examples/corpus");
     lyrics_ok(&run_args(&s(&corpus), &s(out.path()), &[]), &Env::new());
     let shard =
         walk(&out.path().join("samples")).into_iter().find(|p| p.extension().is_some_and(|e| e == "parquet"));
     let file = std::fs::File::open(shard.unwrap()).unwrap();
-    let options = ArrowReaderOptions::new().with_page_index(true);
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
     let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).unwrap();
     let metadata = builder.metadata();
     let key = metadata.file_metadata().schema_descr().columns().iter().position(|c| c.name() == "key").unwrap();
