@@ -118,3 +118,82 @@ fn array_jobs_with_a_killed_worker_write_what_one_process_writes() {
     assert_eq!(zero.status.code(), Some(2));
     assert!(stderr(&zero).contains("--workers 0"), "{}", stderr(&zero));
 }
+
+/// Every object under `prefix` of the bucket, with its size and e-tag: what a worker wrote.
+fn listing(uri: &str, env: &Env) -> Vec<(String, u64, Option<String>)> {
+    use futures::TryStreamExt;
+    let (store, prefix) = store(uri, env);
+    runtime().block_on(async {
+        let mut all: Vec<_> = store
+            .list(Some(&prefix))
+            .map_ok(|m| (m.location.to_string(), m.size, m.e_tag))
+            .try_collect()
+            .await
+            .unwrap();
+        all.sort();
+        all
+    })
+}
+
+#[test]
+fn claiming_workers_finish_around_a_frozen_one_which_then_writes_nothing() {
+    use std::io::{BufRead, BufReader};
+    let moto = moto();
+    let env = s3_env(moto.port);
+    create_bucket(moto.port, "corpus");
+    create_bucket(moto.port, "out");
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("wds");
+    webdataset(&corpus, 5, 3);
+    upload_dir(&corpus, "s3://corpus/wds", &env);
+    let input = "s3://corpus/wds";
+    lyrics_ok(&["run", "--input", input, "--output", "s3://out/one", "--progress", "off"], &env);
+    let expected = shards_of("s3://out/one", &env, &dir.path().join("one"));
+
+    let out = "s3://out/claims";
+    let claiming = |extra: &[(&str, &str)]| {
+        let mut command = Command::new(bin());
+        command
+            .args(["run", "--input", input, "--output", out, "--claim", "--lease-s", "2", "--progress", "off"])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied())
+            .env("LYRICS_LOG", "warn")
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    // The first worker claims unit 0, writes its shards, and is frozen before its marker, past its lease.
+    let mut frozen = claiming(&[("LYRICS_FAILPOINT", "pause-before-marker:0")]).spawn().unwrap();
+    let mut lines = BufReader::new(frozen.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines.next().expect("the worker ended before its pause point").unwrap();
+        let paused = line.contains("pausing");
+        seen.push(line);
+        if paused {
+            break;
+        }
+    }
+    let pid = frozen.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    std::thread::sleep(std::time::Duration::from_secs(3));
+
+    // Two more claiming workers finish the job, taking over what the frozen one held.
+    let others: Vec<_> = (0..2).map(|_| claiming(&[]).spawn().unwrap()).collect();
+    for other in others {
+        let output = other.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let local = dir.path().join("claims");
+    assert_eq!(shards_of(out, &env, &local), expected, "nothing duplicated or missing");
+    assert!(local.join("_SUCCESS").exists());
+    let before = listing(out, &env);
+
+    // Resumed, the frozen worker finds its unit taken and stops without writing.
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = frozen.wait().unwrap();
+    assert!(status.success(), "{seen:?} {rest:?}");
+    let text = rest.join("\n");
+    assert!(text.contains("taken over"), "{text}");
+    assert_eq!(listing(out, &env), before, "the resumed worker wrote nothing");
+}

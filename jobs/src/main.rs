@@ -194,6 +194,13 @@ pub struct RunArgs {
     /// Worker count, for schedulers that export only the index (Kubernetes Indexed Jobs' JOB_COMPLETION_INDEX).
     #[arg(long)]
     workers: Option<u64>,
+    /// Share the units with any number of other workers by claiming them (no index): a worker claims an
+    /// uncommitted unit with a lease it renews while it works, and takes over a unit whose lease ran out.
+    #[arg(long, conflicts_with_all = ["worker", "workers"])]
+    claim: bool,
+    /// Seconds a claim's lease lasts without renewal (renewed every third of it).
+    #[arg(long, default_value_t = 60.0, requires = "claim")]
+    lease_s: f64,
     /// Delete an output written by a different job spec or input instead of refusing to resume it.
     #[arg(long)]
     force: bool,

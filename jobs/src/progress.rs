@@ -157,6 +157,13 @@ pub fn summary(report: &RunReport, metrics: &Metrics, worker: &str) -> String {
     let busy: Vec<String> =
         metrics.busy().iter().map(|(stage, t)| format!("{stage} {:.2} s", t.as_secs_f64())).collect();
     out += &format!("  busy     {}\n", busy.join(", "));
+    if !report.taken.is_empty() {
+        let units: Vec<String> = report.taken.iter().map(u64::to_string).collect();
+        out += &format!(
+            "  taken    units {} were taken over by other workers (their leases ran out)\n",
+            units.join(", ")
+        );
+    }
     for (unit, error) in &report.failed {
         out += &format!("  FAILED   unit {unit}: {error}\n");
     }

@@ -13,6 +13,9 @@ pub enum PipelineError {
     Resume { output: String, message: String },
     #[error("cannot write {uri}: {message}")]
     Sink { uri: String, message: String },
+    /// Another worker took over this claimed unit (see [`crate::claims`]): this worker leaves it alone.
+    #[error("unit {unit} was taken over by another worker")]
+    Taken { unit: u64 },
     /// A stage found that the job cannot go on (see [`crate::Stage`]).
     #[error("stage {stage}: {message}")]
     Stage { stage: String, message: String },

@@ -5,6 +5,9 @@
 //! Points: `after-shard` (a shard of the unit is complete, the unit is not), `before-marker` (every shard of the
 //! unit is complete, its commit marker is not written).
 //!
+//! Pause points (`pause-before-marker:<unit>`) hold the process for a few seconds there, so a test can freeze it
+//! at a known place.
+//!
 //! Panic points, for the tests that a panic costs one item and never the unit: `LYRICS_FAILPOINT=<name>:<key>`
 //! makes [`panic_point`] panic when a stage reaches point `name` with the item `key`.
 
@@ -29,5 +32,19 @@ pub fn panic_point(name: &str, key: &str) {
         && spec.split_once(':').is_some_and(|(n, k)| n == name && k == key)
     {
         panic!("failpoint {spec} reached");
+    }
+}
+
+/// With `LYRICS_FAILPOINT=pause-<name>:<unit>`, blocks the thread for a few seconds at that point of that unit,
+/// so a test can freeze the process (SIGSTOP) at a known place.
+pub(crate) fn pause(name: &str, unit: u64) {
+    let spec = SPEC.get_or_init(|| std::env::var("LYRICS_FAILPOINT").ok());
+    if let Some(spec) = spec
+        && spec
+            .split_once(':')
+            .is_some_and(|(n, u)| n.strip_prefix("pause-") == Some(name) && u.parse() == Ok(unit))
+    {
+        eprintln!("failpoint {spec} reached: pausing");
+        std::thread::sleep(std::time::Duration::from_secs(4));
     }
 }

@@ -17,6 +17,7 @@
 //!   manifest, `status`, `sql` and `export` pick it up from the declaration and the manifest.
 //! - **A reader of an output** goes through [`commit::OutputView`], never through markers or listings of its own.
 
+pub mod claims;
 pub mod commit;
 mod error;
 mod failpoint;

@@ -6,7 +6,7 @@
 //! stalls the ones before it, and memory is Σ capacity × batch size whatever the corpus size. Order is kept end to
 //! end, which is what makes a unit's output deterministic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -15,6 +15,7 @@ use lyrics_schemas::ErrorRow;
 use tokio::sync::mpsc;
 
 use crate::PipelineError;
+use crate::claims::{self, Attempt, Claim};
 use crate::commit::{self, PlanRecord, UnitMarker};
 use crate::item::{ItemError, Msg, Record, SourceRecord};
 use crate::metrics::Metrics;
@@ -22,7 +23,7 @@ use crate::partition::Worker;
 use crate::plan::{self, InputFormat, WorkUnit};
 use crate::sink::{SinkOptions, UnitWriter};
 use crate::source::{Emitter, Source, SourceOptions};
-use crate::store::{StoreRegistry, redact};
+use crate::store::{Location, StoreRegistry, redact};
 use crate::table::{ERRORS, SAMPLES, Tables};
 
 /// A transformation between read and write, run on a thread of its own; `S` is the state its samples carry.
@@ -78,6 +79,8 @@ pub struct RunConfig {
     pub spec_hash: String,
     /// Delete an output written by another job spec instead of refusing.
     pub force: bool,
+    /// Share units by claims with a lease of this length, instead of by worker index (see [`crate::claims`]).
+    pub claim: Option<std::time::Duration>,
 }
 
 /// How a run ended.
@@ -92,6 +95,19 @@ pub struct RunReport {
     pub failed: Vec<(u64, String)>,
     /// Whether this run found every unit committed and wrote the manifest and `_SUCCESS`.
     pub finalized: bool,
+    /// Claimed units another worker took over (its lease had run out): left to that worker, nothing written.
+    pub taken: Vec<u64>,
+}
+
+/// The units this worker claimed and has not ended yet, with the tasks renewing their leases.
+type Claims = Arc<Mutex<HashMap<u64, (Arc<Claim>, tokio::task::JoinHandle<()>)>>>;
+
+/// How this worker claims units: where, as whom, with what lease.
+struct Claiming {
+    output: Location,
+    owner: String,
+    lease: std::time::Duration,
+    held: Claims,
 }
 
 /// Plans the input, then processes this worker's uncommitted units through `stages`, writing the `tables`.
@@ -111,12 +127,13 @@ pub async fn run<S: Send + 'static>(
         plan_hash: plan.fingerprint(),
         input: redact(&config.input),
         tables: tables.names(),
-        workers: Some(config.worker.count),
+        workers: if config.claim.is_some() { None } else { Some(config.worker.count) },
         plan: plan.clone(),
     };
     commit::open_output(&output, &record, config.force).await?;
     let committed = commit::committed_units(&output).await?;
-    let mine: Vec<&WorkUnit> = plan.units.iter().filter(|u| config.worker.owns(u.id)).collect();
+    let mine: Vec<&WorkUnit> =
+        plan.units.iter().filter(|u| config.claim.is_some() || config.worker.owns(u.id)).collect();
     let todo: Vec<WorkUnit> = mine.iter().filter(|u| !committed.contains(&u.id)).map(|u| (*u).clone()).collect();
     let skipped = (mine.len() - todo.len()) as u64;
     Metrics::add(&metrics.units_total, mine.len() as u64);
@@ -132,12 +149,21 @@ pub async fn run<S: Send + 'static>(
 
     let capacity = config.channel_capacity.max(1);
     let (read_tx, read_rx) = mpsc::channel::<Msg<SourceRecord>>(capacity);
-    let reader = tokio::spawn(read_all(planned.source, todo, read_tx, config.batch_size, metrics.clone()));
+    let held: Claims = Arc::default();
+    let claiming = config.claim.map(|lease| Claiming {
+        output: output.clone(),
+        owner: format!("pid {} started {}", std::process::id(), chrono_free_now()),
+        lease,
+        held: held.clone(),
+    });
+    let reader =
+        tokio::spawn(read_all(planned.source, todo, read_tx, config.batch_size, metrics.clone(), claiming));
     let fatal: Arc<Mutex<Option<PipelineError>>> = Arc::default();
     let mut threads = Vec::new();
     let part_bytes = registry.options().upload_part_bytes;
-    let writer = Writer { output: &output, tables: &tables, sink: config.sink, part_bytes, metrics: &metrics };
-    let (done, failed) = match stages.len() {
+    let writer =
+        Writer { output: &output, tables: &tables, sink: config.sink, part_bytes, metrics: &metrics, claims: held };
+    let (done, failed, taken) = match stages.len() {
         0 => writer.write_all::<SourceRecord, S>(read_rx).await,
         _ => {
             let mut stages = stages.into_iter();
@@ -167,6 +193,7 @@ pub async fn run<S: Send + 'static>(
         units_done: done,
         failed,
         finalized,
+        taken,
     })
 }
 
@@ -234,15 +261,49 @@ where
     Ok(next_rx)
 }
 
+/// Seconds since the epoch, to tell this worker's claims from an earlier process with the same pid.
+fn chrono_free_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Whether this worker should read `unit`: always, unless it shares units by claims and cannot claim this one.
+async fn claim_unit(claiming: &Claiming, unit: u64) -> bool {
+    // Committed since the plan was read: nothing to do.
+    if matches!(commit::read_marker(&claiming.output, unit).await, Ok(Some(_))) {
+        return false;
+    }
+    match claims::acquire(&claiming.output, unit, &claiming.owner, claiming.lease).await {
+        Ok(Attempt::Claimed(claim)) => {
+            let renewal = claim.keep_alive();
+            if let Ok(mut held) = claiming.held.lock() {
+                held.insert(unit, (claim, renewal));
+            }
+            true
+        }
+        Ok(Attempt::Taken) => false,
+        Err(e) => {
+            tracing::warn!(unit, error = %e, "cannot claim the unit; leaving it to another worker or a rerun");
+            false
+        }
+    }
+}
+
 async fn read_all(
     source: Box<dyn Source>,
     units: Vec<WorkUnit>,
     tx: mpsc::Sender<Msg<SourceRecord>>,
     batch_size: usize,
     metrics: Arc<Metrics>,
+    claiming: Option<Claiming>,
 ) {
     let started = Instant::now();
     for unit in units {
+        if let Some(claiming) = &claiming
+            && !claim_unit(claiming, unit.id).await
+        {
+            Metrics::add(&metrics.units_skipped, 1);
+            continue;
+        }
         let mut emitter = Emitter::new(unit.id, tx.clone(), batch_size, metrics.clone());
         let mut result = source.read(&unit, &mut emitter).await;
         if result.is_ok() {
@@ -270,6 +331,8 @@ struct OpenUnit {
     errors_by_kind: BTreeMap<String, u64>,
     /// Set when writing failed: the unit's remaining records are dropped and it ends failed.
     failure: Option<String>,
+    /// Set when another worker took the claimed unit over: it ends without writing or deleting anything.
+    taken: bool,
 }
 
 impl OpenUnit {
@@ -313,18 +376,31 @@ struct Writer<'a> {
     sink: SinkOptions,
     part_bytes: usize,
     metrics: &'a Metrics,
+    claims: Claims,
 }
 
 impl Writer<'_> {
     fn open(&self, unit: u64, failure: Option<String>) -> Result<OpenUnit, PipelineError> {
-        let writer = UnitWriter::new(self.output, self.tables, self.sink, self.part_bytes, unit)?;
-        Ok(OpenUnit { unit, writer, rows: 0, errors: 0, errors_by_kind: BTreeMap::new(), failure })
+        let claim = self.claims.lock().ok().and_then(|held| held.get(&unit).map(|(claim, _)| claim.clone()));
+        let writer = UnitWriter::new(self.output, self.tables, self.sink, self.part_bytes, unit, claim)?;
+        Ok(OpenUnit { unit, writer, rows: 0, errors: 0, errors_by_kind: BTreeMap::new(), failure, taken: false })
     }
 
-    /// Writes every unit that arrives; returns the count committed and the failures.
-    async fn write_all<I: Into<Record<S>>, S>(&self, mut rx: mpsc::Receiver<Msg<I>>) -> (u64, Vec<(u64, String)>) {
+    /// Ends the claim of `unit`, if it was claimed: its lease is no longer renewed.
+    fn release(&self, unit: u64) {
+        if let Some((_, renewal)) = self.claims.lock().ok().and_then(|mut held| held.remove(&unit)) {
+            renewal.abort();
+        }
+    }
+
+    /// Writes every unit that arrives; returns the count committed, the failures, and the units taken over.
+    async fn write_all<I: Into<Record<S>>, S>(
+        &self,
+        mut rx: mpsc::Receiver<Msg<I>>,
+    ) -> (u64, Vec<(u64, String)>, Vec<u64>) {
         let mut open: Option<OpenUnit> = None;
         let mut failed = Vec::new();
+        let mut taken = Vec::new();
         let mut done = 0;
         let mut busy = std::time::Duration::ZERO;
         while let Some(msg) = rx.recv().await {
@@ -349,6 +425,7 @@ impl Writer<'_> {
                     if current.failure.is_none() {
                         for record in records {
                             if let Err(e) = current.push(record.into()).await {
+                                current.taken = matches!(e, PipelineError::Taken { .. });
                                 current.failure = Some(e.to_string());
                                 break;
                             }
@@ -378,7 +455,13 @@ impl Writer<'_> {
                             continue;
                         }
                     };
-                    match commit_unit(current, items, warnings, result, self.output).await {
+                    let outcome = commit_unit(current, items, warnings, result, self.output).await;
+                    self.release(unit);
+                    match outcome {
+                        Err(message) if message == TAKEN => {
+                            tracing::warn!(unit, "another worker took the unit over: left to it, nothing written");
+                            taken.push(unit);
+                        }
                         Ok(marker) => {
                             done += 1;
                             self.metrics.record_unit(&marker);
@@ -402,7 +485,7 @@ impl Writer<'_> {
             stale.writer.abort().await;
         }
         self.metrics.add_busy("write", busy);
-        (done, failed)
+        (done, failed, taken)
     }
 }
 
@@ -423,14 +506,33 @@ async fn commit_unit(
         )),
         _ => None,
     };
+    if current.taken {
+        current.writer.abort_with(true).await;
+        return Err(TAKEN.into());
+    }
     if let Some(failure) = failure {
         current.writer.abort().await;
         return Err(failure);
     }
     let OpenUnit { unit, writer, rows, errors, errors_by_kind, .. } = current;
-    let shards = writer.finish().await.map_err(|e| e.to_string())?;
+    let claim = writer.claim();
+    let shards = match writer.finish().await {
+        Ok(shards) => shards,
+        Err(PipelineError::Taken { .. }) => return Err(TAKEN.into()),
+        Err(e) => return Err(e.to_string()),
+    };
     let marker = UnitMarker { unit, items, rows, errors, errors_by_kind, warnings_by_kind: warnings, shards };
     crate::failpoint::hit("before-marker", unit);
+    crate::failpoint::pause("before-marker", unit);
+    if let Some(claim) = claim
+        && claim.ensure().await.is_err()
+    {
+        // Its shards stay: the new owner writes the same bytes to the same paths.
+        return Err(TAKEN.into());
+    }
     commit::write_marker(output, &marker).await.map_err(|e| e.to_string())?;
     Ok(marker)
 }
+
+/// What [`commit_unit`] says of a unit another worker took over.
+const TAKEN: &str = "taken over by another worker";

@@ -19,8 +19,10 @@ use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
+use crate::claims::Claim;
 use crate::store::Location;
 use crate::table::{RowBuffer, TableId, Tables};
+use std::sync::Arc;
 
 /// Shard and row-group sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +112,8 @@ pub(crate) struct TableWriter {
     open: Option<OpenShard>,
     pending: Box<dyn RowBuffer>,
     finished: Vec<ShardInfo>,
+    /// The claim of the unit, when workers share units by claims: checked before a shard becomes visible.
+    claim: Option<Arc<Claim>>,
 }
 
 /// Rows handed to the Parquet writer at a time.
@@ -123,8 +127,10 @@ impl TableWriter {
         options: SinkOptions,
         part_bytes: usize,
         unit: u64,
+        claim: Option<Arc<Claim>>,
     ) -> Result<Self, PipelineError> {
         Ok(TableWriter {
+            claim,
             table,
             properties: properties(&options)?,
             output,
@@ -183,6 +189,12 @@ impl TableWriter {
         self.write_pending().await?;
         let Some(mut shard) = self.open.take() else { return Ok(()) };
         let uri = self.output.uri_of(&shard.path);
+        if let Some(claim) = &self.claim
+            && let Err(e) = claim.ensure().await
+        {
+            self.open = Some(shard);
+            return Err(e);
+        }
         // A failed finish leaves the upload shut down: nothing to abort (object_store refuses), and an incomplete
         // multipart upload is invisible until a bucket lifecycle rule removes it.
         shard.writer.finish().await.map_err(|e| PipelineError::sink(uri, e))?;
@@ -204,10 +216,14 @@ impl TableWriter {
         Ok(self.finished.clone())
     }
 
-    /// Abandons the unit: the open upload is aborted and finished shards are deleted, so nothing of it stays.
-    async fn abort(mut self) {
+    /// Abandons the unit: the open upload is aborted and finished shards are deleted, so nothing of it stays;
+    /// with `keep_finished` (another worker took the unit over, and may have written the same paths) they stay.
+    async fn abort(mut self, keep_finished: bool) {
         if let Some(shard) = self.open.take() {
             let _ = shard.writer.into_inner().abort().await;
+        }
+        if keep_finished {
+            return;
         }
         for shard in &self.finished {
             let _ = self.output.store.delete(&self.output.child(&shard.path)).await;
@@ -227,13 +243,21 @@ impl UnitWriter {
         options: SinkOptions,
         part_bytes: usize,
         unit: u64,
+        claim: Option<Arc<Claim>>,
     ) -> Result<Self, PipelineError> {
         let tables = tables
             .decls
             .iter()
-            .map(|d| TableWriter::new(d.table, (d.buffer)(), output.clone(), options, part_bytes, unit))
+            .map(|d| {
+                TableWriter::new(d.table, (d.buffer)(), output.clone(), options, part_bytes, unit, claim.clone())
+            })
             .collect::<Result<_, _>>()?;
         Ok(UnitWriter { tables })
+    }
+
+    /// The unit's claim, when units are shared by claims.
+    pub fn claim(&self) -> Option<Arc<Claim>> {
+        self.tables.first().and_then(|t| t.claim.clone())
     }
 
     /// Adds one row to table `table`.
@@ -255,15 +279,22 @@ impl UnitWriter {
             Ok(shards)
         }
         .await;
-        if result.is_err() {
-            self.abort().await;
+        if let Err(e) = &result {
+            let taken = matches!(e, PipelineError::Taken { .. });
+            self.abort_with(taken).await;
         }
         result
     }
 
+    /// Removes every trace of the unit.
     pub async fn abort(self) {
+        self.abort_with(false).await;
+    }
+
+    /// Aborts the unit's uploads; finished shards are deleted unless `keep_finished`.
+    pub async fn abort_with(self, keep_finished: bool) {
         for table in self.tables {
-            table.abort().await;
+            table.abort(keep_finished).await;
         }
     }
 }

@@ -34,7 +34,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let input = input_of(&spec)?;
     let output =
         spec.output.uri.clone().context("no output: pass --output URI or set output.uri in the job spec")?;
-    let worker = Worker::resolve(args.worker.as_deref(), args.workers, |name| std::env::var(name).ok())?;
+    let worker = if args.claim {
+        Worker::default()
+    } else {
+        Worker::resolve(args.worker.as_deref(), args.workers, |name| std::env::var(name).ok())?
+    };
+    if args.claim && !(args.lease_s.is_finite() && args.lease_s >= 1.0) {
+        anyhow::bail!("--lease-s {}: a lease lasts at least 1 second", args.lease_s);
+    }
     let threads = match spec.pipeline.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -87,12 +94,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         worker,
         spec_hash: spec.hash_with(&refiner_description),
         force: args.force,
+        claim: args.claim.then(|| Duration::from_secs_f64(args.lease_s)),
     };
     let reporter = Reporter::start(mode, metrics.clone(), Duration::from_secs_f64(args.log_every.max(0.1)));
     let report = runtime.block_on(lyrics_pipeline::run(config, registry, stages, tables, metrics.clone()));
     drop(reporter);
     let report = report?;
-    eprint!("{}", summary(&report, &metrics, &format!("{}/{}", worker.index, worker.count)));
+    let who = if args.claim { "claiming".to_string() } else { format!("{}/{}", worker.index, worker.count) };
+    eprint!("{}", summary(&report, &metrics, &who));
     Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
