@@ -197,3 +197,29 @@ fn claiming_workers_finish_around_a_frozen_one_which_then_writes_nothing() {
     assert!(text.contains("taken over"), "{text}");
     assert_eq!(listing(out, &env), before, "the resumed worker wrote nothing");
 }
+
+#[test]
+fn units_run_one_task_at_a_time_write_what_one_process_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("wds");
+    webdataset(&corpus, 4, 2);
+    let input = corpus.to_string_lossy().into_owned();
+    let (one, tasks) = (dir.path().join("one"), dir.path().join("tasks"));
+    let run = |output: &Path, extra: &[&str]| {
+        let mut args =
+            vec!["run", "--input", input.as_str(), "--output", output.to_str().unwrap(), "--progress", "off"];
+        args.extend_from_slice(extra);
+        lyrics(&args, &Env::new())
+    };
+    assert!(run(&one, &[]).status.success());
+    for units in [&["--unit", "2"][..], &["--unit", "0", "--unit", "3"], &["--unit", "1"]] {
+        let output = run(&tasks, units);
+        assert!(output.status.success(), "{units:?}: {}", stderr(&output));
+    }
+    assert!(tasks.join("_SUCCESS").exists(), "the task that commits the last unit finalizes");
+    assert_eq!(shards(&tasks), shards(&one));
+    assert_eq!(manifest(&tasks), manifest(&one));
+    let missing = run(&tasks, &["--unit", "9"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("--unit 9"), "{}", stderr(&missing));
+}

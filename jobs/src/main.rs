@@ -198,6 +198,9 @@ pub struct RunArgs {
     /// uncommitted unit with a lease it renews while it works, and takes over a unit whose lease ran out.
     #[arg(long, conflicts_with_all = ["worker", "workers"])]
     claim: bool,
+    /// Process only these units (repeatable; ids as `plan` prints them), e.g. one task per unit on Ray.
+    #[arg(long, conflicts_with_all = ["worker", "workers", "claim"])]
+    unit: Vec<u64>,
     /// Seconds a claim's lease lasts without renewal (renewed every third of it).
     #[arg(long, default_value_t = 60.0, requires = "claim")]
     lease_s: f64,

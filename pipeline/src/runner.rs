@@ -81,6 +81,8 @@ pub struct RunConfig {
     pub force: bool,
     /// Share units by claims with a lease of this length, instead of by worker index (see [`crate::claims`]).
     pub claim: Option<std::time::Duration>,
+    /// Process only these units (a task per unit on an engine such as Ray), instead of a worker's share.
+    pub units: Option<Vec<u64>>,
 }
 
 /// How a run ended.
@@ -127,13 +129,25 @@ pub async fn run<S: Send + 'static>(
         plan_hash: plan.fingerprint(),
         input: redact(&config.input),
         tables: tables.names(),
-        workers: if config.claim.is_some() { None } else { Some(config.worker.count) },
+        workers: if config.claim.is_some() || config.units.is_some() { None } else { Some(config.worker.count) },
         plan: plan.clone(),
     };
     commit::open_output(&output, &record, config.force).await?;
     let committed = commit::committed_units(&output).await?;
-    let mine: Vec<&WorkUnit> =
-        plan.units.iter().filter(|u| config.claim.is_some() || config.worker.owns(u.id)).collect();
+    if let Some(missing) = config.units.iter().flatten().find(|id| **id >= plan.units.len() as u64) {
+        return Err(PipelineError::Config(format!(
+            "--unit {missing}: the plan has units 0 to {}",
+            plan.units.len().saturating_sub(1)
+        )));
+    }
+    let mine: Vec<&WorkUnit> = plan
+        .units
+        .iter()
+        .filter(|u| match &config.units {
+            Some(chosen) => chosen.contains(&u.id),
+            None => config.claim.is_some() || config.worker.owns(u.id),
+        })
+        .collect();
     let todo: Vec<WorkUnit> = mine.iter().filter(|u| !committed.contains(&u.id)).map(|u| (*u).clone()).collect();
     let skipped = (mine.len() - todo.len()) as u64;
     Metrics::add(&metrics.units_total, mine.len() as u64);

@@ -95,6 +95,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         spec_hash: spec.hash_with(&refiner_description),
         force: args.force,
         claim: args.claim.then(|| Duration::from_secs_f64(args.lease_s)),
+        units: (!args.unit.is_empty()).then(|| args.unit.clone()),
     };
     let reporter = Reporter::start(mode, metrics.clone(), Duration::from_secs_f64(args.log_every.max(0.1)));
     let report = runtime.block_on(lyrics_pipeline::run(config, registry, stages, tables, metrics.clone()));
