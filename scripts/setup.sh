@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! python3 -c "import moto, boto3, pyarrow, duckdb, polars, datasets, PIL, azure.storage.blob, onnxruntime, onnx, tokenizers" 2>/dev/null \
+if ! python3 -c "import moto, boto3, pyarrow, duckdb, polars, datasets, PIL, azure.storage.blob, onnxruntime, onnx, tokenizers, ray" 2>/dev/null \
     || ! command -v moto_server >/dev/null; then
     echo "setup: installing Python test packages" >&2
     python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt

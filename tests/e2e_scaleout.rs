@@ -223,3 +223,68 @@ fn units_run_one_task_at_a_time_write_what_one_process_writes() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(stderr(&missing).contains("--unit 9"), "{}", stderr(&missing));
 }
+
+/// A local Ray cluster on 127.0.0.1 only, stopped when dropped.
+struct RayCluster {
+    address: String,
+    temp: tempfile::TempDir,
+}
+
+impl RayCluster {
+    fn start(cpus: u32) -> RayCluster {
+        let port = free_port();
+        let temp = tempfile::tempdir().unwrap();
+        let status = Command::new("ray")
+            .args(["start", "--head", "--node-ip-address=127.0.0.1", &format!("--port={port}")])
+            .args([&format!("--num-cpus={cpus}"), "--include-dashboard=false", "--disable-usage-stats"])
+            .arg(format!("--temp-dir={}", temp.path().display()))
+            .env("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("ray start (pip install ray[default])");
+        assert!(status.success(), "ray start failed");
+        RayCluster { address: format!("127.0.0.1:{port}"), temp }
+    }
+}
+
+impl Drop for RayCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("ray").args(["stop", "--force"]).stdout(std::process::Stdio::null()).status();
+        let _ = &self.temp;
+    }
+}
+
+#[test]
+fn the_ray_launcher_writes_what_one_process_writes_even_when_a_task_dies() {
+    let moto = moto();
+    let env = s3_env(moto.port);
+    create_bucket(moto.port, "corpus");
+    create_bucket(moto.port, "out");
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("wds");
+    webdataset(&corpus, 5, 3);
+    upload_dir(&corpus, "s3://corpus/wds", &env);
+    let input = "s3://corpus/wds";
+    lyrics_ok(&["run", "--input", input, "--output", "s3://out/one", "--progress", "off"], &env);
+    let expected = shards_of("s3://out/one", &env, &dir.path().join("one"));
+
+    let cluster = RayCluster::start(2);
+    let once = dir.path().join("failpoint-fired");
+    let launched = Command::new("python3")
+        .args(["-m", "lyrics_prep_ray", "--input", input, "--output", "s3://out/ray", "--binary", bin()])
+        .args(["--address", &cluster.address, "--retries", "2", "--backoff-s", "0.2", "--progress-every", "1"])
+        .env("PYTHONPATH", repo_root().join("python"))
+        .env("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        // The first process to reach unit 1's commit dies there, as under kill -9; the retry gets through.
+        .env("LYRICS_FAILPOINT", "before-marker:1")
+        .env("LYRICS_FAILPOINT_ONCE", &once)
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&launched.stderr).into_owned();
+    assert!(launched.status.success(), "{text}");
+    assert!(once.exists(), "a task's process was killed mid-unit");
+    assert!(text.contains("units 5 done, 0 failed, 0 running of 5"), "{text}");
+    assert_eq!(shards_of("s3://out/ray", &env, &dir.path().join("ray")), expected);
+    drop(cluster);
+}

@@ -5,6 +5,8 @@
 //! Points: `after-shard` (a shard of the unit is complete, the unit is not), `before-marker` (every shard of the
 //! unit is complete, its commit marker is not written).
 //!
+//! With `LYRICS_FAILPOINT_ONCE=FILE` a crash point fires once across processes (the first creates FILE).
+//!
 //! Pause points (`pause-before-marker:<unit>`) hold the process for a few seconds there, so a test can freeze it
 //! at a known place.
 //!
@@ -19,9 +21,19 @@ pub(crate) fn hit(name: &str, unit: u64) {
     let spec = SPEC.get_or_init(|| std::env::var("LYRICS_FAILPOINT").ok());
     if let Some(spec) = spec
         && spec.split_once(':').is_some_and(|(n, u)| n == name && u.parse() == Ok(unit))
+        && first_time()
     {
         eprintln!("failpoint {spec} reached: aborting");
         std::process::abort();
+    }
+}
+
+/// With `LYRICS_FAILPOINT_ONCE=FILE`, a crash point fires in the first process that reaches it only: that one
+/// creates FILE (exclusively), so a retried task of an engine that passes the same environment gets through.
+fn first_time() -> bool {
+    match std::env::var_os("LYRICS_FAILPOINT_ONCE") {
+        None => true,
+        Some(file) => std::fs::OpenOptions::new().write(true).create_new(true).open(file).is_ok(),
     }
 }
 

@@ -1,0 +1,133 @@
+"""Run one lyrics-prep job on a Ray cluster: one Ray task per work unit.
+
+    python -m lyrics_prep_ray --input s3://bucket/corpus/ --output s3://bucket/prepared/ \
+        [--config job.toml] [--models models.toml] [--num-cpus 2] [--num-gpus 0.25] [--retries 3] \
+        [--address auto] [--env-from-driver AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY,AWS_ENDPOINT] \
+        [--binary lyrics-prep]
+
+The driver plans the job once (`lyrics-prep plan --json`), submits every unit as a task with its resource request
+(fractional GPUs let several refiner processes share a device), each running `lyrics-prep run --unit N`, retries a
+failed unit with exponential backoff, and finalizes the manifest once (`lyrics-prep finalize`). Units are
+idempotent and deterministic, so a retried or duplicated task writes the same bytes, and the output is
+byte-identical to a single-process run.
+
+Object-store settings and credentials reach the workers through Ray's runtime environment (`env_vars`), never on
+a command line: by default every variable of the driver whose name starts with AWS_, AZURE_, GOOGLE_, HF_ or LYRICS_
+(plus ORT_DYLIB_PATH), or the names given with --env-from-driver.
+
+Progress, printed by the driver every few seconds: units done / failed / running, images/s, ETA.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import ray
+
+FORWARDED_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "HF_", "LYRICS_")
+FORWARDED_NAMES = ("ORT_DYLIB_PATH",)
+
+
+def job_args(args):
+    """The flags every lyrics-prep call of the job shares."""
+    out = ["--input", args.input]
+    if args.config:
+        out += ["--config", args.config]
+    return out
+
+
+def plan_units(args, env):
+    result = subprocess.run(
+        [args.binary, "plan", *job_args(args), "--json"], env=env, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        sys.exit(f"lyrics-prep-ray: planning failed:\n{result.stderr}")
+    return [unit["id"] for unit in json.loads(result.stdout)["units"]]
+
+
+@ray.remote
+def run_unit(binary, common, output, unit, retries, backoff_s):
+    """Runs `lyrics-prep run --unit UNIT`, retrying with exponential backoff; returns (unit, ok, items, tail)."""
+    command = [binary, "run", *common, "--output", output, "--unit", str(unit), "--progress", "off"]
+    tail = ""
+    for attempt in range(retries + 1):
+        result = subprocess.run(command, capture_output=True, text=True)
+        tail = result.stderr[-2000:]
+        if result.returncode == 0:
+            items = 0
+            for line in result.stderr.splitlines():
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "items" and parts[1].isdigit():
+                    items = int(parts[1])
+            return unit, True, items, tail
+        if result.returncode == 2:
+            break  # a usage or spec error: retrying cannot help
+        time.sleep(backoff_s * (2**attempt))
+    return unit, False, 0, tail
+
+
+def forwarded_env(names):
+    if names:
+        return {n: os.environ[n] for n in names.split(",") if n in os.environ}
+    return {
+        k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(prog="lyrics-prep-ray", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--config")
+    parser.add_argument("--models")
+    parser.add_argument("--binary", default="lyrics-prep", help="the lyrics-prep executable on every node")
+    parser.add_argument("--address", default=None, help="the Ray cluster (default: RAY_ADDRESS, else a local one)")
+    parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs each unit's task requests")
+    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs each task requests; fractions share one")
+    parser.add_argument("--retries", type=int, default=3, help="reruns of a failed unit, with exponential backoff")
+    parser.add_argument("--backoff-s", type=float, default=1.0)
+    parser.add_argument("--env-from-driver", help="comma-separated variable names to pass to the workers")
+    parser.add_argument("--progress-every", type=float, default=5.0)
+    args = parser.parse_args()
+
+    env = forwarded_env(args.env_from_driver)
+    units = plan_units(args, {**os.environ, **env})
+    ray.init(address=args.address, runtime_env={"env_vars": env}, log_to_driver=False)
+    common = job_args(args) + (["--models", args.models] if args.models else [])
+    options = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus, "max_retries": 0}
+    pending = [
+        run_unit.options(**options).remote(args.binary, common, args.output, u, args.retries, args.backoff_s)
+        for u in units
+    ]
+    started, done, failed, items, last = time.time(), [], [], 0, 0.0
+    while pending:
+        ready, pending = ray.wait(pending, timeout=args.progress_every)
+        for unit, ok, unit_items, tail in ray.get(ready):
+            (done if ok else failed).append(unit)
+            items += unit_items
+            if not ok:
+                print(f"lyrics-prep-ray: unit {unit} failed after its retries:\n{tail}", file=sys.stderr)
+        now = time.time()
+        if now - last >= args.progress_every or not pending:
+            last = now
+            rate = items / max(now - started, 1e-9)
+            left = len(units) - len(done) - len(failed)
+            per_unit = (now - started) / max(len(done), 1)
+            eta = f"{per_unit * left:.0f} s" if done else "?"
+            print(
+                f"lyrics-prep-ray: units {len(done)} done, {len(failed)} failed, {len(pending)} running "
+                f"of {len(units)}; {rate:.1f} images/s; ETA {eta}",
+                file=sys.stderr,
+            )
+    if failed:
+        print(f"lyrics-prep-ray: units {','.join(map(str, sorted(failed)))} failed; rerun to retry them", file=sys.stderr)
+        sys.exit(1)
+    final = subprocess.run([args.binary, "finalize", "--output", args.output], env={**os.environ, **env})
+    sys.exit(final.returncode)
+
+
+if __name__ == "__main__":
+    main()
