@@ -168,6 +168,13 @@ def main():
     print("| query | lyrics-prep sql (ms) | DuckDB (ms) | ratio |")
     print("|---|---:|---:|---:|")
     for name, ours_sql, duck_sql in queries(out / "samples" / "*.parquet", out / "errors" / "*.parquet"):
+        # Both engines must give the same answer before their times mean anything.
+        printed = subprocess.run([args.binary, "sql", "--output", str(out), "--format", "csv", ours_sql],
+                                 check=True, capture_output=True, text=True).stdout.strip().splitlines()[1:]
+        mine = [tuple(cell for cell in line.split(",")) for line in printed]
+        theirs = [tuple(str(v) for v in row) for row in con.execute(duck_sql).fetchall()]
+        if len(mine) != len(theirs) or [r[-1] for r in mine] != [r[-1] for r in theirs]:
+            raise SystemExit(f"{name}: the engines disagree:\n{mine[:5]}\n{theirs[:5]}")
         a = median_time(ours(ours_sql))
         b = median_time(lambda: con.execute(duck_sql).fetchall())
         print(f"| {name} | {a * 1000:.0f} | {b * 1000:.0f} | {a / b:.2f} |")
