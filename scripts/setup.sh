@@ -8,9 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! python3 -c "import moto, boto3, pyarrow, duckdb, polars, datasets, PIL, azure.storage.blob, onnxruntime, onnx, tokenizers, ray" 2>/dev/null \
-    || ! command -v moto_server >/dev/null; then
+    || ! command -v moto_server >/dev/null || ! command -v ray >/dev/null; then
     echo "setup: installing Python test packages" >&2
     python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+    # Console scripts the tests call (moto_server, ray) must be on PATH under pyenv too.
+    if command -v pyenv >/dev/null; then pyenv rehash; fi
 fi
 
 if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
