@@ -15,6 +15,31 @@ fn shards_of(uri: &str, env: &Env, local: &Path) -> std::collections::BTreeMap<S
     shards(local)
 }
 
+/// A WebDataset corpus of `shards` shards in a bucket of an S3 server on 127.0.0.1, and the shards one process
+/// writes from it: what every scale-out run must write too.
+struct Job {
+    moto: Server,
+    env: Env,
+    dir: tempfile::TempDir,
+    input: &'static str,
+    expected: std::collections::BTreeMap<String, String>,
+}
+
+fn s3_job(shards: usize) -> Job {
+    let moto = moto();
+    let env = s3_env(moto.port);
+    create_bucket(moto.port, "corpus");
+    create_bucket(moto.port, "out");
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("wds");
+    webdataset(&corpus, shards, 3);
+    upload_dir(&corpus, "s3://corpus/wds", &env);
+    let input = "s3://corpus/wds";
+    lyrics_ok(&["run", "--input", input, "--output", "s3://out/one", "--progress", "off"], &env);
+    let expected = shards_of("s3://out/one", &env, &dir.path().join("one"));
+    Job { moto, env, dir, input, expected }
+}
+
 /// Runs `examples/slurm/array.sh` as array task `task` of a job of `workers`.
 fn slurm_task(
     task: u64,
@@ -39,17 +64,7 @@ fn slurm_task(
 
 #[test]
 fn array_jobs_with_a_killed_worker_write_what_one_process_writes() {
-    let moto = moto();
-    let env = s3_env(moto.port);
-    create_bucket(moto.port, "corpus");
-    create_bucket(moto.port, "out");
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("wds");
-    webdataset(&corpus, 6, 3);
-    upload_dir(&corpus, "s3://corpus/wds", &env);
-    let input = "s3://corpus/wds";
-    lyrics_ok(&["run", "--input", input, "--output", "s3://out/one", "--progress", "off"], &env);
-    let expected = shards_of("s3://out/one", &env, &dir.path().join("one"));
+    let Job { moto: _moto, env, dir, input, expected } = s3_job(6);
 
     // Slurm: three array tasks of the committed script; task 1 dies before committing its first unit (unit 1).
     let out = "s3://out/slurm";
@@ -138,17 +153,7 @@ fn listing(uri: &str, env: &Env) -> Vec<(String, u64, Option<String>)> {
 #[test]
 fn claiming_workers_finish_around_a_frozen_one_which_then_writes_nothing() {
     use std::io::{BufRead, BufReader};
-    let moto = moto();
-    let env = s3_env(moto.port);
-    create_bucket(moto.port, "corpus");
-    create_bucket(moto.port, "out");
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("wds");
-    webdataset(&corpus, 5, 3);
-    upload_dir(&corpus, "s3://corpus/wds", &env);
-    let input = "s3://corpus/wds";
-    lyrics_ok(&["run", "--input", input, "--output", "s3://out/one", "--progress", "off"], &env);
-    let expected = shards_of("s3://out/one", &env, &dir.path().join("one"));
+    let Job { moto: _moto, env, dir, input, expected } = s3_job(5);
 
     let out = "s3://out/claims";
     let claiming = |extra: &[(&str, &str)]| {
@@ -256,17 +261,7 @@ impl Drop for RayCluster {
 
 #[test]
 fn the_ray_launcher_writes_what_one_process_writes_even_when_a_task_dies() {
-    let moto = moto();
-    let env = s3_env(moto.port);
-    create_bucket(moto.port, "corpus");
-    create_bucket(moto.port, "out");
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("wds");
-    webdataset(&corpus, 5, 3);
-    upload_dir(&corpus, "s3://corpus/wds", &env);
-    let input = "s3://corpus/wds";
-    lyrics_ok(&["run", "--input", input, "--output", "s3://out/one", "--progress", "off"], &env);
-    let expected = shards_of("s3://out/one", &env, &dir.path().join("one"));
+    let Job { moto: _moto, env, dir, input, expected } = s3_job(5);
 
     let cluster = RayCluster::start(2);
     let once = dir.path().join("failpoint-fired");
