@@ -12,7 +12,7 @@ if ! python3 -c "import moto, boto3, pyarrow, duckdb, polars, datasets, PIL, azu
     echo "setup: installing Python test packages" >&2
     python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
     # Console scripts the tests call (moto_server, ray) must be on PATH under pyenv too.
-    if command -v pyenv >/dev/null; then pyenv rehash; fi
+    if command -v pyenv >/dev/null; then pyenv rehash || true; fi
 fi
 
 if [ ! -x .tools/node_modules/.bin/azurite-blob ]; then
