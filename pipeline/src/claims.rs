@@ -17,12 +17,12 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
+use crate::commit::{get_json, list_dir};
 use crate::store::Location;
 
 /// Where claims live, under the output.
@@ -65,26 +65,18 @@ pub enum Attempt {
 
 /// The generations of `unit`'s claims and the highest one's lease.
 async fn latest(output: &Location, unit: u64) -> Result<Option<(u64, Lease)>, PipelineError> {
-    let prefix = output.child(CLAIMS_DIR);
-    let listed: Vec<_> = output
-        .store
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(|e| PipelineError::store(output.uri_of(&prefix), e))?;
+    let listed = list_dir(output, CLAIMS_DIR).await?;
     let head = format!("{unit:06}-");
     let generation = listed
         .iter()
         .filter_map(|m| m.location.filename()?.strip_prefix(&head)?.strip_suffix(".json")?.parse::<u64>().ok())
         .max();
     let Some(generation) = generation else { return Ok(None) };
-    let path = output.child(&claim_path(unit, generation));
-    let bytes = match output.store.get(&path).await {
-        Ok(result) => result.bytes().await.map_err(|e| PipelineError::store(output.uri_of(&path), e))?,
-        Err(e) => return Err(PipelineError::store(output.uri_of(&path), e)),
-    };
-    let lease = serde_json::from_slice(&bytes)
-        .map_err(|e| PipelineError::input(output.uri_of(&path), format!("unreadable claim: {e}")))?;
+    let relative = claim_path(unit, generation);
+    // Claims are never deleted: one listed a moment ago is there.
+    let lease = get_json::<Lease>(output, &relative)
+        .await?
+        .ok_or_else(|| PipelineError::store(output.uri_of(&output.child(&relative)), "the claim vanished"))?;
     Ok(Some((generation, lease)))
 }
 

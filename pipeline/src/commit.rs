@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectMeta, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
@@ -93,7 +93,7 @@ fn marker_path(unit: u64) -> String {
     format!("{DONE_DIR}/{unit:06}.json")
 }
 
-async fn get_json<T: for<'de> Deserialize<'de>>(
+pub(crate) async fn get_json<T: for<'de> Deserialize<'de>>(
     output: &Location,
     relative: &str,
 ) -> Result<Option<T>, PipelineError> {
@@ -193,14 +193,7 @@ async fn clear(output: &Location, tables: &[String]) -> Result<(), PipelineError
     let mut dirs: BTreeSet<&str> = lyrics_schemas::Table::ALL.map(|t| t.name()).into_iter().collect();
     dirs.extend(tables.iter().map(String::as_str));
     for dir in dirs.into_iter().chain([STATE_DIR]) {
-        let prefix = output.child(dir);
-        let listed: Vec<_> = output
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| PipelineError::store(output.uri_of(&prefix), e))?;
-        doomed.extend(listed.into_iter().map(|m| m.location));
+        doomed.extend(list_dir(output, dir).await?.into_iter().map(|m| m.location));
     }
     doomed.push(output.child(SUCCESS_FILE));
     for path in doomed {
@@ -212,15 +205,20 @@ async fn clear(output: &Location, tables: &[String]) -> Result<(), PipelineError
     Ok(())
 }
 
-/// The units with a commit marker.
-pub async fn committed_units(output: &Location) -> Result<BTreeSet<u64>, PipelineError> {
-    let prefix = output.child(DONE_DIR);
-    let listed: Vec<_> = output
+/// Every object under `dir` of the output.
+pub(crate) async fn list_dir(output: &Location, dir: &str) -> Result<Vec<ObjectMeta>, PipelineError> {
+    let prefix = output.child(dir);
+    output
         .store
         .list(Some(&prefix))
         .try_collect()
         .await
-        .map_err(|e| PipelineError::store(output.uri_of(&prefix), e))?;
+        .map_err(|e| PipelineError::store(output.uri_of(&prefix), e))
+}
+
+/// The units with a commit marker.
+pub async fn committed_units(output: &Location) -> Result<BTreeSet<u64>, PipelineError> {
+    let listed = list_dir(output, DONE_DIR).await?;
     Ok(listed.iter().filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse::<u64>().ok()).collect())
 }
 
