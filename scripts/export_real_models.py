@@ -54,6 +54,9 @@ from torch import nn
 
 TAGS = 4585
 SEED = 7
+# Masks recorded per photo in reference.json (the best-scoring boxes'); random weights make noisy masks, and the
+# file stays small.
+MASKS_PER_PHOTO = 4
 
 
 # --- photos -------------------------------------------------------------------------------------------------------
@@ -65,7 +68,7 @@ PHOTOS = {
     "square": (512, 512, 1),
     "tiny": (64, 64, 1),
     "panorama": (4000, 1000, 1),
-    # Stored 600x400 landscape with orientation 6 (rotate 90 clockwise to display): shown as 400x600.
+    # Stored 600x400 with orientation 6 (rotate 90 clockwise to display): shown as 400x600.
     "rotated": (600, 400, 6),
 }
 
@@ -103,8 +106,11 @@ def write_photos(out):
         exif = Image.Exif()
         if orientation != 1:
             exif[0x0112] = orientation
-        img.save(folder / f"{name}.jpg", quality=90, exif=exif.tobytes())
-        shown[name] = ImageOps.exif_transpose(Image.open(folder / f"{name}.jpg")).convert("RGB")
+        # PNG, so that every reader decodes the same pixels: with random weights, Grounding DINO's query selection
+        # turns a JPEG decoder's one-level differences into other boxes, and parity could not be told apart from
+        # noise. The rotated photo carries its orientation in an eXIf chunk.
+        img.save(folder / f"{name}.png", exif=exif.tobytes())
+        shown[name] = ImageOps.exif_transpose(Image.open(folder / f"{name}.png")).convert("RGB")
     return shown
 
 
@@ -231,8 +237,8 @@ class RamImageSide(nn.Module):
         from timm.models.swin_transformer import SwinTransformer
 
         if tiny:
-            swin = dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
-            width = 32
+            swin = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
+            width = 16
         else:
             swin = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
             width = 768
@@ -267,8 +273,15 @@ class RamImageSide(nn.Module):
             self.logit_scale.copy_(4.0 / logits.std(0).clamp_min(1e-6))
             self.class_bias.copy_(-logits.mean(0) * self.logit_scale)
             margins = torch.cat([self(x) for x in photos]) - torch.logit(torch.tensor(thresholds))
-            cut = margins.topk(at_least, dim=1).values[:, -1].min()
-            self.class_bias -= cut - 1e-3
+            # The cut goes in the middle of a gap between margins, so that no tag of any photo sits within a
+            # rounding error of its threshold (batching changes the last bits of a logit).
+            want = margins.topk(at_least, dim=1).values[:, -1].min()
+            ordered = torch.sort(margins.flatten(), descending=True).values
+            below = ordered[ordered < want]
+            gaps = below[:-1] - below[1:]
+            k = int(torch.nonzero(gaps > 0.05)[0]) if bool((gaps > 0.05).any()) else 0
+            cut = (below[k] + below[k + 1]) / 2 if len(below) > k + 1 else want - 0.05
+            self.class_bias -= cut
 
 
 class RamTargets(nn.Module):
@@ -295,11 +308,16 @@ def ram_input(img):
     return torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32))
 
 
-def export_ram(out, tiny, photos, thresholds):
+def ram_model(tiny, photos, thresholds):
     torch.manual_seed(SEED)
     ram = RamImageSide(tiny).eval()
     calibration = [make_photo("c", 320 + 16 * i, 480 - 8 * i, 1000 + i) for i in range(48)]
     ram.calibrate([ram_input(p) for p in calibration], [ram_input(p) for p in photos.values()], thresholds)
+    return ram
+
+
+def export_ram(out, tiny, photos, thresholds):
+    ram = ram_model(tiny, photos, thresholds)
     with torch.no_grad():
         export(RamTargets(ram, thresholds), (torch.randn(1, 3, 384, 384),), out / "ram_targets.onnx",
                ["img"], ["targets", "bs"], {"targets": {0: "batch_size"}, "bs": {0: "batch_size"}})
@@ -332,9 +350,9 @@ def gdino_model(tiny):
     from transformers import BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection, SwinConfig
 
     if tiny:
-        backbone = SwinConfig(embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=7,
+        backbone = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7,
                               out_features=["stage2", "stage3", "stage4"])
-        text = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+        text = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
         config = GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1,
                                      decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
                                      encoder_attention_heads=2, decoder_attention_heads=2, num_queries=30)
@@ -396,12 +414,6 @@ def text_inputs(tokenizer, caption):
 
 def export_gdino(out, tiny, tokenizer):
     model = gdino_model(tiny)
-    # Random weights pass almost every query over the box threshold; scaling the class logits keeps the count of
-    # boxes per image near what a trained model gives.
-    with torch.no_grad():
-        for head in model.class_embed if isinstance(model.class_embed, nn.ModuleList) else [model.class_embed]:
-            if hasattr(head, "bias") and isinstance(head.bias, torch.Tensor):
-                head.bias.fill_(-2.0)
     ids, types, mask = text_inputs(tokenizer, "red ball, blue box, green tree.")
     h, w = GDINO_HF_SIZE
     with torch.no_grad(), exporter_stand_ins():
@@ -462,8 +474,14 @@ def nms(boxes, scores, iou):
     return keep
 
 
-def gdino_reference(model, tokenizer, photos, tags, box_threshold, text_threshold, iou, max_detections):
-    """transformers' post_process_grounded_object_detection on the HF contract's input, then class-agnostic NMS."""
+def gdino_reference(graph, tokenizer, photos, tags, box_threshold, text_threshold, iou, max_detections):
+    """transformers' post_process_grounded_object_detection on the HF graph's outputs, then class-agnostic NMS.
+
+    The graph runs in ONNX Runtime, not the PyTorch module: with random weights, the two-stage query selection turns
+    the last-bit differences between the two backends into other queries now and then, and what is compared here is
+    the pre- and post-processing around the same graph."""
+    from types import SimpleNamespace
+
     from transformers import GroundingDinoProcessor
 
     post = GroundingDinoProcessor.post_process_grounded_object_detection
@@ -475,8 +493,11 @@ def gdino_reference(model, tokenizer, photos, tags, box_threshold, text_threshol
                 continue
             ids, types, mask = text_inputs(tokenizer, prompt_of(tags[name]))
             pixels = dino_input(img, GDINO_HF_SIZE)
-            outputs = model(pixel_values=pixels, input_ids=ids, token_type_ids=types, attention_mask=mask,
-                            return_dict=True)
+            h, w = GDINO_HF_SIZE
+            logits, boxes = graph.run(["logits", "pred_boxes"], {
+                "pixel_values": pixels.numpy(), "input_ids": ids.numpy(), "token_type_ids": types.numpy(),
+                "attention_mask": mask.numpy(), "pixel_mask": np.ones((1, h, w), np.int64)})
+            outputs = SimpleNamespace(logits=torch.from_numpy(logits), pred_boxes=torch.from_numpy(boxes))
 
             # The processor's post-processing decodes each phrase with its tokenizer: ours, from tokenizer.json.
             decoder = type("Decoder", (), {"batch_decode": lambda _self, rows, **_: [
@@ -503,7 +524,7 @@ def sam_model(tiny):
         from segment_anything import sam_model_registry
 
         return sam_model_registry["vit_b"]().eval()
-    encoder = ImageEncoderViT(depth=1, embed_dim=64, img_size=1024, mlp_ratio=2,
+    encoder = ImageEncoderViT(depth=1, embed_dim=32, img_size=1024, mlp_ratio=2,
                               norm_layer=partial(nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=16, qkv_bias=True,
                               use_rel_pos=True, global_attn_indexes=[0], window_size=14, out_chans=256)
     prompt = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
@@ -554,7 +575,7 @@ def sam_reference(sam, photos, detections):
             masks = []
             if detections[name]:
                 predictor.set_image(np.asarray(img))
-                for d in detections[name]:
+                for d in detections[name][:MASKS_PER_PHOTO]:
                     box = np.array(d["box"], dtype=np.float32).clip(0, [img.width, img.height] * 2)
                     m, scores, _ = predictor.predict(box=box, multimask_output=False)
                     masks.append({"rle": rle(m[0]), "score": float(scores[0])})
@@ -593,7 +614,7 @@ def hf_sam_model(tiny):
 
     torch.manual_seed(SEED + 3)
     if tiny:
-        vision = SamVisionConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, mlp_dim=128,
+        vision = SamVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_dim=64,
                                  global_attn_indexes=[0], output_channels=256)
         decoder = SamMaskDecoderConfig(num_hidden_layers=1, mlp_dim=256, iou_head_hidden_dim=64)
         config = SamConfig(vision_config=vision.to_dict(), mask_decoder_config=decoder.to_dict())
@@ -632,7 +653,7 @@ def hf_sam_reference(model, photos, detections):
                 result[name] = []
                 continue
             boxes = [[max(0.0, min(v, lim)) for v, lim in zip(d["box"], [img.width, img.height] * 2)]
-                     for d in detections[name]]
+                     for d in detections[name][:MASKS_PER_PHOTO]]
             inputs = processor(images=img, input_boxes=[boxes], return_tensors="pt")
             outputs = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["input_boxes"],
                             multimask_output=True)
@@ -707,16 +728,27 @@ def export_sam2(out, tiny):
 
 
 def rle(mask):
-    """COCO uncompressed RLE (column-major runs, starting with background) of a boolean [H, W] mask."""
+    """COCO compressed RLE (pycocotools' `rleToString`: column-major runs starting with background, each run after
+    the second stored as its difference from the run two before, in 5-bit groups) of a boolean [H, W] mask."""
     flat = np.asarray(mask, dtype=bool).flatten(order="F")
-    counts, current, run = [], False, 0
-    for v in flat:
-        if v != current:
-            counts.append(run)
-            current, run = v, 0
-        run += 1
-    counts.append(run)
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    counts = list(np.diff(bounds))
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    out = []
+    for i, x in enumerate(int(c) for c in counts):
+        if i > 2:
+            x -= int(counts[i - 2])
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = (x != -1) if (c & 0x10) else (x != 0)
+            if more:
+                c |= 0x20
+            out.append(chr(c + 48))
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": "".join(out)}
 
 
 # --- main ---------------------------------------------------------------------------------------------------------
@@ -749,20 +781,20 @@ def main():
     s = reference["settings"]
 
     if "ram" in only or "gdino" in only or "sam" in only or "hf_sam" in only:
-        ram = export_ram(out, tiny, photos, thresholds)
-        reference["tags"] = ram_reference(ram, photos, tag_list, thresholds)
+        export_ram(out, tiny, photos, thresholds)
+        reference["tags"] = ram_reference(ram_model(tiny, photos, thresholds), photos, tag_list, thresholds)
         print("ram:", {k: len(v) for k, v in reference["tags"].items()})
     if "gdino" in only or "sam" in only or "hf_sam" in only:
-        gdino = export_gdino(out, tiny, tokenizer)
-        reference["detections"] = gdino_reference(gdino, tokenizer, photos, reference["tags"], s["box_threshold"],
+        export_gdino(out, tiny, tokenizer)
+        reference["detections"] = gdino_reference(session(out / "gdino_hf.onnx"), tokenizer, photos, reference["tags"], s["box_threshold"],
                                                   s["text_threshold"], s["iou_threshold"], s["max_detections"])
         print("gdino:", {k: len(v) for k, v in reference["detections"].items()})
     if "sam" in only:
-        sam = export_sam(out, tiny)
-        reference["sam"] = sam_reference(sam, photos, reference["detections"])
+        export_sam(out, tiny)
+        reference["sam"] = sam_reference(sam_model(tiny), photos, reference["detections"])
     if "hf_sam" in only:
-        hf_sam = export_hf_sam(out, tiny)
-        reference["hf_sam"] = hf_sam_reference(hf_sam, photos, reference["detections"])
+        export_hf_sam(out, tiny)
+        reference["hf_sam"] = hf_sam_reference(hf_sam_model(tiny), photos, reference["detections"])
     if "sam2" in only:
         export_sam2(out, tiny)
     reference_path.write_text(json.dumps(reference, separators=(",", ":")) + "\n")

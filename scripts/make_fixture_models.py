@@ -19,7 +19,9 @@ Palette: red (230,25,75), green (60,180,75), blue (0,130,200), yellow (255,225,2
 The graphs look at every second row and column only: fixtures are to be exact and cheap, so that benchmarks on
 them measure the pre- and post-processing around the models.
 - sam_decoder.onnx (the official decoder signature): mask = the pixels inside the box prompt whose class is the
-  class found at the box centre, at the original image size (logits +/-10).
+  class found at the box centre, at the original image size (logits +/-10); `low_res_masks` the same test on the
+  256x256 grid of 4x4 cells of the padded 1024 frame (class and box tested at each cell's centre), which is what
+  SamPredictor's post-processing upsamples.
 
     python3 scripts/make_fixture_models.py examples/models
 """
@@ -317,7 +319,17 @@ def sam_decoder():
     extra = g.op("Add", [extra, g.op("ReduceSum", ["point_labels"], keepdims=0)])
     iou = g.op("Add", [g.const(np.full((1, 1), 0.9, np.float32)), g.op("Mul", [extra, g.const(np.float32(0.0))])])
     g.named("Identity", [iou], "iou_predictions")
-    g.named("ConstantOfShape", [g.const(np.array([1, 1, 256, 256], np.int64), np.int64)], "low_res_masks", value=numpy_helper.from_array(np.array([-10.0], np.float32)))
+    # Low resolution: cell (i, j) of the padded frame is centred on 1024-space pixel (4i + 2, 4j + 2), whose class
+    # is cmap[2i + 1, 2j + 1].
+    two = g.const(np.array([2, 2], np.int64), np.int64)
+    low_class = g.op("Slice", [cmap, g.const(np.array([1, 1], np.int64), np.int64), g.const(np.array([512, 512], np.int64), np.int64), g.const(np.array([0, 1], np.int64), np.int64), two])
+    cells = g.op("Add", [g.op("Mul", [g.op("Cast", [g.op("Range", [zero, g.const(np.int64(256), np.int64), one])], to=TensorProto.FLOAT), g.const(np.float32(4.0))]), g.const(np.float32(2.0))])  # [256]
+    low_x = g.op("And", [g.op("GreaterOrEqual", [cells, bx1]), g.op("LessOrEqual", [cells, bx2])])
+    low_y = g.op("And", [g.op("GreaterOrEqual", [cells, by1]), g.op("LessOrEqual", [cells, by2])])
+    low_inside = g.op("And", [g.op("Unsqueeze", [low_y, g.const(np.array([1], np.int64), np.int64)]), g.op("Unsqueeze", [low_x, g.const(np.array([0], np.int64), np.int64)])])
+    low_mask = g.op("And", [g.op("And", [g.op("Equal", [low_class, centre_class]), low_inside]), valid])
+    low = g.op("Where", [low_mask, g.const(np.float32(10.0)), g.const(np.float32(-10.0))])
+    g.named("Unsqueeze", [low, g.const(np.array([0, 1], np.int64), np.int64)], "low_res_masks")
     return g.model(
         "sam_decoder_fixture",
         [

@@ -207,7 +207,7 @@ fn python_reference_parity_for_both_detector_exports() {
 fn fixture_models_are_what_the_committed_script_generates() {
     let dir = tempfile::tempdir().unwrap();
     python_script("scripts/make_fixture_models.py", &[&s(dir.path())], &Env::new());
-    for entry in std::fs::read_dir(models_dir()).unwrap().flatten() {
+    for entry in std::fs::read_dir(models_dir()).unwrap().flatten().filter(|e| e.path().is_file()) {
         let name = entry.file_name();
         let generated = std::fs::read(dir.path().join(&name)).unwrap_or_default();
         assert_eq!(
@@ -333,7 +333,7 @@ fn a_model_that_cannot_load_fails_the_run_before_anything_commits() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     std::fs::create_dir_all(&models).unwrap();
-    for entry in std::fs::read_dir(models_dir()).unwrap().flatten() {
+    for entry in std::fs::read_dir(models_dir()).unwrap().flatten().filter(|e| e.path().is_file()) {
         std::fs::copy(entry.path(), models.join(entry.file_name())).unwrap();
     }
     std::fs::write(models.join("tagger.onnx"), b"this is not an ONNX graph").unwrap();

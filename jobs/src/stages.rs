@@ -6,9 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use lyrics_operators::image::ImageOperator;
-use lyrics_operators::models::{
-    Inferred, ModelError, ModelsConfig, Prepared, RefinedObject, Refiner, finish, prepare,
-};
+use lyrics_operators::models::{Inferred, Layout, ModelError, Prepared, RefinedObject, Refiner, finish, prepare};
 use lyrics_operators::text::{TextOptions, texts};
 use lyrics_pipeline::{ItemError, Metrics, RawItem, Sample, Stage, StageError, TableHandle, panic_row};
 use lyrics_schemas::{ImageRef, InstructRow, MaskRow, ObjectRow, PretrainRow, SampleRow, TagRow};
@@ -127,15 +125,24 @@ impl Stage<State> for PerSample {
     }
 }
 
+/// The layout of the loaded graphs, published by the thread that loads them: `Err` with the reason when they could
+/// not be loaded.
+pub type LayoutSlot = Arc<std::sync::OnceLock<Result<Layout, String>>>;
+
 /// Computes every model input that depends on the image alone, in parallel: resizing and normalization are off
-/// the inference thread, so they overlap inference of the previous micro-batch.
-pub fn refine_prepare(config: Arc<ModelsConfig>, pool: Arc<rayon::ThreadPool>) -> PerSample {
+/// the inference thread, so they overlap inference of the previous micro-batch. What to resize to is read from the
+/// graphs, so the first batch waits for them to be loaded.
+pub fn refine_prepare(layout: LayoutSlot, pool: Arc<rayon::ThreadPool>) -> PerSample {
     PerSample::new("refine.prepare", pool, move |mut sample| {
         let State::Pixels(pixels) = std::mem::take(&mut sample.state) else {
             let error = ModelError::Preprocess("no decoded pixels reached the refiner".into());
             return refine_error(&sample, &error);
         };
-        match prepare(&config, &pixels) {
+        let layout = match layout.wait() {
+            Ok(layout) => layout,
+            Err(reason) => return refine_error(&sample, &ModelError::Runtime(reason.clone())),
+        };
+        match prepare(layout, &pixels) {
             Ok(prepared) => {
                 sample.state = State::Prepared(pixels, prepared);
                 Record::Sample(sample)

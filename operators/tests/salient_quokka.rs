@@ -49,11 +49,10 @@ fn isnet_segments_the_annotated_quokka() {
         model: None,
         margin: 0.1,
         mask_threshold: 0.5,
-        batch_size: 1,
+        batch_size: None,
     };
     let mut segmenter = Segmenter::load(&config, &[model.as_path()], Device::Cpu, 0).unwrap();
-    let masks = segmenter.infer(&image, None, &[bbox]).unwrap();
-    let mask = &masks[0];
+    let mask = segmenter.infer(&image, None, &[bbox]).unwrap().remove(0).finish();
     let (w, h) = image.dimensions();
     assert_eq!((mask.width, mask.height), (w, h));
     let pixels = mask.pixels().unwrap();

@@ -8,7 +8,8 @@ It follows the reference code structure with numpy + onnxruntime + Pillow + toke
   RandomResize([800], max_size=1333), ImageNet normalization, `generate_masks_with_special_tokens_and_transfer_map`,
   sigmoid, box/text thresholds, `get_phrases_from_posmap`, boxes to pixels, torchvision-style NMS.
 - SAM (`segment_anything/utils/transforms.py` ResizeLongestSide, `Sam.preprocess`, the ONNX example notebook): box
-  corners with labels 2 and 3, masks thresholded at 0, the first mask of the decoder's output.
+  corners with labels 2 and 3, the first low-resolution mask of the decoder's output brought to the image as
+  SamPredictor does (`Sam.postprocess_masks`), thresholded at 0.
 
     refiner_reference.py MODELS_DIR --export idea|hf OUT.json IMAGE...
 
@@ -182,9 +183,30 @@ def sam_masks(encoder, decoder, image, boxes):
             "has_mask_input": np.zeros(1, np.float32),
             "orig_im_size": np.array([h, w], np.float32),
         }
-        masks, iou = decoder.run(["masks", "iou_predictions"], feeds)
-        out.append((masks[0, 0] > 0.0, float(iou[0, 0])))
+        low, iou = decoder.run(["low_res_masks", "iou_predictions"], feeds)
+        out.append((postprocess_masks(low[0, 0], (nh, nw), (h, w)) > 0.0, float(iou[0, 0])))
     return out
+
+
+def interpolate(plane, out_h, out_w):
+    """torch.nn.functional.interpolate(mode="bilinear", align_corners=False) of a 2-D array."""
+    in_h, in_w = plane.shape
+
+    def axis(n_in, n_out):
+        x = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        lo = np.minimum(np.floor(x).astype(np.int64), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, (x - lo).astype(np.float32)
+
+    (y0, y1, wy), (x0, x1, wx) = axis(in_h, out_h), axis(in_w, out_w)
+    rows = plane[:, x0] * (1 - wx) + plane[:, x1] * wx
+    return rows[y0] * (1 - wy)[:, None] + rows[y1] * wy[:, None]
+
+
+def postprocess_masks(low, input_size, original_size):
+    """SamPredictor's Sam.postprocess_masks: to the padded 1024 frame, the resized image cropped, to the original."""
+    full = interpolate(low.astype(np.float32), 1024, 1024)[: input_size[0], : input_size[1]]
+    return interpolate(full, original_size[0], original_size[1])
 
 
 def rle_encode(mask):

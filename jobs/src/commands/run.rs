@@ -12,7 +12,9 @@ use lyrics_pipeline::{Metrics, RunConfig, Stage, Tables, Worker};
 use super::{input_of, load_spec, registry, runtime};
 use crate::RunArgs;
 use crate::progress::{ProgressMode, Reporter, summary};
-use crate::stages::{DecodeStage, PendingRefiner, RefineInferStage, State, refine_finish, refine_prepare, text};
+use crate::stages::{
+    DecodeStage, LayoutSlot, PendingRefiner, RefineInferStage, State, refine_finish, refine_prepare, text,
+};
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let mode = args.progress.resolved();
@@ -64,9 +66,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(models_uri) = &spec.refine.models {
         let refiner = runtime.block_on(start_refiner(&spec, models_uri, &registry, mode))?;
         refiner_description = refiner.description.clone();
-        let config = Arc::new(refiner.config.clone());
         let description: Arc<str> = Arc::from(refiner.description.as_str());
-        stages.push(Box::new(refine_prepare(config, pool.clone())));
+        stages.push(Box::new(refine_prepare(refiner.layout, pool.clone())));
         stages.push(Box::new(RefineInferStage::new(refiner.sessions, metrics.clone())));
         stages.push(Box::new(refine_finish(description, pool.clone())));
         if spec.text.enabled {
@@ -110,11 +111,22 @@ fn init_logging(mode: ProgressMode) {
     crate::logging::init(if mode == ProgressMode::Bar { "warn" } else { "info" });
 }
 
-/// A refiner on its way: what it is (known at once) and its sessions (possibly still loading).
+/// A refiner on its way: what it is (known at once), its sessions (possibly still loading) and the layout of its
+/// graphs (published once they are loaded).
 struct StartedRefiner {
-    config: lyrics_operators::models::ModelsConfig,
     description: String,
     sessions: PendingRefiner,
+    layout: LayoutSlot,
+}
+
+/// Publishes the layout of the loading thread's outcome, and a failure if that thread ends without one (a panic),
+/// so the stages waiting for it never wait forever.
+struct Publish(LayoutSlot);
+
+impl Drop for Publish {
+    fn drop(&mut self) {
+        let _ = self.0.set(Err("loading the models failed".into()));
+    }
 }
 
 /// Reads the models file and makes its files local (downloading what the cache lacks); then loads the sessions, on
@@ -135,11 +147,18 @@ async fn start_refiner(
     let threads = spec.refine.threads;
     let config = models.config.clone();
     let uri = lyrics_pipeline::redact(models_uri);
+    let layout: LayoutSlot = Arc::default();
+    let publish = Publish(layout.clone());
     let load = move || {
         let loaded = Refiner::load(&config, &paths, device, threads);
-        if loaded.is_ok() {
-            tracing::info!(device = %device, models = %uri, "refiner loaded");
-        }
+        let _ = publish.0.set(match &loaded {
+            Ok(refiner) => {
+                tracing::info!(device = %device, models = %uri, "refiner loaded");
+                Ok(refiner.layout())
+            }
+            Err(e) => Err(format!("cannot load the models: {e}")),
+        });
+        drop(publish);
         loaded
     };
     let sessions = match device {
@@ -151,5 +170,5 @@ async fn start_refiner(
                 .with_context(|| format!("cannot load the models of {}", lyrics_pipeline::redact(models_uri)))?,
         )),
     };
-    Ok(StartedRefiner { config: models.config, description, sessions })
+    Ok(StartedRefiner { description, sessions, layout })
 }

@@ -17,7 +17,7 @@
 //! max_detections = 100            # boxes kept per image, the best first
 //!
 //! [segmenter]
-//! family = "sam"                  # sam (encoder + decoder) | salient_crop (ISNet on each box)
+//! family = "sam"                  # sam | hf_sam | sam2 (encoder + decoder) | salient_crop (ISNet on each box)
 //! encoder = "sam_encoder.onnx"
 //! decoder = "sam_decoder.onnx"
 //! ```
@@ -159,8 +159,13 @@ pub struct DetectorConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SegmenterFamily {
-    /// Segment Anything: image encoder once per image, prompt decoder once per box.
+    /// Segment Anything: samexporter's image encoder once per image, the official prompt decoder once per box.
     Sam,
+    /// transformers' SAM / SlimSAM as transformers.js ships it: `vision_encoder` once per image,
+    /// `prompt_encoder_mask_decoder` on many boxes per call.
+    HfSam,
+    /// SAM 2 / 2.1 as samexporter exports it: encoder once per image, decoder on many boxes per call.
+    Sam2,
     /// ISNet salient-object segmentation on each box's crop.
     SalientCrop,
 }
@@ -170,10 +175,10 @@ pub enum SegmenterFamily {
 #[serde(deny_unknown_fields)]
 pub struct SegmenterConfig {
     pub family: SegmenterFamily,
-    /// SAM: the image encoder (`image` → `image_embeddings`).
+    /// sam, hf_sam, sam2: the image encoder.
     #[serde(default)]
     pub encoder: Option<FileRef>,
-    /// SAM: the official prompt decoder export.
+    /// sam, hf_sam, sam2: the prompt decoder.
     #[serde(default)]
     pub decoder: Option<FileRef>,
     /// salient_crop: the ISNet model (`input` → `output`).
@@ -185,9 +190,10 @@ pub struct SegmenterConfig {
     /// salient_crop: probability above which a pixel is foreground.
     #[serde(default = "default_half")]
     pub mask_threshold: f32,
-    /// Images per segmenter run.
-    #[serde(default = "default_one")]
-    pub batch_size: usize,
+    /// Boxes per decoder call, for decoders that take many (hf_sam, sam2; default: every box of an image in one
+    /// call). A decoder that takes one box per call refuses a setting above 1.
+    #[serde(default)]
+    pub batch_size: Option<usize>,
 }
 
 /// A whole models file. Each family is optional, but a detector needs a tagger's tags as its prompt (or
@@ -269,7 +275,9 @@ impl ModelsConfig {
             positive("detector.max_detections", d.max_detections)?;
         }
         if let Some(s) = &self.segmenter {
-            positive("segmenter.batch_size", s.batch_size)?;
+            if let Some(n) = s.batch_size {
+                positive("segmenter.batch_size", n)?;
+            }
             unit("segmenter.mask_threshold", s.mask_threshold)?;
             if !(0.0..=10.0).contains(&s.margin) {
                 return Err(ModelError::Config(format!("segmenter.margin = {}: allowed 0 to 10", s.margin)));
@@ -282,7 +290,7 @@ impl ModelsConfig {
                 }
             };
             match s.family {
-                SegmenterFamily::Sam => {
+                SegmenterFamily::Sam | SegmenterFamily::HfSam | SegmenterFamily::Sam2 => {
                     need("encoder", &s.encoder)?;
                     need("decoder", &s.decoder)?;
                 }

@@ -7,7 +7,10 @@
 //!   `pixel_mask` → `logits`, `pred_boxes`): the graph builds them itself.
 //!
 //! Pre- and post-processing follow Grounding DINO's `inference.py` and the Grounded-SAM demo: shorter side 800,
-//! longer at most 1333 (PIL bilinear), ImageNet normalization; BERT tokenization from `tokenizer.json`; a query is
+//! longer at most 1333 (PIL bilinear), ImageNet normalization — or, for a graph that declares a static image size
+//! (X-AnyLabeling's IDEA export is traced at 1×3×800×1200, and tracing freezes transformers' multi-scale shapes at the
+//! traced size), the image stretched to that size, as that export's callers do (boxes are fractions of the input, so
+//! they map back unchanged); BERT tokenization from `tokenizer.json`; a query is
 //! kept when its best token score (sigmoid) is above `box_threshold`, its phrase is the decoded tokens scoring above
 //! `text_threshold` (`get_phrases_from_posmap`, [CLS] and positions from 255 on excluded), its score the best token
 //! score; boxes go to pixel corners of the original image and through class-agnostic NMS.
@@ -16,7 +19,7 @@ use image::RgbImage;
 use tokenizers::Tokenizer;
 
 use super::preprocess::{IMAGENET_MEAN, IMAGENET_STD, dino_size, resize_bilinear, sigmoid, to_planar};
-use super::runtime::{Device, Input, OnnxModel};
+use super::runtime::{Contract, Device, Input, OnnxModel, refuse};
 use super::{DetectorConfig, DetectorExport, ModelError};
 use crate::geometry::{BoxXyxy, cxcywh_to_xyxy, nms};
 
@@ -56,6 +59,8 @@ pub struct Detector {
     model: OnnxModel,
     tokenizer: Tokenizer,
     export: DetectorExport,
+    /// The static (width, height) the graph declares for its image, if any.
+    fixed_size: Option<(u32, u32)>,
     special: Vec<u32>,
     box_threshold: f32,
     text_threshold: f32,
@@ -64,9 +69,16 @@ pub struct Detector {
     max_detections: usize,
 }
 
-const IDEA_INPUTS: [&str; 6] =
-    ["img", "input_ids", "attention_mask", "position_ids", "token_type_ids", "text_token_mask"];
-const HF_INPUTS: [&str; 5] = ["pixel_values", "input_ids", "token_type_ids", "attention_mask", "pixel_mask"];
+const IDEA: Contract = Contract {
+    key: "export = \"idea\"",
+    inputs: &["img", "input_ids", "attention_mask", "position_ids", "token_type_ids", "text_token_mask"],
+    outputs: &["logits", "boxes"],
+};
+const HF: Contract = Contract {
+    key: "export = \"hf\"",
+    inputs: &["pixel_values", "input_ids", "token_type_ids", "attention_mask", "pixel_mask"],
+    outputs: &["logits", "pred_boxes"],
+};
 
 impl Detector {
     /// Loads the model and its tokenizer, checking the export's input and output names.
@@ -78,9 +90,24 @@ impl Detector {
         threads: usize,
     ) -> Result<Detector, ModelError> {
         let model = OnnxModel::load("detector", model, device, threads)?;
-        match config.export {
-            DetectorExport::Idea => model.expect(&IDEA_INPUTS, &["logits", "boxes"])?,
-            DetectorExport::Hf => model.expect(&HF_INPUTS, &["logits", "pred_boxes"])?,
+        let (contract, image) = match config.export {
+            DetectorExport::Idea => (IDEA, "img"),
+            DetectorExport::Hf => (HF, "pixel_values"),
+        };
+        if !contract.matches(&model) {
+            return Err(refuse(&model, contract.key, &[IDEA, HF]));
+        }
+        let port = model.input(image).cloned().ok_or_else(|| refuse(&model, contract.key, &[IDEA, HF]))?;
+        let fixed_size = match (port.dim(3), port.dim(2)) {
+            (Some(w), Some(h)) => Some((w as u32, h as u32)),
+            _ => None,
+        };
+        if config.batch_size > 1 && port.dim(0).is_some_and(|b| b < config.batch_size) {
+            return Err(ModelError::Config(format!(
+                "detector.batch_size = {}: the graph's input {port} takes a fixed batch of {}",
+                config.batch_size,
+                port.dim(0).unwrap_or(1)
+            )));
         }
         let tokenizer = Tokenizer::from_file(tokenizer).map_err(|e| ModelError::Load {
             model: "detector".into(),
@@ -92,6 +119,7 @@ impl Detector {
             model,
             tokenizer,
             export: config.export,
+            fixed_size,
             special,
             box_threshold: config.box_threshold,
             text_threshold: config.text_threshold,
@@ -101,9 +129,15 @@ impl Detector {
         })
     }
 
-    /// The model input of one image.
-    pub fn prepare(image: &RgbImage) -> Result<DetectorImage, ModelError> {
-        let (w, h) = dino_size(image.width(), image.height(), 800, 1333);
+    /// The static (width, height) the graph declares for its image, if any.
+    pub fn fixed_size(&self) -> Option<(u32, u32)> {
+        self.fixed_size
+    }
+
+    /// The model input of one image: stretched to `fixed_size` when the graph declares one, else resized as
+    /// Grounding DINO resizes.
+    pub fn prepare(image: &RgbImage, fixed_size: Option<(u32, u32)>) -> Result<DetectorImage, ModelError> {
+        let (w, h) = fixed_size.unwrap_or_else(|| dino_size(image.width(), image.height(), 800, 1333));
         let resized = resize_bilinear(image, w, h)?;
         let (w, h) = (w as usize, h as usize);
         Ok(DetectorImage {
@@ -119,14 +153,20 @@ impl Detector {
             .tokenizer
             .encode(caption, true)
             .map_err(|e| ModelError::Preprocess(format!("tokenize `{caption}`: {e}")))?;
-        let ids: Vec<u32> = encoding.get_ids().iter().copied().take(self.max_text_len).collect();
-        let (mask, positions) = sub_sentence_masks(&ids, &self.special);
-        let n = ids.len();
+        // The masks are made on the whole prompt and then cut to `max_text_len`, as the reference cuts them: a
+        // phrase cut in two keeps attending to itself with its positions, not as tokens with no phrase.
+        let all = encoding.get_ids();
+        let (full_mask, full_positions) = sub_sentence_masks(all, &self.special);
+        let n = all.len().min(self.max_text_len);
+        let mut mask = Vec::with_capacity(n * n);
+        for row in 0..n {
+            mask.extend_from_slice(&full_mask[row * all.len()..row * all.len() + n]);
+        }
         Ok(TextInputs {
-            input_ids: ids.iter().map(|&i| i64::from(i)).collect(),
+            input_ids: all.iter().take(n).map(|&i| i64::from(i)).collect(),
             attention_mask: encoding.get_attention_mask().iter().take(n).map(|&m| i64::from(m)).collect(),
             token_type_ids: encoding.get_type_ids().iter().take(n).map(|&t| i64::from(t)).collect(),
-            position_ids: positions,
+            position_ids: full_positions.into_iter().take(n).collect(),
             text_token_mask: mask,
         })
     }

@@ -21,10 +21,12 @@ pub use config::{
 };
 pub use detector::{Detection, Detector, DetectorImage, TextInputs, best_boxes, sub_sentence_masks};
 pub use refiner::{
-    Inferred, ModelPaths, Prepared, Refined, RefinedObject, Refiner, describe, finish, label_of, prepare,
+    Inferred, Layout, ModelPaths, Prepared, Refined, RefinedObject, Refiner, describe, finish, label_of, prepare,
 };
-pub use runtime::{Device, OnnxModel};
-pub use segmenter::{Mask, Segmenter, crop_region, salient_input, salient_output};
+pub use runtime::{Contract, Device, Element, OnnxModel, Port};
+pub use segmenter::{
+    Frame, Mask, MaskOut, Segmenter, SegmenterImage, SegmenterInput, crop_region, salient_input, salient_output,
+};
 pub use tagger::{Tag, Tagger, output_is_logits, prompt_of};
 
 /// Why a model could not be loaded or run. Per-image failures become error rows; load failures stop the job.

@@ -7,7 +7,8 @@ use image::RgbImage;
 use serde_json::json;
 
 use super::runtime::{Device, is_out_of_memory};
-use super::{Detector, DetectorImage, Mask, ModelError, ModelsConfig, Segmenter, Tag, Tagger, prompt_of};
+use super::segmenter::{MaskOut, SegmenterImage, SegmenterInput};
+use super::{Detector, DetectorImage, ModelError, ModelsConfig, Segmenter, Tag, Tagger, prompt_of};
 use crate::geometry::{BoxXyxy, Rle};
 
 /// Local files of a models config, by the keys of [`ModelsConfig::files`], with their SHA-256.
@@ -31,26 +32,36 @@ impl ModelPaths {
     }
 }
 
+/// What the loaded graphs say about the inputs they take: sizes to resize to and encoder layouts. Read from the
+/// graphs when they are loaded (a contract is what the graph declares, not what the models file assumes), and used
+/// by [`prepare`] on the CPU threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Layout {
+    /// The tagger's input (width, height); `None` without a tagger.
+    pub tagger: Option<(u32, u32)>,
+    /// Whether a detector runs, and the static (width, height) its graph declares, if any.
+    pub detector: Option<Option<(u32, u32)>>,
+    /// The segmenter's encoder input.
+    pub segmenter: SegmenterInput,
+}
+
 /// The model inputs of one image that depend on the image alone.
 #[derive(Debug, Default)]
 pub struct Prepared {
-    /// The tagger's `[3, 384, 384]` input.
+    /// The tagger's `[3, H, W]` input.
     pub tagger: Option<Vec<f32>>,
     /// The detector's image input.
     pub detector: Option<DetectorImage>,
-    /// SAM's encoder input (`None` for `salient_crop`, which crops per box).
-    pub segmenter: Option<Vec<f32>>,
+    /// The segmenter's encoder input (`None` for `salient_crop`, which crops per box).
+    pub segmenter: Option<SegmenterImage>,
 }
 
-/// Computes [`Prepared`] for `image` under `config` (pure CPU; safe to run on many threads).
-pub fn prepare(config: &ModelsConfig, image: &RgbImage) -> Result<Prepared, ModelError> {
+/// Computes [`Prepared`] for `image` for the graphs of `layout` (pure CPU; safe to run on many threads).
+pub fn prepare(layout: &Layout, image: &RgbImage) -> Result<Prepared, ModelError> {
     Ok(Prepared {
-        tagger: config.tagger.as_ref().map(|_| Tagger::prepare(image)).transpose()?,
-        detector: config.detector.as_ref().map(|_| Detector::prepare(image)).transpose()?,
-        segmenter: match &config.segmenter {
-            Some(s) => Segmenter::prepare(s.family, image)?,
-            None => None,
-        },
+        tagger: layout.tagger.map(|side| Tagger::prepare(image, side)).transpose()?,
+        detector: layout.detector.map(|size| Detector::prepare(image, size)).transpose()?,
+        segmenter: Segmenter::prepare(layout.segmenter, image)?,
     })
 }
 
@@ -61,8 +72,8 @@ pub struct Inferred {
     pub width: u32,
     pub height: u32,
     pub tags: Vec<Tag>,
-    /// Each kept detection, with its mask when a segmenter runs.
-    pub objects: Vec<(super::Detection, Option<Mask>)>,
+    /// Each kept detection, with its mask when a segmenter runs (finished on the CPU threads by [`finish`]).
+    pub objects: Vec<(super::Detection, Option<MaskOut>)>,
 }
 
 /// One refined object, as stored: box normalized to `[0, 1]` of the displayed image.
@@ -111,7 +122,7 @@ pub fn finish(inferred: Inferred) -> Result<Refined, ModelError> {
     for (detection, mask) in inferred.objects {
         let label = label_of(&detection.phrase, &inferred.tags).unwrap_or(&detection.phrase).to_string();
         let b = detection.bbox.clamped(w, h).scaled(1.0 / w.max(1.0), 1.0 / h.max(1.0)).0;
-        let (rle, area, score) = match mask {
+        let (rle, area, score) = match mask.map(MaskOut::finish) {
             Some(mask) => (Some(mask.rle), Some(mask.area), Some(mask.score)),
             None => (None, None, None),
         };
@@ -172,8 +183,8 @@ impl Refiner {
         let segmenter = match &config.segmenter {
             Some(s) => {
                 let keys: &[&str] = match s.family {
-                    super::SegmenterFamily::Sam => &["segmenter.encoder", "segmenter.decoder"],
                     super::SegmenterFamily::SalientCrop => &["segmenter.model"],
+                    _ => &["segmenter.encoder", "segmenter.decoder"],
                 };
                 let paths: Vec<&std::path::Path> =
                     keys.iter().map(|k| files.get(k).map(PathBuf::as_path)).collect::<Result<_, _>>()?;
@@ -188,6 +199,15 @@ impl Refiner {
     /// The models file the refiner was loaded from.
     pub fn config(&self) -> &ModelsConfig {
         &self.config
+    }
+
+    /// What the loaded graphs take, for [`prepare`].
+    pub fn layout(&self) -> Layout {
+        Layout {
+            tagger: self.tagger.as_ref().map(Tagger::side),
+            detector: self.detector.as_ref().map(Detector::fixed_size),
+            segmenter: self.segmenter.as_ref().map_or(SegmenterInput::None, Segmenter::input),
+        }
     }
 
     /// JSON naming every model, its file's checksum and its thresholds: the `refiner` column.
@@ -213,7 +233,9 @@ impl Refiner {
             .map(|(image, _)| Ok(Inferred { width: image.width(), height: image.height(), ..Inferred::default() }))
             .collect();
         if let Some(tagger) = self.tagger.as_mut() {
-            let batch_size = self.config.tagger.as_ref().map_or(1, |t| t.batch_size);
+            // A graph with a fixed batch gets batches of that size from the start, not a failed run first.
+            let configured = self.config.tagger.as_ref().map_or(1, |t| t.batch_size);
+            let batch_size = tagger.fixed_batch().map_or(configured, |fixed| configured.min(fixed.max(1)));
             let inputs: Vec<Option<&[f32]>> = batch.iter().map(|(_, p)| p.tagger.as_deref()).collect();
             let tagged = tag_in_batches(tagger, &inputs, batch_size);
             for (result, tags) in results.iter_mut().zip(tagged) {
@@ -238,23 +260,19 @@ impl Refiner {
                 let detector_image = match &prepared.detector {
                     Some(d) => d,
                     None => {
-                        prepared_image = Detector::prepare(image)?;
+                        prepared_image = Detector::prepare(image, detector.fixed_size())?;
                         &prepared_image
                     }
                 };
                 let detections =
                     detector.infer(detector_image, &prompt_of(&current.tags), image.width(), image.height())?;
-                let masks: Vec<Option<Mask>> = match self.segmenter.as_mut() {
+                let masks: Vec<Option<MaskOut>> = match self.segmenter.as_mut() {
                     Some(segmenter) => {
                         let boxes: Vec<BoxXyxy> = detections
                             .iter()
                             .map(|d| d.bbox.clamped(image.width() as f32, image.height() as f32))
                             .collect();
-                        segmenter
-                            .infer(image, prepared.segmenter.as_deref(), &boxes)?
-                            .into_iter()
-                            .map(Some)
-                            .collect()
+                        segmenter.infer(image, prepared.segmenter.as_ref(), &boxes)?.into_iter().map(Some).collect()
                     }
                     None => vec![None; detections.len()],
                 };

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::TensorRef;
+use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::ModelError;
 
@@ -99,6 +99,106 @@ fn environment() -> Result<&'static ort::environment::Environment, ModelError> {
     env.as_ref().map_err(|e| ModelError::Runtime(e.clone()))
 }
 
+/// The element type of a graph input or output, as far as the refiner cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Element {
+    F32,
+    I64,
+    I32,
+    Bool,
+    /// Anything else (f16, u8, strings, ...).
+    Other,
+}
+
+impl std::fmt::Display for Element {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Element::F32 => "f32",
+            Element::I64 => "i64",
+            Element::I32 => "i32",
+            Element::Bool => "bool",
+            Element::Other => "other",
+        })
+    }
+}
+
+/// A graph input or output as the graph declares it: its name, element type and dimensions (`None`: dynamic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub name: String,
+    pub element: Element,
+    pub dims: Vec<Option<usize>>,
+}
+
+impl Port {
+    fn of(name: &str, dtype: &ValueType) -> Port {
+        let element = match dtype.tensor_type() {
+            Some(TensorElementType::Float32) => Element::F32,
+            Some(TensorElementType::Int64) => Element::I64,
+            Some(TensorElementType::Int32) => Element::I32,
+            Some(TensorElementType::Bool) => Element::Bool,
+            _ => Element::Other,
+        };
+        let dims = dtype
+            .tensor_shape()
+            .map(|shape| shape.iter().map(|d| usize::try_from(*d).ok()).collect())
+            .unwrap_or_default();
+        Port { name: name.to_string(), element, dims }
+    }
+
+    /// The declared dimension `axis`, when static.
+    pub fn dim(&self, axis: usize) -> Option<usize> {
+        self.dims.get(axis).copied().flatten()
+    }
+}
+
+impl std::fmt::Display for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dims: Vec<String> = self.dims.iter().map(|d| d.map_or("?".to_string(), |d| d.to_string())).collect();
+        write!(f, "{} {}[{}]", self.name, self.element, dims.join(", "))
+    }
+}
+
+/// A known ONNX contract of a family: the key that selects it and the names it needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Contract {
+    /// How the models file names it (`export = "hf"`, `family = "sam2"`, ...).
+    pub key: &'static str,
+    pub inputs: &'static [&'static str],
+    pub outputs: &'static [&'static str],
+}
+
+impl Contract {
+    /// Whether `model` has every input and output this contract needs.
+    pub fn matches(&self, model: &OnnxModel) -> bool {
+        self.inputs.iter().all(|i| model.input(i).is_some())
+            && self.outputs.iter().all(|o| model.output(o).is_some())
+    }
+}
+
+/// The refusal of a graph that does not follow the contract the models file names: what the graph has, and what
+/// each known contract needs, so the user can tell which file or which key is wrong.
+pub fn refuse(model: &OnnxModel, wanted: &str, contracts: &[Contract]) -> ModelError {
+    let has = |ports: &[Port]| ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let mut message = format!(
+        "the graph does not follow {wanted}; it has inputs ({}) and outputs ({})",
+        has(&model.input_ports),
+        has(&model.output_ports)
+    );
+    for c in contracts {
+        message.push_str(&format!(
+            "; {} needs inputs ({}) and outputs ({})",
+            c.key,
+            c.inputs.join(", "),
+            c.outputs.join(", ")
+        ));
+    }
+    if let Some(c) = contracts.iter().find(|c| c.matches(model)) {
+        message.push_str(&format!(" (this graph follows {}: set that in the models file)", c.key));
+    }
+    ModelError::Contract { model: model.name.clone(), message }
+}
+
 /// A loaded model: one session, its input and output names, and the time spent in `run`.
 pub struct OnnxModel {
     /// The model's key for messages (`tagger`, `segmenter.decoder`, ...).
@@ -108,6 +208,10 @@ pub struct OnnxModel {
     pub inputs: Vec<String>,
     /// The graph's output names, in order.
     pub outputs: Vec<String>,
+    /// The graph's inputs as declared: element types and static dimensions.
+    pub input_ports: Vec<Port>,
+    /// The graph's outputs as declared.
+    pub output_ports: Vec<Port>,
     /// Total time inside `Session::run`.
     pub run_time: Duration,
     /// Number of `Session::run` calls.
@@ -125,6 +229,13 @@ impl std::fmt::Debug for OnnxModel {
 pub struct Output {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
+}
+
+/// An f32 output of a run, in the session's own buffer.
+#[derive(Debug)]
+pub struct View<'a> {
+    pub shape: Vec<usize>,
+    pub data: &'a [f32],
 }
 
 /// One input value of a run, borrowed: sessions read the caller's buffers in place, with no copy.
@@ -167,9 +278,28 @@ impl OnnxModel {
             })?;
         }
         let session = builder.commit_from_file(path).map_err(|e| fail("load", &e))?;
-        let inputs = session.inputs().iter().map(|i| i.name().to_string()).collect();
-        let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
-        Ok(OnnxModel { name: name.to_string(), session, inputs, outputs, run_time: Duration::ZERO, runs: 0 })
+        let input_ports: Vec<Port> = session.inputs().iter().map(|i| Port::of(i.name(), i.dtype())).collect();
+        let output_ports: Vec<Port> = session.outputs().iter().map(|o| Port::of(o.name(), o.dtype())).collect();
+        Ok(OnnxModel {
+            name: name.to_string(),
+            session,
+            inputs: input_ports.iter().map(|p| p.name.clone()).collect(),
+            outputs: output_ports.iter().map(|p| p.name.clone()).collect(),
+            input_ports,
+            output_ports,
+            run_time: Duration::ZERO,
+            runs: 0,
+        })
+    }
+
+    /// The declared input `name`.
+    pub fn input(&self, name: &str) -> Option<&Port> {
+        self.input_ports.iter().find(|p| p.name == name)
+    }
+
+    /// The declared output `name`.
+    pub fn output(&self, name: &str) -> Option<&Port> {
+        self.output_ports.iter().find(|p| p.name == name)
     }
 
     /// Checks the model has the named inputs and outputs of its contract.
@@ -199,14 +329,73 @@ impl OnnxModel {
         inputs: Vec<(&str, Input<'_>)>,
         outputs: &[&str],
     ) -> Result<HashMap<String, Output>, ModelError> {
+        self.run_with(inputs, outputs, |views| {
+            outputs
+                .iter()
+                .zip(views)
+                .map(|(name, view)| {
+                    (name.to_string(), Output { shape: view.shape.clone(), data: view.data.to_vec() })
+                })
+                .collect()
+        })
+    }
+
+    /// Runs the model on named inputs and hands `read` the named f32 outputs in place, in the order of `outputs`,
+    /// so a caller that needs part of an output (one mask plane of four) copies only that part.
+    pub fn run_with<R>(
+        &mut self,
+        inputs: Vec<(&str, Input<'_>)>,
+        outputs: &[&str],
+        read: impl FnOnce(&[View<'_>]) -> R,
+    ) -> Result<R, ModelError> {
         let fail = |e: &dyn std::fmt::Display| ModelError::Run { model: self.name.clone(), message: e.to_string() };
         let mut values: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
             Vec::with_capacity(inputs.len());
+        // Masks and ids go in the element type the graph declares (exports disagree on bool, i64 and i32 for the
+        // same input); the converted copies live until the run is over.
+        let mut converted: Vec<Converted> = Vec::new();
+        let mut plan: Vec<(&str, Result<Input<'_>, usize>)> = Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
+            let want = self.input(name).map(|p| p.element);
+            match (input, want) {
+                (Input::I64(shape, data), Some(Element::Bool)) => {
+                    converted.push(Converted::Bool(shape, data.iter().map(|v| *v != 0).collect()));
+                    plan.push((name, Err(converted.len() - 1)));
+                }
+                (Input::I64(shape, data), Some(Element::I32)) => {
+                    let values = data.iter().map(|v| i32::try_from(*v).unwrap_or(i32::MAX)).collect();
+                    converted.push(Converted::I32(shape, values));
+                    plan.push((name, Err(converted.len() - 1)));
+                }
+                (Input::Bool(shape, data), Some(Element::I64)) => {
+                    converted.push(Converted::I64(shape, data.iter().map(|v| i64::from(*v)).collect()));
+                    plan.push((name, Err(converted.len() - 1)));
+                }
+                (input, _) => plan.push((name, Ok(input))),
+            }
+        }
+        for (name, input) in plan {
             let value: ort::session::SessionInputValue<'_> = match input {
-                Input::F32(shape, data) => TensorRef::from_array_view((shape, data)).map_err(|e| fail(&e))?.into(),
-                Input::I64(shape, data) => TensorRef::from_array_view((shape, data)).map_err(|e| fail(&e))?.into(),
-                Input::Bool(shape, data) => TensorRef::from_array_view((shape, data)).map_err(|e| fail(&e))?.into(),
+                Ok(Input::F32(shape, data)) => {
+                    TensorRef::from_array_view((shape, data)).map_err(|e| fail(&e))?.into()
+                }
+                Ok(Input::I64(shape, data)) => {
+                    TensorRef::from_array_view((shape, data)).map_err(|e| fail(&e))?.into()
+                }
+                Ok(Input::Bool(shape, data)) => {
+                    TensorRef::from_array_view((shape, data)).map_err(|e| fail(&e))?.into()
+                }
+                Err(i) => match &converted[i] {
+                    Converted::Bool(shape, data) => {
+                        TensorRef::from_array_view((shape.clone(), data.as_slice())).map_err(|e| fail(&e))?.into()
+                    }
+                    Converted::I64(shape, data) => {
+                        TensorRef::from_array_view((shape.clone(), data.as_slice())).map_err(|e| fail(&e))?.into()
+                    }
+                    Converted::I32(shape, data) => {
+                        TensorRef::from_array_view((shape.clone(), data.as_slice())).map_err(|e| fail(&e))?.into()
+                    }
+                },
             };
             values.push((name.to_string().into(), value));
         }
@@ -216,7 +405,7 @@ impl OnnxModel {
         let result = result.map_err(|e| ModelError::Run { model: self.name.clone(), message: e.to_string() })?;
         self.run_time += elapsed;
         self.runs += 1;
-        let mut out = HashMap::new();
+        let mut views = Vec::with_capacity(outputs.len());
         for name in outputs {
             let value = result.get(*name).ok_or_else(|| ModelError::Contract {
                 model: self.name.clone(),
@@ -227,10 +416,17 @@ impl OnnxModel {
                 message: format!("output `{name}` is not f32: {e}"),
             })?;
             let shape = shape.iter().map(|d| usize::try_from(*d).unwrap_or(0)).collect();
-            out.insert(name.to_string(), Output { shape, data: data.to_vec() });
+            views.push(View { shape, data });
         }
-        Ok(out)
+        Ok(read(&views))
     }
+}
+
+/// An input converted to the element type the graph declares.
+enum Converted {
+    Bool(Vec<usize>, Vec<bool>),
+    I64(Vec<usize>, Vec<i64>),
+    I32(Vec<usize>, Vec<i32>),
 }
 
 /// Whether an error from a run says the device ran out of memory (the batch is then halved and retried).

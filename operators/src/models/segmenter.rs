@@ -1,21 +1,41 @@
-//! Segmenters: a mask for each detected box.
+//! Segmenters: a mask for each detected box, in each public export users download.
 //!
-//! - `sam`: Segment Anything. The image encoder runs once per image (`image` [1, 3, 1024, 1024]: longest side to
-//!   1024 with SAM's rounding, PIL bilinear, `(x − pixel_mean) / pixel_std` on 0..255 values, zero padding bottom
-//!   and right → `image_embeddings` [1, 256, 64, 64]); the official decoder export
-//!   (`segment_anything/utils/onnx.py`: `image_embeddings`, `point_coords`, `point_labels`, `mask_input`,
-//!   `has_mask_input`, `orig_im_size` → `masks`, `iou_predictions`, `low_res_masks`) takes each box as its two
-//!   corners with labels 2 and 3 (no padding point, as `SamPredictor` with a box), coordinates scaled by
-//!   `ResizeLongestSide.apply_coords`. Of a multimask export the first mask is taken, as the Grounded-SAM demo's
-//!   `multimask_output=False`; masks are logits thresholded at 0.
+//! - `sam`: Segment Anything with the official decoder export (`segment_anything/utils/onnx.py`:
+//!   `image_embeddings`, `point_coords`, `point_labels`, `mask_input`, `has_mask_input`, `orig_im_size` → `masks`,
+//!   `iou_predictions`). The encoder is samexporter's, either form: `input_image` [1, 3, 1024, 1024] (longest side to
+//!   1024 with SAM's rounding, PIL bilinear, `(x − pixel_mean) / pixel_std` on 0..255 values, zero padding bottom and
+//!   right) or, exported `--use-preprocess`, `input_image` [H, W, 3] with the resized image's raw 0..255 values (the
+//!   graph normalizes and pads). Each box goes in as its two corners with labels 2 and 3, coordinates scaled by
+//!   `ResizeLongestSide.apply_coords`; a `--return-single-mask` decoder (declared `iou_predictions` [1, 1]) also gets
+//!   the padding point (0, 0) with label −1, without which it picks one of the multimask outputs instead of the box
+//!   mask. Of a multimask export the first mask is taken, as `SamPredictor(multimask_output=False)`: its
+//!   `low_res_masks` plane, brought to the image as `Sam.postprocess_masks` does and thresholded at 0.
+//! - `hf_sam`: transformers' SamModel as transformers.js ships SAM and SlimSAM: `vision_encoder` (`pixel_values`
+//!   [1, 3, 1024, 1024]: SamProcessor's resize of the longest side to 1024, ImageNet normalization of RGB/255, zero
+//!   padding → `image_embeddings`, `image_positional_embeddings`) and `prompt_encoder_mask_decoder`
+//!   (`image_embeddings`, `image_positional_embeddings`, `input_boxes` [1, boxes, 4] in the resized frame →
+//!   `iou_scores` [1, boxes, 3], `pred_masks` [1, boxes, 3, 256, 256]); every box of an image in one call (or
+//!   `segmenter.batch_size` at a time). Of the three masks the best-scoring is kept; `post_process_masks` then
+//!   upsamples it to the padded 1024 frame, crops the resized image and resizes that to the original (bilinear,
+//!   half-pixel centres), thresholded at 0.
+//! - `sam2`: SAM 2 / 2.1 as samexporter exports it: the encoder (`image` [1, 3, 1024, 1024], the image stretched to
+//!   1024², ImageNet normalization → `high_res_feats_0`, `high_res_feats_1`, `image_embed`) and the decoder (those,
+//!   `point_coords` [boxes, 2, 2] and `point_labels` [boxes, 2] of the box corners in the stretched frame,
+//!   `mask_input`, `has_mask_input` → `masks` [boxes, 3, 256, 256], `iou_predictions`); every box in one call, the
+//!   best-scoring mask resized to the image.
 //! - `salient_crop`: ISNet salient-object segmentation (`input` [1, 3, 1024, 1024] = RGB/255 − 0.5 → `output`
 //!   [1, 1, 1024, 1024] in 0..1, the model of npm `@imgly/background-removal-data`) on the box's crop widened by a
 //!   margin, the probability map resized back (bilinear), thresholded, and kept inside the box.
+//!
+//! Low-resolution masks (SAM, HF SAM, SAM 2) leave the inference thread as they come out of the graph, 256×256
+//! logits per box; [`MaskOut::finish`] upsamples and RLE-encodes them on the CPU threads.
 
 use image::{GrayImage, RgbImage};
 
-use super::preprocess::{SAM_MEAN, SAM_STD, longest_side_size, resize_bilinear, to_planar};
-use super::runtime::{Device, Input, OnnxModel};
+use super::preprocess::{
+    IMAGENET_MEAN, IMAGENET_STD, SAM_MEAN, SAM_STD, longest_side_size, resize_bilinear, to_planar,
+};
+use super::runtime::{Contract, Device, Input, OnnxModel, refuse};
 use super::{ModelError, SegmenterConfig, SegmenterFamily};
 use crate::geometry::{BoxXyxy, Rle};
 
@@ -23,9 +43,11 @@ use crate::geometry::{BoxXyxy, Rle};
 pub const SAM_SIDE: usize = 1024;
 /// Side of ISNet's square input.
 pub const ISNET_SIDE: usize = 1024;
+/// Side of the low-resolution masks SAM's decoders give.
+pub const LOW_RES_SIDE: usize = 256;
 
-/// A mask at the original image's resolution, COCO RLE-encoded as soon as the model returns it (a full-resolution
-/// mask of every object of a batch would otherwise be held until the batch is done), with the model's confidence.
+/// A mask at the original image's resolution, COCO RLE-encoded as soon as it is made (a full-resolution mask of
+/// every object of a batch would otherwise be held until the batch is done), with the model's confidence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mask {
     pub width: u32,
@@ -51,126 +73,456 @@ impl Mask {
     }
 }
 
-/// A loaded segmenter of either family, with its sessions.
+/// How a low-resolution mask maps onto the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// SAM's padded square: the image resized to `resized` (w, h) at the top left of a `side`² input.
+    Padded { resized: (u32, u32), side: u32 },
+    /// The image stretched to the whole input.
+    Stretched,
+}
+
+/// A segmenter's output for one box: a finished mask, or low-resolution logits still to upsample.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MaskOut {
+    Done(Mask),
+    LowRes { logits: Vec<f32>, side: usize, frame: Frame, width: u32, height: u32, score: f32 },
+}
+
+impl MaskOut {
+    /// The mask at the image's size (CPU work: upsampling and RLE encoding).
+    pub fn finish(self) -> Mask {
+        match self {
+            MaskOut::Done(mask) => mask,
+            MaskOut::LowRes { logits, side, frame, width, height, score } => {
+                upsample_mask(&logits, side, frame, width, height, score)
+            }
+        }
+    }
+}
+
+/// Interpolation taps of a bilinear resize from `src` to `dst` samples with half-pixel centres and clamped edges
+/// (PyTorch's `interpolate(mode="bilinear", align_corners=False)`, OpenCV's `INTER_LINEAR`): for each output
+/// sample, the two source indices and the weight of the second.
+fn taps(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
+    let scale = src as f64 / dst.max(1) as f64;
+    (0..dst)
+        .map(|i| {
+            let x = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+            let x0 = (x.floor() as usize).min(src - 1);
+            let x1 = (x0 + 1).min(src - 1);
+            (x0, x1, (x - x0 as f64) as f32)
+        })
+        .collect()
+}
+
+/// `src` (row-major `sw`×`sh`) resized to `dw`×`dh` by [`taps`], rows then columns.
+fn resize_plane(src: &[f32], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<f32> {
+    let (tx, ty) = (taps(sw, dw), taps(sh, dh));
+    let mut rows = vec![0f32; dw * sh];
+    for y in 0..sh {
+        let line = &src[y * sw..(y + 1) * sw];
+        for (x, &(x0, x1, w)) in tx.iter().enumerate() {
+            rows[y * dw + x] = line[x0] * (1.0 - w) + line[x1] * w;
+        }
+    }
+    let mut out = vec![0f32; dw * dh];
+    for (y, &(y0, y1, w)) in ty.iter().enumerate() {
+        for x in 0..dw {
+            out[y * dw + x] = rows[y0 * dw + x] * (1.0 - w) + rows[y1 * dw + x] * w;
+        }
+    }
+    out
+}
+
+/// The mask of low-resolution logits, as `SamProcessor.post_process_masks` (padded frame: to the input side, the
+/// resized image cropped, to the original size) or SAM 2's predictor (stretched: straight to the original size)
+/// make it, thresholded at 0. The last resize is evaluated per pixel as the RLE is written, so no full-resolution
+/// float plane is held.
+fn upsample_mask(logits: &[f32], side: usize, frame: Frame, width: u32, height: u32, score: f32) -> Mask {
+    let (w, h) = (width as usize, height as usize);
+    let (plane, pw, ph) = match frame {
+        Frame::Padded { resized, side: input } => {
+            let input = input as usize;
+            let full = resize_plane(logits, side, side, input, input);
+            let (rw, rh) = ((resized.0 as usize).clamp(1, input), (resized.1 as usize).clamp(1, input));
+            let mut crop = Vec::with_capacity(rw * rh);
+            for y in 0..rh {
+                crop.extend_from_slice(&full[y * input..y * input + rw]);
+            }
+            (crop, rw, rh)
+        }
+        Frame::Stretched => (logits.to_vec(), side, side),
+    };
+    let (tx, ty) = (taps(pw, w), taps(ph, h));
+    Mask::encode(width, height, score, |i| {
+        let (x, y) = (i % w, i / w);
+        let ((x0, x1, wx), (y0, y1, wy)) = (tx[x], ty[y]);
+        let top = plane[y0 * pw + x0] * (1.0 - wx) + plane[y0 * pw + x1] * wx;
+        let bottom = plane[y1 * pw + x0] * (1.0 - wx) + plane[y1 * pw + x1] * wx;
+        top * (1.0 - wy) + bottom * wy > 0.0
+    })
+}
+
+/// What [`Segmenter::prepare`] computes from the image alone: the encoder's input and its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmenterImage {
+    pub shape: Vec<usize>,
+    pub tensor: Vec<f32>,
+}
+
+/// The image input a loaded segmenter's encoder takes, read from the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SegmenterInput {
+    /// No encoder (salient_crop crops per box).
+    #[default]
+    None,
+    /// SAM: [1, 3, 1024, 1024], normalized and padded by the caller.
+    SamPlanar,
+    /// SAM exported with its preprocessing: [H, W, 3], raw 0..255, the longest side 1024.
+    SamRaw,
+    /// transformers' SamProcessor: [1, 3, 1024, 1024], ImageNet-normalized RGB/255, padded.
+    HfSam,
+    /// SAM 2: [1, 3, 1024, 1024], the image stretched, ImageNet-normalized.
+    Sam2,
+}
+
+const SAM_DECODER: Contract = Contract {
+    key: "family = \"sam\" (official decoder)",
+    inputs: &["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"],
+    outputs: &["masks", "iou_predictions", "low_res_masks"],
+};
+const HF_SAM_DECODER: Contract = Contract {
+    key: "family = \"hf_sam\" (prompt_encoder_mask_decoder)",
+    inputs: &["image_embeddings", "input_boxes"],
+    outputs: &["iou_scores", "pred_masks"],
+};
+const SAM2_DECODER: Contract = Contract {
+    key: "family = \"sam2\" (decoder)",
+    inputs: &["image_embed", "high_res_feats_0", "high_res_feats_1", "point_coords", "point_labels", "mask_input"],
+    outputs: &["masks", "iou_predictions"],
+};
+const SAM_ENCODER: Contract =
+    Contract { key: "family = \"sam\" (encoder)", inputs: &[], outputs: &["image_embeddings"] };
+const HF_SAM_ENCODER: Contract = Contract {
+    key: "family = \"hf_sam\" (vision_encoder)",
+    inputs: &["pixel_values"],
+    outputs: &["image_embeddings", "image_positional_embeddings"],
+};
+const SAM2_ENCODER: Contract = Contract {
+    key: "family = \"sam2\" (encoder)",
+    inputs: &["image"],
+    outputs: &["high_res_feats_0", "high_res_feats_1", "image_embed"],
+};
+const ENCODERS: [Contract; 3] = [SAM_ENCODER, HF_SAM_ENCODER, SAM2_ENCODER];
+const DECODERS: [Contract; 3] = [SAM_DECODER, HF_SAM_DECODER, SAM2_DECODER];
+
+/// A loaded segmenter of any family, with its sessions.
 pub enum Segmenter {
-    /// SAM's image encoder and prompt decoder.
-    Sam { encoder: OnnxModel, decoder: OnnxModel, encoder_input: String },
+    /// SAM's image encoder and official prompt decoder.
+    Sam { encoder: OnnxModel, decoder: OnnxModel, encoder_input: String, raw: bool, single_mask: bool },
+    /// transformers' SAM split: vision encoder and prompt encoder + mask decoder, many boxes per call.
+    HfSam { encoder: OnnxModel, decoder: OnnxModel, boxes_per_call: Option<usize>, points: bool },
+    /// SAM 2: encoder and decoder, many boxes per call.
+    Sam2 { encoder: OnnxModel, decoder: OnnxModel, boxes_per_call: Option<usize> },
     /// ISNet on each box's crop, with the crop margin and the foreground threshold.
     SalientCrop { model: OnnxModel, margin: f32, threshold: f32 },
 }
 
+/// Whether a decoder's box dimension (`axis` of `input`) takes more than one box per call.
+fn takes_many(decoder: &OnnxModel, input: &str, axis: usize) -> bool {
+    decoder.input(input).is_some_and(|p| p.dim(axis).is_none_or(|d| d > 1))
+}
+
 impl Segmenter {
-    /// Loads the sessions of `config`'s family from `files` (SAM: encoder and decoder; salient_crop: the model).
+    /// Loads the sessions of `config`'s family from `files` (an encoder and a decoder, or salient_crop's model),
+    /// refusing graphs that do not follow the family's contract and batch sizes the decoder cannot take.
     pub fn load(
         config: &SegmenterConfig,
         files: &[&std::path::Path],
         device: Device,
         threads: usize,
     ) -> Result<Segmenter, ModelError> {
+        let pair = |want: &str| -> Result<(OnnxModel, OnnxModel), ModelError> {
+            let [encoder, decoder] = files else {
+                return Err(ModelError::Config(format!("{want} needs an encoder and a decoder")));
+            };
+            Ok((
+                OnnxModel::load("segmenter.encoder", encoder, device, threads)?,
+                OnnxModel::load("segmenter.decoder", decoder, device, threads)?,
+            ))
+        };
+        let check = |model: &OnnxModel, contract: &Contract, all: &[Contract]| -> Result<(), ModelError> {
+            if contract.matches(model) { Ok(()) } else { Err(refuse(model, contract.key, all)) }
+        };
+        let refuse_batch = |what: &str| -> Result<(), ModelError> {
+            match config.batch_size {
+                Some(n) if n > 1 => Err(ModelError::Config(format!(
+                    "segmenter.batch_size = {n}: {what} takes one box per decoder call; remove the setting or use \
+                     a decoder that takes many (hf_sam, sam2)"
+                ))),
+                _ => Ok(()),
+            }
+        };
         match config.family {
             SegmenterFamily::Sam => {
-                let [encoder, decoder] = files else {
-                    return Err(ModelError::Config("sam needs an encoder and a decoder".into()));
+                let (encoder, decoder) = pair("sam")?;
+                check(&encoder, &SAM_ENCODER, &ENCODERS)?;
+                check(&decoder, &SAM_DECODER, &DECODERS)?;
+                refuse_batch("the official SAM decoder")?;
+                let port = encoder.input_ports.first().cloned().ok_or_else(|| ModelError::Contract {
+                    model: encoder.name.clone(),
+                    message: "the encoder has no input".into(),
+                })?;
+                let raw = match port.dims.len() {
+                    4 => false,
+                    3 => true,
+                    _ => {
+                        return Err(ModelError::Contract {
+                            model: encoder.name.clone(),
+                            message: format!(
+                                "input {port}: expected [1, 3, 1024, 1024] (normalized) or [H, W, 3] (raw 0-255, \
+                                 samexporter --use-preprocess)"
+                            ),
+                        });
+                    }
                 };
-                let encoder = OnnxModel::load("segmenter.encoder", encoder, device, threads)?;
-                encoder.expect(&[], &["image_embeddings"])?;
-                let decoder = OnnxModel::load("segmenter.decoder", decoder, device, threads)?;
-                decoder.expect(
-                    &[
-                        "image_embeddings",
-                        "point_coords",
-                        "point_labels",
-                        "mask_input",
-                        "has_mask_input",
-                        "orig_im_size",
-                    ],
-                    &["masks", "iou_predictions"],
-                )?;
-                let encoder_input = encoder.inputs.first().cloned().unwrap_or_else(|| "image".into());
-                Ok(Segmenter::Sam { encoder, decoder, encoder_input })
+                let single_mask = decoder.output("iou_predictions").and_then(|p| p.dim(1)) == Some(1);
+                Ok(Segmenter::Sam { encoder, decoder, encoder_input: port.name, raw, single_mask })
+            }
+            SegmenterFamily::HfSam => {
+                let (encoder, decoder) = pair("hf_sam")?;
+                check(&encoder, &HF_SAM_ENCODER, &ENCODERS)?;
+                check(&decoder, &HF_SAM_DECODER, &DECODERS)?;
+                if !takes_many(&decoder, "input_boxes", 1) {
+                    refuse_batch("this prompt_encoder_mask_decoder")?;
+                }
+                let many = takes_many(&decoder, "input_boxes", 1);
+                let points = decoder.input("input_points").is_some();
+                Ok(Segmenter::HfSam { encoder, decoder, boxes_per_call: batch_of(config.batch_size, many), points })
+            }
+            SegmenterFamily::Sam2 => {
+                let (encoder, decoder) = pair("sam2")?;
+                check(&encoder, &SAM2_ENCODER, &ENCODERS)?;
+                check(&decoder, &SAM2_DECODER, &DECODERS)?;
+                let many = takes_many(&decoder, "point_coords", 0);
+                if !many {
+                    refuse_batch("this SAM 2 decoder")?;
+                }
+                Ok(Segmenter::Sam2 { encoder, decoder, boxes_per_call: batch_of(config.batch_size, many) })
             }
             SegmenterFamily::SalientCrop => {
                 let [model] = files else { return Err(ModelError::Config("salient_crop needs one model".into())) };
                 let model = OnnxModel::load("segmenter", model, device, threads)?;
-                model.expect(&["input"], &["output"])?;
+                let contract =
+                    Contract { key: "family = \"salient_crop\"", inputs: &["input"], outputs: &["output"] };
+                check(&model, &contract, &[contract])?;
+                refuse_batch("salient_crop")?;
                 Ok(Segmenter::SalientCrop { model, margin: config.margin, threshold: config.mask_threshold })
             }
         }
     }
 
-    /// What can be computed from the image alone, before boxes are known: SAM's encoder input.
-    pub fn prepare(family: SegmenterFamily, image: &RgbImage) -> Result<Option<Vec<f32>>, ModelError> {
-        match family {
-            SegmenterFamily::Sam => {
-                let (w, h) = longest_side_size(image.width(), image.height(), SAM_SIDE as u32);
-                let resized = resize_bilinear(image, w, h)?;
-                Ok(Some(to_planar(&resized, 1.0, SAM_MEAN, SAM_STD, SAM_SIDE, SAM_SIDE)))
-            }
-            SegmenterFamily::SalientCrop => Ok(None),
+    /// The encoder input this segmenter takes (for [`Segmenter::prepare`]).
+    pub fn input(&self) -> SegmenterInput {
+        match self {
+            Segmenter::Sam { raw: true, .. } => SegmenterInput::SamRaw,
+            Segmenter::Sam { .. } => SegmenterInput::SamPlanar,
+            Segmenter::HfSam { .. } => SegmenterInput::HfSam,
+            Segmenter::Sam2 { .. } => SegmenterInput::Sam2,
+            Segmenter::SalientCrop { .. } => SegmenterInput::None,
         }
+    }
+
+    /// What can be computed from the image alone, before boxes are known: the encoder's input.
+    pub fn prepare(input: SegmenterInput, image: &RgbImage) -> Result<Option<SegmenterImage>, ModelError> {
+        let side = SAM_SIDE;
+        let padded = |mean, std, scale| -> Result<SegmenterImage, ModelError> {
+            let (w, h) = longest_side_size(image.width(), image.height(), side as u32);
+            let resized = resize_bilinear(image, w, h)?;
+            Ok(SegmenterImage {
+                shape: vec![1, 3, side, side],
+                tensor: to_planar(&resized, scale, mean, std, side, side),
+            })
+        };
+        Ok(match input {
+            SegmenterInput::None => None,
+            SegmenterInput::SamPlanar => Some(padded(SAM_MEAN, SAM_STD, 1.0)?),
+            SegmenterInput::HfSam => Some(padded(IMAGENET_MEAN, IMAGENET_STD, 1.0 / 255.0)?),
+            SegmenterInput::SamRaw => {
+                let (w, h) = longest_side_size(image.width(), image.height(), side as u32);
+                let resized = resize_bilinear(image, w, h)?;
+                Some(SegmenterImage {
+                    shape: vec![h as usize, w as usize, 3],
+                    tensor: resized.as_raw().iter().map(|v| f32::from(*v)).collect(),
+                })
+            }
+            SegmenterInput::Sam2 => {
+                let resized = resize_bilinear(image, side as u32, side as u32)?;
+                Some(SegmenterImage {
+                    shape: vec![1, 3, side, side],
+                    tensor: to_planar(&resized, 1.0 / 255.0, IMAGENET_MEAN, IMAGENET_STD, side, side),
+                })
+            }
+        })
     }
 
     /// A mask for each box (pixels of the original image).
     pub fn infer(
         &mut self,
         image: &RgbImage,
-        prepared: Option<&[f32]>,
+        prepared: Option<&SegmenterImage>,
         boxes: &[BoxXyxy],
-    ) -> Result<Vec<Mask>, ModelError> {
+    ) -> Result<Vec<MaskOut>, ModelError> {
         if boxes.is_empty() {
             return Ok(Vec::new());
         }
+        let owned;
+        let prepared = match prepared {
+            Some(p) => Some(p),
+            None => {
+                owned = Segmenter::prepare(self.input(), image)?;
+                owned.as_ref()
+            }
+        };
+        let (ow, oh) = image.dimensions();
+        let (nw, nh) = longest_side_size(ow, oh, SAM_SIDE as u32);
+        let missing = || ModelError::Preprocess("no segmenter input was prepared".into());
         match self {
-            Segmenter::Sam { encoder, decoder, encoder_input } => {
-                let owned;
-                let tensor = match prepared {
-                    Some(t) => t,
-                    None => {
-                        owned = Segmenter::prepare(SegmenterFamily::Sam, image)?.unwrap_or_default();
-                        &owned
-                    }
-                };
-                let side = SAM_SIDE;
+            Segmenter::Sam { encoder, decoder, encoder_input, single_mask, .. } => {
+                let prepared = prepared.ok_or_else(missing)?;
                 let out = encoder.run(
-                    vec![(encoder_input.as_str(), Input::F32(vec![1, 3, side, side], tensor))],
+                    vec![(encoder_input.as_str(), Input::F32(prepared.shape.clone(), &prepared.tensor))],
                     &["image_embeddings"],
                 )?;
                 let embeddings = &out["image_embeddings"];
-                let (ow, oh) = image.dimensions();
-                let (nw, nh) = longest_side_size(ow, oh, side as u32);
                 let (sx, sy) = (nw as f32 / ow as f32, nh as f32 / oh as f32);
-                let no_mask = vec![0f32; 256 * 256];
+                let no_mask = vec![0f32; LOW_RES_SIDE * LOW_RES_SIDE];
                 let orig_size = [oh as f32, ow as f32];
+                // A single-mask export picks the box mask only with three or more points: the padding point.
+                let labels: &[f32] = if *single_mask { &[2.0, 3.0, -1.0] } else { &[2.0, 3.0] };
                 boxes
                     .iter()
                     .map(|b| {
                         let [x1, y1, x2, y2] = b.0;
-                        let coords = [x1 * sx, y1 * sy, x2 * sx, y2 * sy];
+                        let coords = [x1 * sx, y1 * sy, x2 * sx, y2 * sy, 0.0, 0.0];
+                        let n = labels.len();
                         let inputs = vec![
                             ("image_embeddings", Input::F32(embeddings.shape.clone(), &embeddings.data)),
-                            ("point_coords", Input::F32(vec![1, 2, 2], &coords)),
-                            ("point_labels", Input::F32(vec![1, 2], &[2.0, 3.0])),
-                            ("mask_input", Input::F32(vec![1, 1, 256, 256], &no_mask)),
+                            ("point_coords", Input::F32(vec![1, n, 2], &coords[..n * 2])),
+                            ("point_labels", Input::F32(vec![1, n], labels)),
+                            ("mask_input", Input::F32(vec![1, 1, LOW_RES_SIDE, LOW_RES_SIDE], &no_mask)),
                             ("has_mask_input", Input::F32(vec![1], &[0.0])),
                             ("orig_im_size", Input::F32(vec![2], &orig_size)),
                         ];
-                        let out = decoder.run(inputs, &["masks", "iou_predictions"])?;
-                        let (masks, ious) = (&out["masks"], &out["iou_predictions"]);
-                        let plane = (ow * oh) as usize;
-                        if masks.data.len() < plane {
-                            return Err(ModelError::Contract {
-                                model: "segmenter.decoder".into(),
-                                message: format!("masks {:?} for a {ow}x{oh} image", masks.shape),
-                            });
-                        }
-                        let logits = &masks.data[..plane];
-                        let score = ious.data.first().copied().unwrap_or(0.0);
-                        Ok(Mask::encode(ow, oh, score, |i| logits[i] > 0.0))
+                        // The first low-resolution mask, upsampled on the CPU threads as SamPredictor does: the
+                        // graph's own full-resolution `masks` crop the padded frame one row off on some sizes (the
+                        // pre-padding size is computed in float32 inside the graph), and four full-resolution planes
+                        // per box would be copied out of the session.
+                        decoder.run_with(inputs, &["low_res_masks", "iou_predictions"], |out| {
+                            let (low, ious) = (&out[0], &out[1]);
+                            let side = low.shape.last().copied().unwrap_or(0);
+                            if side == 0 || low.data.len() < side * side || ious.data.is_empty() {
+                                return Err(ModelError::Contract {
+                                    model: "segmenter.decoder".into(),
+                                    message: format!(
+                                        "low_res_masks {:?}, iou_predictions {:?}",
+                                        low.shape, ious.shape
+                                    ),
+                                });
+                            }
+                            Ok(MaskOut::LowRes {
+                                logits: low.data[..side * side].to_vec(),
+                                side,
+                                frame: Frame::Padded { resized: (nw, nh), side: SAM_SIDE as u32 },
+                                width: ow,
+                                height: oh,
+                                score: ious.data[0],
+                            })
+                        })?
                     })
                     .collect()
             }
+            Segmenter::HfSam { encoder, decoder, boxes_per_call, points } => {
+                let prepared = prepared.ok_or_else(missing)?;
+                let mut out = encoder.run(
+                    vec![("pixel_values", Input::F32(prepared.shape.clone(), &prepared.tensor))],
+                    &["image_embeddings", "image_positional_embeddings"],
+                )?;
+                let embeddings = out.remove("image_embeddings").ok_or_else(missing)?;
+                let positional = out.remove("image_positional_embeddings").ok_or_else(missing)?;
+                let (sx, sy) = (nw as f32 / ow as f32, nh as f32 / oh as f32);
+                let frame = Frame::Padded { resized: (nw, nh), side: SAM_SIDE as u32 };
+                let mut masks = Vec::with_capacity(boxes.len());
+                for chunk in boxes.chunks(boxes_per_call.unwrap_or(boxes.len()).max(1)) {
+                    let n = chunk.len();
+                    let coords: Vec<f32> =
+                        chunk.iter().flat_map(|b| [b.0[0] * sx, b.0[1] * sy, b.0[2] * sx, b.0[3] * sy]).collect();
+                    let (pad_points, pad_labels) = (vec![0f32; n * 2], vec![-10i64; n]);
+                    let mut inputs = vec![
+                        ("image_embeddings", Input::F32(embeddings.shape.clone(), &embeddings.data)),
+                        ("input_boxes", Input::F32(vec![1, n, 4], &coords)),
+                    ];
+                    if decoder.input("image_positional_embeddings").is_some() {
+                        inputs.push((
+                            "image_positional_embeddings",
+                            Input::F32(positional.shape.clone(), &positional.data),
+                        ));
+                    }
+                    if *points {
+                        // Exports that also take points get one padding point per box (label −10: ignored).
+                        inputs.push(("input_points", Input::F32(vec![1, n, 1, 2], &pad_points)));
+                        inputs.push(("input_labels", Input::I64(vec![1, n, 1], &pad_labels)));
+                    }
+                    let mut out = decoder.run(inputs, &["iou_scores", "pred_masks"])?;
+                    let scores = out.remove("iou_scores").ok_or_else(missing)?;
+                    let pred = out.remove("pred_masks").ok_or_else(missing)?;
+                    masks.extend(low_res_masks(&pred, &scores, n, frame, ow, oh, "pred_masks")?);
+                }
+                Ok(masks)
+            }
+            Segmenter::Sam2 { encoder, decoder, boxes_per_call } => {
+                let prepared = prepared.ok_or_else(missing)?;
+                let mut feats = encoder.run(
+                    vec![("image", Input::F32(prepared.shape.clone(), &prepared.tensor))],
+                    &["high_res_feats_0", "high_res_feats_1", "image_embed"],
+                )?;
+                let f0 = feats.remove("high_res_feats_0").ok_or_else(missing)?;
+                let f1 = feats.remove("high_res_feats_1").ok_or_else(missing)?;
+                let embed = feats.remove("image_embed").ok_or_else(missing)?;
+                let side = SAM_SIDE as f32;
+                let (sx, sy) = (side / ow as f32, side / oh as f32);
+                let mut masks = Vec::with_capacity(boxes.len());
+                for chunk in boxes.chunks(boxes_per_call.unwrap_or(boxes.len()).max(1)) {
+                    let n = chunk.len();
+                    let coords: Vec<f32> =
+                        chunk.iter().flat_map(|b| [b.0[0] * sx, b.0[1] * sy, b.0[2] * sx, b.0[3] * sy]).collect();
+                    let labels: Vec<f32> = (0..n).flat_map(|_| [2.0, 3.0]).collect();
+                    let no_mask = vec![0f32; n * LOW_RES_SIDE * LOW_RES_SIDE];
+                    // One value for every box: the export multiplies `has_mask_input` [k] into the mask embeddings
+                    // [k, 256, 64, 64], which broadcasts only when k is 1.
+                    let has_mask = [0f32];
+                    let inputs = vec![
+                        ("image_embed", Input::F32(embed.shape.clone(), &embed.data)),
+                        ("high_res_feats_0", Input::F32(f0.shape.clone(), &f0.data)),
+                        ("high_res_feats_1", Input::F32(f1.shape.clone(), &f1.data)),
+                        ("point_coords", Input::F32(vec![n, 2, 2], &coords)),
+                        ("point_labels", Input::F32(vec![n, 2], &labels)),
+                        ("mask_input", Input::F32(vec![n, 1, LOW_RES_SIDE, LOW_RES_SIDE], &no_mask)),
+                        ("has_mask_input", Input::F32(vec![1], &has_mask)),
+                    ];
+                    let mut out = decoder.run(inputs, &["masks", "iou_predictions"])?;
+                    let scores = out.remove("iou_predictions").ok_or_else(missing)?;
+                    let pred = out.remove("masks").ok_or_else(missing)?;
+                    masks.extend(low_res_masks(&pred, &scores, n, Frame::Stretched, ow, oh, "masks")?);
+                }
+                Ok(masks)
+            }
             Segmenter::SalientCrop { model, margin, threshold } => {
-                salient_masks(model, image, boxes, *margin, *threshold)
+                Ok(salient_masks(model, image, boxes, *margin, *threshold)?
+                    .into_iter()
+                    .map(MaskOut::Done)
+                    .collect())
             }
         }
     }
@@ -178,10 +530,59 @@ impl Segmenter {
     /// The sessions, for their run statistics.
     pub fn models(&self) -> Vec<&OnnxModel> {
         match self {
-            Segmenter::Sam { encoder, decoder, .. } => vec![encoder, decoder],
+            Segmenter::Sam { encoder, decoder, .. }
+            | Segmenter::HfSam { encoder, decoder, .. }
+            | Segmenter::Sam2 { encoder, decoder, .. } => vec![encoder, decoder],
             Segmenter::SalientCrop { model, .. } => vec![model],
         }
     }
+}
+
+/// Boxes per decoder call: the setting, else every box of the image where the decoder takes many, else one.
+fn batch_of(setting: Option<usize>, many: bool) -> Option<usize> {
+    match (setting, many) {
+        (Some(n), true) => Some(n),
+        (_, true) => None,
+        (_, false) => Some(1),
+    }
+}
+
+/// For each of `n` boxes, the best-scoring of its low-resolution masks (`pred` [.., n, k, s, s] with `scores`
+/// [.., n, k]), handed on as logits for the CPU threads to upsample.
+fn low_res_masks(
+    pred: &super::runtime::Output,
+    scores: &super::runtime::Output,
+    n: usize,
+    frame: Frame,
+    width: u32,
+    height: u32,
+    name: &str,
+) -> Result<Vec<MaskOut>, ModelError> {
+    let k = scores.data.len() / n.max(1);
+    let side = pred.shape.last().copied().unwrap_or(0);
+    let plane = side * side;
+    if k == 0 || side == 0 || pred.data.len() != n * k * plane || scores.data.len() != n * k {
+        return Err(ModelError::Contract {
+            model: "segmenter.decoder".into(),
+            message: format!("{name} {:?} and scores {:?} for {n} boxes", pred.shape, scores.shape),
+        });
+    }
+    Ok((0..n)
+        .map(|b| {
+            let row = &scores.data[b * k..(b + 1) * k];
+            // The best score, the first of equals.
+            let best = (0..k).fold(0, |best, j| if row[j] > row[best] { j } else { best });
+            let start = (b * k + best) * plane;
+            MaskOut::LowRes {
+                logits: pred.data[start..start + plane].to_vec(),
+                side,
+                frame,
+                width,
+                height,
+                score: row[best],
+            }
+        })
+        .collect())
 }
 
 /// The crop of `image` around `bbox` widened by `margin` of the box's size on each side, clipped to the image:
@@ -302,6 +703,37 @@ mod tests {
         assert_eq!(crop_region(&BoxXyxy([0.0, 0.0, 100.0, 100.0]), 0.5, 100, 100), (0, 0, 100, 100));
         let (x, y, w, h) = crop_region(&BoxXyxy([99.5, 99.5, 99.6, 99.6]), 0.1, 100, 100);
         assert!(x + w <= 100 && y + h <= 100 && w >= 1 && h >= 1);
+    }
+
+    #[test]
+    fn bilinear_taps_follow_half_pixel_centres() {
+        // Doubling: output 0 sits at source -0.25 (clamped to 0), output 1 at 0.25.
+        let t = taps(2, 4);
+        assert_eq!(t[0], (0, 1, 0.0));
+        assert_eq!((t[1].0, t[1].1), (0, 1));
+        assert!((t[1].2 - 0.25).abs() < 1e-6);
+        assert_eq!(t[3], (1, 1, 0.0));
+        // Same size: the identity.
+        let plane = [1.0, -2.0, 3.0, -4.0];
+        assert_eq!(resize_plane(&plane, 2, 2, 2, 2), plane.to_vec());
+    }
+
+    #[test]
+    fn low_res_masks_map_through_the_padded_frame() {
+        // A 4x4 low-res mask of a 16x16 padded input holding an 8x16 (w x h) image: the left half of the low-res
+        // mask is the image; its top-left quarter is foreground.
+        let mut logits = vec![-5.0f32; 16];
+        for y in 0..2 {
+            for x in 0..1 {
+                logits[y * 4 + x] = 5.0;
+            }
+        }
+        let mask = upsample_mask(&logits, 4, Frame::Padded { resized: (8, 16), side: 16 }, 4, 8, 0.9);
+        let pixels = mask.pixels().unwrap();
+        // Foreground: the left half of the columns, the top half of the rows (edges blur by a pixel).
+        assert!(pixels[0] && pixels[8], "{pixels:?}");
+        assert!(!pixels[3] && !pixels[7 * 4], "{pixels:?}");
+        assert_eq!(mask.score, 0.9);
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! The RAM / RAM++ tagger (recognize-anything; its ONNX exports take `image` or `img` [B, 3, 384, 384]).
 //!
+//! Two export styles are met: X-AnyLabeling's (`img` with a fixed batch of 1 → `targets`, RAM's per-class thresholds
+//! baked in as 0/1, and `bs`) and dynamic-batch exports giving `logits`. The input size and a fixed batch are read
+//! from the graph: a graph that takes one image per run gets batches of one from the start.
+//!
 //! Follows `ram/models/ram.py` `generate_tag` and the Grounded-SAM RAM demo: the image resized to 384×384 (PIL
 //! bilinear, as `ram/transform.py`), ImageNet mean and std; a tag is kept when its sigmoid score is above its class
 //! threshold (strictly; `threshold` by default, per-class values from a file as `ram_tag_list_threshold.txt`), in
@@ -31,6 +35,10 @@ pub struct Tag {
 pub struct Tagger {
     model: OnnxModel,
     input: String,
+    /// The input's (width, height).
+    side: (u32, u32),
+    /// The batch the graph declares, when fixed.
+    fixed_batch: Option<usize>,
     output: String,
     /// Whether the output is logits (put through the sigmoid) or already scores in `[0, 1]`.
     logits: bool,
@@ -76,10 +84,22 @@ impl Tagger {
         threads: usize,
     ) -> Result<Tagger, ModelError> {
         let model = OnnxModel::load("tagger", model, device, threads)?;
-        let input = model.inputs.first().cloned().ok_or_else(|| ModelError::Contract {
+        let port = model.input_ports.first().cloned().ok_or_else(|| ModelError::Contract {
             model: "tagger".into(),
             message: "the model has no input".into(),
         })?;
+        if port.dims.len() != 4 || port.dim(1).is_some_and(|c| c != 3) {
+            return Err(ModelError::Contract {
+                model: "tagger".into(),
+                message: format!("input {port}: expected [batch, 3, height, width]"),
+            });
+        }
+        let side = (
+            port.dim(3).map_or(TAGGER_SIDE, |d| d as u32).max(1),
+            port.dim(2).map_or(TAGGER_SIDE, |d| d as u32).max(1),
+        );
+        let fixed_batch = port.dim(0);
+        let input = port.name;
         let output = model.outputs.first().cloned().ok_or_else(|| ModelError::Contract {
             model: "tagger".into(),
             message: "the model has no output".into(),
@@ -104,7 +124,17 @@ impl Tagger {
                 }
             }
         }
-        Ok(Tagger { model, input, output, logits, tags, thresholds: per_class })
+        Ok(Tagger { model, input, side, fixed_batch, output, logits, tags, thresholds: per_class })
+    }
+
+    /// The input's (width, height), read from the graph (384 × 384 when dynamic).
+    pub fn side(&self) -> (u32, u32) {
+        self.side
+    }
+
+    /// Images per run at most: the graph's fixed batch, else `None`.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
     }
 
     /// Number of tags in the tag list (the classes the model scores).
@@ -112,27 +142,26 @@ impl Tagger {
         self.tags.len()
     }
 
-    /// The model input of one image: `[3, 384, 384]`.
-    pub fn prepare(image: &RgbImage) -> Result<Vec<f32>, ModelError> {
-        let resized = resize_bilinear(image, TAGGER_SIDE, TAGGER_SIDE)?;
-        Ok(to_planar(
-            &resized,
-            1.0 / 255.0,
-            IMAGENET_MEAN,
-            IMAGENET_STD,
-            TAGGER_SIDE as usize,
-            TAGGER_SIDE as usize,
-        ))
+    /// The model input of one image at the graph's `(width, height)`: `[3, height, width]`.
+    pub fn prepare(image: &RgbImage, (w, h): (u32, u32)) -> Result<Vec<f32>, ModelError> {
+        let resized = resize_bilinear(image, w, h)?;
+        Ok(to_planar(&resized, 1.0 / 255.0, IMAGENET_MEAN, IMAGENET_STD, w as usize, h as usize))
     }
 
     /// Tags of a batch of prepared images.
     pub fn infer(&mut self, batch: &[&[f32]]) -> Result<Vec<Vec<Tag>>, ModelError> {
-        let side = TAGGER_SIDE as usize;
-        let mut data = Vec::with_capacity(batch.len() * 3 * side * side);
+        let (w, h) = (self.side.0 as usize, self.side.1 as usize);
+        let mut data = Vec::with_capacity(batch.len() * 3 * w * h);
         for image in batch {
+            if image.len() != 3 * w * h {
+                return Err(ModelError::Preprocess(format!(
+                    "a tagger input of {} values for a {w}x{h} graph",
+                    image.len()
+                )));
+            }
             data.extend_from_slice(image);
         }
-        let inputs = vec![(self.input.as_str(), Input::F32(vec![batch.len(), 3, side, side], &data))];
+        let inputs = vec![(self.input.as_str(), Input::F32(vec![batch.len(), 3, h, w], &data))];
         let output_name = self.output.clone();
         let outputs = self.model.run(inputs, &[output_name.as_str()])?;
         let scores = &outputs[&output_name];

@@ -1,0 +1,215 @@
+//! The refiner on the public model architectures (exported by `scripts/export_real_models.py --size tiny`, committed
+//! under `examples/models/real-tiny/`): every contract through `lyrics-prep run` on photos of mixed shapes, parity
+//! with what each export's own Python ecosystem makes of the same graphs (`reference.json`), and the refusal of a
+//! graph that follows no known contract.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use lyrics_schemas::SampleRow;
+use support::scenes::{decode_rle, mask_iou};
+use support::*;
+
+fn s(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn real_tiny() -> PathBuf {
+    repo_root().join("examples/models/real-tiny")
+}
+
+/// The displayed (width, height) of each committed photo.
+const PHOTOS: [(&str, u32, u32); 6] = [
+    ("landscape", 640, 426),
+    ("panorama", 4000, 1000),
+    ("portrait", 480, 640),
+    ("rotated", 400, 600),
+    ("square", 512, 512),
+    ("tiny", 64, 64),
+];
+
+fn refine(models: &str, out: &Path) -> BTreeMap<String, SampleRow> {
+    let models = s(&real_tiny().join(models));
+    let photos = s(&real_tiny().join("photos"));
+    let args = [
+        "run",
+        "--input",
+        &photos,
+        "--format",
+        "images",
+        "--output",
+        &s(out),
+        "--models",
+        &models,
+        "--progress",
+        "off",
+    ];
+    lyrics_ok(&args, &Env::new());
+    assert!(errors(out).is_empty(), "{models}: {:#?}", errors(out));
+    samples(out).into_iter().map(|r| (r.key.clone(), r)).collect()
+}
+
+/// Every contract: no error rows, every photo's displayed size, every box inside the image, a mask for every box
+/// at the displayed image's size.
+fn check_contract(models: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = refine(models, &dir.path().join("out"));
+    assert_eq!(rows.len(), PHOTOS.len(), "{models}");
+    let mut objects = 0;
+    for (key, w, h) in PHOTOS {
+        let row = &rows[key];
+        assert_eq!((row.width as u32, row.height as u32), (w, h), "{models}/{key}: displayed size");
+        assert!(!row.tags.as_ref().unwrap().is_empty(), "{models}/{key}: no tags");
+        for object in row.objects.as_ref().unwrap() {
+            let [x1, y1, x2, y2] = object.bbox;
+            assert!(
+                0.0 <= x1 && x1 <= x2 && x2 <= 1.0 && 0.0 <= y1 && y1 <= y2 && y2 <= 1.0,
+                "{models}/{key}: {:?}",
+                object.bbox
+            );
+            let mask = object.mask.as_ref().unwrap_or_else(|| panic!("{models}/{key}: a box without a mask"));
+            assert_eq!(mask.size, [h as i32, w as i32], "{models}/{key}: mask size");
+            let pixels = decode_rle(mask.size, &mask.counts);
+            assert_eq!(object.mask_area, Some(pixels.iter().filter(|p| **p).count() as i64));
+            objects += 1;
+        }
+    }
+    assert!(objects > 0, "{models}: no objects at all");
+}
+
+#[test]
+fn hf_grounding_dino_with_sam_and_samexporter_encoder() {
+    check_contract("hf.toml");
+}
+
+#[test]
+fn idea_grounding_dino_static_size_with_raw_encoder_and_single_mask_decoder() {
+    check_contract("idea.toml");
+}
+
+#[test]
+fn hf_sam_split_every_box_in_one_call() {
+    check_contract("hf_sam.toml");
+}
+
+#[test]
+fn sam2_as_samexporter_exports_it() {
+    check_contract("sam2.toml");
+}
+
+fn reference() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(real_tiny().join("reference.json")).unwrap()).unwrap()
+}
+
+/// Tags equal to RAM's rule, boxes within 1e-3 of the image side of transformers' post-processing (then NMS),
+/// phrases equal, and the first masks' IoU with the segmenter's reference at least 0.99.
+fn check_parity(models: &str, masks_key: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = refine(models, &dir.path().join("out"));
+    let reference = reference();
+    for (key, w, h) in PHOTOS {
+        let row = &rows[key];
+        let tags: Vec<&str> = row.tags.as_ref().unwrap().iter().map(|t| t.tag.as_str()).collect();
+        let want: Vec<&str> =
+            reference["tags"][key].as_array().unwrap().iter().map(|t| t["tag"].as_str().unwrap()).collect();
+        assert_eq!(tags, want, "{models}/{key}: tags");
+        let objects = row.objects.as_ref().unwrap();
+        let detections = reference["detections"][key].as_array().unwrap();
+        assert_eq!(objects.len(), detections.len(), "{models}/{key}: detections");
+        let side = w.max(h) as f32;
+        // Each reference detection is matched to one of ours with the same phrase, a score within 1e-3 and a box
+        // within 1e-3 of the image side: scores equal to the last bits (saturated sigmoids) may come in either order.
+        let mut used = vec![false; objects.len()];
+        let mut matched = Vec::with_capacity(detections.len());
+        for (i, want) in detections.iter().enumerate() {
+            let b: Vec<f32> = want["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let clamped = [
+                b[0].clamp(0.0, w as f32),
+                b[1].clamp(0.0, h as f32),
+                b[2].clamp(0.0, w as f32),
+                b[3].clamp(0.0, h as f32),
+            ];
+            let found = objects.iter().enumerate().position(|(j, got)| {
+                let ours = [
+                    got.bbox[0] * w as f32,
+                    got.bbox[1] * h as f32,
+                    got.bbox[2] * w as f32,
+                    got.bbox[3] * h as f32,
+                ];
+                !used[j]
+                    && got.phrase == want["phrase"].as_str().unwrap()
+                    && (got.score - want["score"].as_f64().unwrap() as f32).abs() < 1e-3
+                    && (0..4).all(|k| (ours[k] - clamped[k]).abs() <= 1e-3 * side)
+            });
+            let j = found.unwrap_or_else(|| panic!("{models}/{key}#{i}: no detection matches {want}"));
+            used[j] = true;
+            matched.push(j);
+        }
+        for (i, want) in reference[masks_key][key].as_array().unwrap().iter().enumerate() {
+            let got = objects[matched[i]].mask.as_ref().unwrap();
+            let size =
+                [want["rle"]["size"][0].as_i64().unwrap() as i32, want["rle"]["size"][1].as_i64().unwrap() as i32];
+            assert_eq!(got.size, size, "{models}/{key}#{i}: mask size");
+            let iou = mask_iou(
+                &decode_rle(got.size, &got.counts),
+                &decode_rle(size, want["rle"]["counts"].as_str().unwrap()),
+            );
+            assert!(iou >= 0.99, "{models}/{key}#{i}: mask IoU {iou} with the reference");
+        }
+    }
+}
+
+#[test]
+fn parity_with_transformers_and_segment_anything() {
+    check_parity("hf.toml", "sam");
+}
+
+#[test]
+fn parity_with_transformers_sam_processor() {
+    check_parity("hf_sam.toml", "hf_sam");
+}
+
+#[test]
+fn a_graph_of_no_known_contract_is_refused_naming_what_it_has_and_what_each_contract_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    // The tagger graph where the detector should be.
+    let models = dir.path().join("models.toml");
+    let text = std::fs::read_to_string(real_tiny().join("hf.toml"))
+        .unwrap()
+        .replace("model = \"gdino_hf.onnx\"", &format!("model = \"{}\"", s(&real_tiny().join("ram_logits.onnx"))));
+    let text = text.replace("= \"ram_", &format!("= \"{}/ram_", s(&real_tiny())));
+    let text = text.replace("\"tokenizer.json\"", &format!("\"{}\"", s(&real_tiny().join("tokenizer.json"))));
+    let text = text.replace("\"sam_", &format!("\"{}/sam_", s(&real_tiny())));
+    std::fs::write(&models, text).unwrap();
+    let photos = s(&real_tiny().join("photos"));
+    let out = s(&dir.path().join("out"));
+    let output = lyrics(
+        &[
+            "run",
+            "--input",
+            &photos,
+            "--format",
+            "images",
+            "--output",
+            &out,
+            "--models",
+            &s(&models),
+            "--progress",
+            "off",
+        ],
+        &Env::new(),
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let err = stderr(&output);
+    for needle in [
+        "detector",
+        "image f32[?, 3, 384, 384]",
+        "logits",
+        "export = \"idea\" needs inputs (img",
+        "export = \"hf\" needs inputs (pixel_values",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in: {err}");
+    }
+}
