@@ -213,3 +213,111 @@ fn a_graph_of_no_known_contract_is_refused_naming_what_it_has_and_what_each_cont
         assert!(err.contains(needle), "missing `{needle}` in: {err}");
     }
 }
+
+/// A models file beside the real-tiny graphs (absolute paths), from `base` with `edit` applied.
+fn models_file(dir: &Path, base: &str, edit: impl Fn(String) -> String) -> String {
+    let text = std::fs::read_to_string(real_tiny().join(base)).unwrap();
+    let root = s(&real_tiny());
+    let files = ["model", "tags", "thresholds", "tokenizer", "encoder", "decoder"];
+    let text: String = edit(text)
+        .lines()
+        .map(|line| match line.split_once(" = \"") {
+            Some((key, rest)) if files.contains(&key.trim()) && !rest.starts_with('/') => {
+                format!("{key} = \"{root}/{rest}\n")
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    let path = dir.join(format!("{}.toml", base.trim_end_matches(".toml")));
+    std::fs::write(&path, text).unwrap();
+    s(&path)
+}
+
+fn run_models(models: &str, out: &Path) -> std::process::Output {
+    let photos = s(&real_tiny().join("photos"));
+    lyrics(
+        &[
+            "run",
+            "--input",
+            &photos,
+            "--format",
+            "images",
+            "--output",
+            &s(out),
+            "--models",
+            models,
+            "--progress",
+            "off",
+        ],
+        &Env::new(),
+    )
+}
+
+#[test]
+fn detector_batches_give_what_single_images_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let single = refine("hf.toml", &dir.path().join("single"));
+    let models = models_file(dir.path(), "hf.toml", |t| t.replace("tokenizer = ", "batch_size = 3\ntokenizer = "));
+    let out = dir.path().join("batched");
+    let output = run_models(&models, &out);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(errors(&out).is_empty(), "{:#?}", errors(&out));
+    let batched: BTreeMap<String, SampleRow> = samples(&out).into_iter().map(|r| (r.key.clone(), r)).collect();
+    for (key, ..) in PHOTOS {
+        let (a, b) = (single[key].objects.as_ref().unwrap(), batched[key].objects.as_ref().unwrap());
+        assert_eq!(a.len(), b.len(), "{key}");
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.phrase, y.phrase, "{key}");
+            assert!(
+                x.bbox.iter().zip(y.bbox).all(|(p, q)| (p - q).abs() < 1e-4),
+                "{key}: {:?} vs {:?}",
+                x.bbox,
+                y.bbox
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_sizes_a_graph_cannot_take_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    // The IDEA graph takes a fixed batch of 1.
+    let models =
+        models_file(dir.path(), "idea.toml", |t| t.replace("tokenizer = ", "batch_size = 2\ntokenizer = "));
+    let output = run_models(&models, &dir.path().join("idea"));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("detector.batch_size = 2"), "{}", stderr(&output));
+    // The official SAM decoder takes one box per call.
+    let models = models_file(dir.path(), "hf.toml", |t| t + "batch_size = 8\n");
+    let output = run_models(&models, &dir.path().join("sam"));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("segmenter.batch_size = 8"), "{}", stderr(&output));
+}
+
+#[test]
+fn a_fixed_vocabulary_is_detected_without_a_tagger() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = models_file(dir.path(), "hf_sam.toml", |t| {
+        let detector = t.find("[detector]").unwrap();
+        t[detector..].replace("tokenizer = ", "prompt = [\"Window\", \"stop light\"]\ntokenizer = ")
+    });
+    let out = dir.path().join("out");
+    let output = run_models(&models, &out);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(errors(&out).is_empty(), "{:#?}", errors(&out));
+    let rows = samples(&out);
+    let mut objects = 0;
+    for row in &rows {
+        assert!(row.tags.as_ref().is_none_or(|t| t.is_empty()), "{}: no tagger, no tags", row.key);
+        for object in row.objects.as_ref().unwrap() {
+            // A phrase maps back to its class where it names one.
+            if object.phrase.contains("window") {
+                assert_eq!(object.label, "Window", "{}: {object:?}", row.key);
+            }
+            assert!(object.mask.is_some());
+            objects += 1;
+        }
+    }
+    assert!(objects > 0);
+    assert!(std::fs::read_to_string(out.join("_lyrics/manifest.json")).is_ok());
+}

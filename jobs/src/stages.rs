@@ -143,7 +143,8 @@ pub fn refine_prepare(layout: LayoutSlot, pool: Arc<rayon::ThreadPool>) -> PerSa
             Err(reason) => return refine_error(&sample, &ModelError::Runtime(reason.clone())),
         };
         match prepare(layout, &pixels) {
-            Ok(prepared) => {
+            Ok(mut prepared) => {
+                prepared.caption = sample.row.caption.clone();
                 sample.state = State::Prepared(pixels, prepared);
                 Record::Sample(sample)
             }

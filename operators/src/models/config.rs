@@ -14,6 +14,7 @@
 //! export = "idea"                 # idea (IDEA / X-AnyLabeling) | hf (Hugging Face / optimum)
 //! model = { source = "hf://org/repo/gdino.onnx@main", sha256 = "..." }
 //! tokenizer = "tokenizer.json"
+//! prompt = "tags"                 # tags | caption | ["person", "car", "dog"]
 //! max_detections = 100            # boxes kept per image, the best first
 //!
 //! [segmenter]
@@ -124,7 +125,33 @@ pub enum DetectorExport {
     Hf,
 }
 
-/// The `[detector]` section: Grounding DINO, prompted with the tagger's tags.
+/// What the detector is prompted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptSource {
+    /// The tagger's tags, as the Grounded-SAM RAM demo joins them (the Lyrics recipe).
+    #[default]
+    Tags,
+    /// The sample's caption (lower case, a final `.`), so its phrases are grounded.
+    Caption,
+}
+
+/// `detector.prompt`: `"tags"`, `"caption"`, or a fixed vocabulary `["person", "car", "dog"]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DetectorPrompt {
+    Source(PromptSource),
+    /// The same classes for every image, joined as transformers joins candidate labels (`"person. car. dog."`).
+    Classes(Vec<String>),
+}
+
+impl Default for DetectorPrompt {
+    fn default() -> Self {
+        DetectorPrompt::Source(PromptSource::Tags)
+    }
+}
+
+/// The `[detector]` section: Grounding DINO, prompted with the tagger's tags (or the caption, or fixed classes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectorConfig {
@@ -150,9 +177,12 @@ pub struct DetectorConfig {
     /// and a mask.
     #[serde(default = "default_max_detections")]
     pub max_detections: usize,
-    /// Images per detector run.
+    /// Images per detector run (prompts padded to the longest); above 1 only for graphs with a dynamic batch.
     #[serde(default = "default_one")]
     pub batch_size: usize,
+    /// What the detector is prompted with.
+    #[serde(default)]
+    pub prompt: DetectorPrompt,
 }
 
 /// Which segmenter the `[segmenter]` section loads.
@@ -196,8 +226,8 @@ pub struct SegmenterConfig {
     pub batch_size: Option<usize>,
 }
 
-/// A whole models file. Each family is optional, but a detector needs a tagger's tags as its prompt (or
-/// `prompt` in the job), and a segmenter needs a detector's boxes.
+/// A whole models file. Each family is optional, but a detector prompted with tags (the default) needs a tagger,
+/// and a segmenter needs a detector's boxes.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelsConfig {
@@ -273,6 +303,13 @@ impl ModelsConfig {
             positive("detector.batch_size", d.batch_size)?;
             positive("detector.max_text_len", d.max_text_len)?;
             positive("detector.max_detections", d.max_detections)?;
+            if let DetectorPrompt::Classes(classes) = &d.prompt
+                && (classes.is_empty() || classes.iter().any(|c| c.trim().is_empty()))
+            {
+                return Err(ModelError::Config(
+                    "detector.prompt: a list of classes must name at least one class, none of them empty".into(),
+                ));
+            }
         }
         if let Some(s) = &self.segmenter {
             if let Some(n) = s.batch_size {
@@ -300,8 +337,14 @@ impl ModelsConfig {
                 return Err(ModelError::Config("a segmenter needs a [detector] to give it boxes".into()));
             }
         }
-        if self.tagger.is_none() && self.detector.is_some() {
-            return Err(ModelError::Config("a detector needs a [tagger] whose tags become its prompt".into()));
+        if self.tagger.is_none()
+            && self.detector.as_ref().is_some_and(|d| d.prompt == DetectorPrompt::Source(PromptSource::Tags))
+        {
+            return Err(ModelError::Config(
+                "a detector prompted with tags needs a [tagger] (or set detector.prompt = \"caption\" or a list of \
+                 classes)"
+                    .into(),
+            ));
         }
         if self.tagger.is_none() && self.detector.is_none() && self.segmenter.is_none() {
             return Err(ModelError::Config(
@@ -388,6 +431,26 @@ mod tests {
         let err =
             ModelsConfig::parse(&FULL.replace("export = \"hf\"", "max_detections = 0")).unwrap_err().to_string();
         assert!(err.contains("detector.max_detections"), "{err}");
+    }
+
+    #[test]
+    fn prompts_are_tags_caption_or_classes() {
+        let c = ModelsConfig::parse(FULL).unwrap();
+        assert_eq!(c.detector.unwrap().prompt, DetectorPrompt::Source(PromptSource::Tags));
+        let classes = FULL.replace("export = \"hf\"", "prompt = [\"person\", \"car\"]");
+        let c = ModelsConfig::parse(&classes).unwrap();
+        assert_eq!(c.detector.unwrap().prompt, DetectorPrompt::Classes(vec!["person".into(), "car".into()]));
+        // Without a tagger: fine for a caption or classes, refused for tags.
+        let untagged = |prompt: &str| {
+            format!("[detector]\nfamily = \"grounding_dino\"\nmodel = \"d\"\ntokenizer = \"t\"\n{prompt}")
+        };
+        assert!(ModelsConfig::parse(&untagged("prompt = \"caption\"\n")).is_ok());
+        assert!(ModelsConfig::parse(&untagged("prompt = [\"dog\"]\n")).is_ok());
+        let err = ModelsConfig::parse(&untagged("")).unwrap_err().to_string();
+        assert!(err.contains("tagger") && err.contains("detector.prompt"), "{err}");
+        let err = ModelsConfig::parse(&untagged("prompt = []\n")).unwrap_err().to_string();
+        assert!(err.contains("detector.prompt"), "{err}");
+        assert!(ModelsConfig::parse(&untagged("prompt = \"words\"\n")).is_err());
     }
 
     #[test]

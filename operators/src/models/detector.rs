@@ -179,51 +179,144 @@ impl Detector {
         orig_w: u32,
         orig_h: u32,
     ) -> Result<Vec<Detection>, ModelError> {
-        let text = self.text_inputs(caption)?;
-        let n = text.input_ids.len();
-        let (w, h) = (image.width, image.height);
-        let pixels = Input::F32(vec![1, 3, h, w], &image.tensor);
-        let attention: Vec<bool> = text.attention_mask.iter().map(|m| *m != 0).collect();
-        let pixel_mask: Vec<i64> = match self.export {
-            DetectorExport::Hf => vec![1; h * w],
-            DetectorExport::Idea => Vec::new(),
-        };
+        Ok(self.infer_batch(&[(image, caption, orig_w, orig_h)])?.pop().unwrap_or_default())
+    }
+
+    /// Whether images of different prepared sizes can share a run: the Hugging Face contract takes a pixel mask, so
+    /// smaller images are padded; the IDEA contract has none.
+    pub fn pads_images(&self) -> bool {
+        self.export == DetectorExport::Hf
+    }
+
+    /// Detections of each `(image, caption, original width, original height)` in one run: prompts padded to the
+    /// longest (attention masks zero, padding tokens attending to themselves only), images padded to the largest
+    /// with the pixel mask set (HF contract; the IDEA contract needs images of one size).
+    pub fn infer_batch(
+        &mut self,
+        items: &[(&DetectorImage, &str, u32, u32)],
+    ) -> Result<Vec<Vec<Detection>>, ModelError> {
+        let Some(first) = items.first() else { return Ok(Vec::new()) };
+        let b = items.len();
+        let texts: Vec<TextInputs> =
+            items.iter().map(|(_, caption, _, _)| self.text_inputs(caption)).collect::<Result<_, _>>()?;
+        let l = texts.iter().map(|t| t.input_ids.len()).max().unwrap_or(0).max(1);
+        let (w, h) = (
+            items.iter().map(|(i, ..)| i.width).max().unwrap_or(first.0.width),
+            items.iter().map(|(i, ..)| i.height).max().unwrap_or(first.0.height),
+        );
+        if !self.pads_images() && items.iter().any(|(i, ..)| (i.width, i.height) != (w, h)) {
+            return Err(ModelError::Preprocess("images of different sizes in one IDEA detector run".into()));
+        }
+        let mut input_ids = vec![0i64; b * l];
+        let mut attention = vec![0i64; b * l];
+        let mut token_types = vec![0i64; b * l];
+        let mut positions = vec![0i64; b * l];
+        let mut text_mask = vec![false; b * l * l];
+        for (k, t) in texts.iter().enumerate() {
+            let n = t.input_ids.len();
+            input_ids[k * l..k * l + n].copy_from_slice(&t.input_ids);
+            attention[k * l..k * l + n].copy_from_slice(&t.attention_mask);
+            token_types[k * l..k * l + n].copy_from_slice(&t.token_type_ids);
+            positions[k * l..k * l + n].copy_from_slice(&t.position_ids);
+            for row in 0..l {
+                let dst = k * l * l + row * l;
+                if row < n {
+                    text_mask[dst..dst + n].copy_from_slice(&t.text_token_mask[row * n..(row + 1) * n]);
+                } else {
+                    text_mask[dst + row] = true;
+                }
+            }
+        }
+        let one_image = b == 1 && (first.0.width, first.0.height) == (w, h);
+        let mut padded = Vec::new();
+        let mut pixel_mask = Vec::new();
+        if !one_image {
+            padded = vec![0f32; b * 3 * h * w];
+            for (k, (image, ..)) in items.iter().enumerate() {
+                let (iw, ih) = (image.width, image.height);
+                for c in 0..3 {
+                    for y in 0..ih {
+                        let src = &image.tensor[(c * ih + y) * iw..(c * ih + y + 1) * iw];
+                        let dst = ((k * 3 + c) * h + y) * w;
+                        padded[dst..dst + iw].copy_from_slice(src);
+                    }
+                }
+            }
+        }
+        if self.export == DetectorExport::Hf {
+            pixel_mask = vec![0i64; b * h * w];
+            for (k, (image, ..)) in items.iter().enumerate() {
+                for y in 0..image.height {
+                    pixel_mask[(k * h + y) * w..(k * h + y) * w + image.width].fill(1);
+                }
+            }
+        }
+        let pixel_data: &[f32] = if one_image { &first.0.tensor } else { &padded };
+        let pixels = Input::F32(vec![b, 3, h, w], pixel_data);
+        let attention_bool: Vec<bool> = attention.iter().map(|m| *m != 0).collect();
         let (inputs, boxes_name) = match self.export {
             DetectorExport::Idea => (
                 vec![
                     ("img", pixels),
-                    ("input_ids", Input::I64(vec![1, n], &text.input_ids)),
-                    ("attention_mask", Input::Bool(vec![1, n], &attention)),
-                    ("position_ids", Input::I64(vec![1, n], &text.position_ids)),
-                    ("token_type_ids", Input::I64(vec![1, n], &text.token_type_ids)),
-                    ("text_token_mask", Input::Bool(vec![1, n, n], &text.text_token_mask)),
+                    ("input_ids", Input::I64(vec![b, l], &input_ids)),
+                    ("attention_mask", Input::Bool(vec![b, l], &attention_bool)),
+                    ("position_ids", Input::I64(vec![b, l], &positions)),
+                    ("token_type_ids", Input::I64(vec![b, l], &token_types)),
+                    ("text_token_mask", Input::Bool(vec![b, l, l], &text_mask)),
                 ],
                 "boxes",
             ),
             DetectorExport::Hf => (
                 vec![
                     ("pixel_values", pixels),
-                    ("input_ids", Input::I64(vec![1, n], &text.input_ids)),
-                    ("token_type_ids", Input::I64(vec![1, n], &text.token_type_ids)),
-                    ("attention_mask", Input::I64(vec![1, n], &text.attention_mask)),
-                    ("pixel_mask", Input::I64(vec![1, h, w], &pixel_mask)),
+                    ("input_ids", Input::I64(vec![b, l], &input_ids)),
+                    ("token_type_ids", Input::I64(vec![b, l], &token_types)),
+                    ("attention_mask", Input::I64(vec![b, l], &attention)),
+                    ("pixel_mask", Input::I64(vec![b, h, w], &pixel_mask)),
                 ],
                 "pred_boxes",
             ),
         };
         let outputs = self.model.run(inputs, &["logits", boxes_name])?;
         let (logits, boxes) = (&outputs["logits"], &outputs[boxes_name]);
-        let queries = boxes.data.len() / 4;
-        let width = logits.data.len() / queries.max(1);
-        if queries == 0 || logits.data.len() != queries * width {
+        let queries = boxes.data.len() / (4 * b);
+        let width = logits.data.len() / (queries * b).max(1);
+        if queries == 0 || logits.data.len() != b * queries * width || boxes.data.len() != b * queries * 4 {
             return Err(ModelError::Contract {
                 model: "detector".into(),
-                message: format!("logits {:?} and boxes {:?} disagree", logits.shape, boxes.shape),
+                message: format!(
+                    "logits {:?} and boxes {:?} disagree for a batch of {b}",
+                    logits.shape, boxes.shape
+                ),
             });
         }
+        items
+            .iter()
+            .zip(&texts)
+            .enumerate()
+            .map(|(k, ((_, _, orig_w, orig_h), text))| {
+                let logits = &logits.data[k * queries * width..(k + 1) * queries * width];
+                let boxes = &boxes.data[k * queries * 4..(k + 1) * queries * 4];
+                self.detections(logits, boxes, queries, width, &text.input_ids, *orig_w, *orig_h)
+            })
+            .collect()
+    }
+
+    /// The kept detections of one image's `logits` [queries, width] and `boxes` [queries, 4] (cxcywh, fractions).
+    #[allow(clippy::too_many_arguments)]
+    fn detections(
+        &self,
+        logits: &[f32],
+        boxes: &[f32],
+        queries: usize,
+        width: usize,
+        input_ids: &[i64],
+        orig_w: u32,
+        orig_h: u32,
+    ) -> Result<Vec<Detection>, ModelError> {
         let mut detections = Vec::new();
         for q in 0..queries {
-            let row = &logits.data[q * width..(q + 1) * width];
+            let row = &logits[q * width..(q + 1) * width];
             // The sigmoid is monotonic: test the best logit first, and score the tokens only of kept queries.
             let best = sigmoid(row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
             // Strictly above, as the reference filters; a NaN score keeps nothing.
@@ -231,8 +324,8 @@ impl Detector {
                 continue;
             }
             let scores: Vec<f32> = row.iter().map(|v| sigmoid(*v)).collect();
-            let phrase = self.phrase(&scores, &text.input_ids)?;
-            let b = &boxes.data[q * 4..q * 4 + 4];
+            let phrase = self.phrase(&scores, input_ids)?;
+            let b = &boxes[q * 4..q * 4 + 4];
             let bbox = cxcywh_to_xyxy([b[0], b[1], b[2], b[3]]).scaled(orig_w as f32, orig_h as f32);
             detections.push(Detection { phrase, score: best, bbox });
         }

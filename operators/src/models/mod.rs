@@ -16,8 +16,8 @@ mod segmenter;
 mod tagger;
 
 pub use config::{
-    DEFAULT_MAX_DETECTIONS, DetectorConfig, DetectorExport, DetectorFamily, FileRef, ModelsConfig, SegmenterConfig,
-    SegmenterFamily, TaggerConfig, TaggerFamily, TaggerScores,
+    DEFAULT_MAX_DETECTIONS, DetectorConfig, DetectorExport, DetectorFamily, DetectorPrompt, FileRef, ModelsConfig,
+    PromptSource, SegmenterConfig, SegmenterFamily, TaggerConfig, TaggerFamily, TaggerScores,
 };
 pub use detector::{Detection, Detector, DetectorImage, TextInputs, best_boxes, sub_sentence_masks};
 pub use refiner::{
@@ -27,7 +27,7 @@ pub use runtime::{Contract, Device, Element, OnnxModel, Port};
 pub use segmenter::{
     Frame, Mask, MaskOut, Segmenter, SegmenterImage, SegmenterInput, crop_region, salient_input, salient_output,
 };
-pub use tagger::{Tag, Tagger, output_is_logits, prompt_of};
+pub use tagger::{Tag, Tagger, caption_prompt, classes_prompt, output_is_logits, prompt_of};
 
 /// Why a model could not be loaded or run. Per-image failures become error rows; load failures stop the job.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,10 @@ use serde_json::json;
 
 use super::runtime::{Device, is_out_of_memory};
 use super::segmenter::{MaskOut, SegmenterImage, SegmenterInput};
-use super::{Detector, DetectorImage, ModelError, ModelsConfig, Segmenter, Tag, Tagger, prompt_of};
+use super::{
+    Detector, DetectorImage, DetectorPrompt, ModelError, ModelsConfig, PromptSource, Segmenter, Tag, Tagger,
+    caption_prompt, classes_prompt, prompt_of,
+};
 use crate::geometry::{BoxXyxy, Rle};
 
 /// Local files of a models config, by the keys of [`ModelsConfig::files`], with their SHA-256.
@@ -54,6 +57,8 @@ pub struct Prepared {
     pub detector: Option<DetectorImage>,
     /// The segmenter's encoder input (`None` for `salient_crop`, which crops per box).
     pub segmenter: Option<SegmenterImage>,
+    /// The sample's caption, for `detector.prompt = "caption"`.
+    pub caption: Option<String>,
 }
 
 /// Computes [`Prepared`] for `image` for the graphs of `layout` (pure CPU; safe to run on many threads).
@@ -62,6 +67,7 @@ pub fn prepare(layout: &Layout, image: &RgbImage) -> Result<Prepared, ModelError
         tagger: layout.tagger.map(|side| Tagger::prepare(image, side)).transpose()?,
         detector: layout.detector.map(|size| Detector::prepare(image, size)).transpose()?,
         segmenter: Segmenter::prepare(layout.segmenter, image)?,
+        caption: None,
     })
 }
 
@@ -74,6 +80,8 @@ pub struct Inferred {
     pub tags: Vec<Tag>,
     /// Each kept detection, with its mask when a segmenter runs (finished on the CPU threads by [`finish`]).
     pub objects: Vec<(super::Detection, Option<MaskOut>)>,
+    /// What phrases map back to as labels: the tags, or the prompt's classes.
+    pub vocabulary: Vec<String>,
 }
 
 /// One refined object, as stored: box normalized to `[0, 1]` of the displayed image.
@@ -103,13 +111,13 @@ pub struct Refined {
 
 /// The tag `phrase` refers to: an exact (case-insensitive) match, else the first tag the phrase starts with or
 /// that starts with the phrase, else the first that ends with it or it ends with; `None` when nothing matches.
-pub fn label_of<'a>(phrase: &str, tags: &'a [Tag]) -> Option<&'a str> {
+pub fn label_of<'a>(phrase: &str, tags: &'a [String]) -> Option<&'a str> {
     let p = phrase.trim().to_lowercase();
     if p.is_empty() {
         return None;
     }
-    let lower: Vec<String> = tags.iter().map(|t| t.tag.to_lowercase()).collect();
-    let find = |f: &dyn Fn(&str) -> bool| lower.iter().position(|t| f(t)).map(|i| tags[i].tag.as_str());
+    let lower: Vec<String> = tags.iter().map(|t| t.to_lowercase()).collect();
+    let find = |f: &dyn Fn(&str) -> bool| lower.iter().position(|t| f(t)).map(|i| tags[i].as_str());
     find(&|t| t == p)
         .or_else(|| find(&|t| t.starts_with(&p) || p.starts_with(t)))
         .or_else(|| find(&|t| t.ends_with(&p) || p.ends_with(t)))
@@ -120,7 +128,7 @@ pub fn finish(inferred: Inferred) -> Result<Refined, ModelError> {
     let (w, h) = (inferred.width as f32, inferred.height as f32);
     let mut objects = Vec::with_capacity(inferred.objects.len());
     for (detection, mask) in inferred.objects {
-        let label = label_of(&detection.phrase, &inferred.tags).unwrap_or(&detection.phrase).to_string();
+        let label = label_of(&detection.phrase, &inferred.vocabulary).unwrap_or(&detection.phrase).to_string();
         let b = detection.bbox.clamped(w, h).scaled(1.0 / w.max(1.0), 1.0 / h.max(1.0)).0;
         let (rle, area, score) = match mask.map(MaskOut::finish) {
             Some(mask) => (Some(mask.rle), Some(mask.area), Some(mask.score)),
@@ -249,23 +257,50 @@ impl Refiner {
                 }
             }
         }
-        for (i, (image, prepared)) in batch.iter().enumerate() {
-            let Ok(current) = results[i].as_mut() else { continue };
-            let outcome = (|| -> Result<(), ModelError> {
-                let Some(detector) = self.detector.as_mut() else { return Ok(()) };
-                if current.tags.is_empty() {
-                    return Ok(());
-                }
-                let prepared_image;
-                let detector_image = match &prepared.detector {
-                    Some(d) => d,
-                    None => {
-                        prepared_image = Detector::prepare(image, detector.fixed_size())?;
-                        &prepared_image
+        let Some(detector) = self.detector.as_mut() else { return results };
+        let prompt = self.config.detector.as_ref().map(|d| d.prompt.clone()).unwrap_or_default();
+        // Each image's prompt; an image without one (no tags, no caption) is not detected in.
+        let prompts: Vec<Option<String>> = batch
+            .iter()
+            .zip(&results)
+            .map(|((_, prepared), result)| {
+                let r = result.as_ref().ok()?;
+                match &prompt {
+                    DetectorPrompt::Source(PromptSource::Tags) => (!r.tags.is_empty()).then(|| prompt_of(&r.tags)),
+                    DetectorPrompt::Source(PromptSource::Caption) => {
+                        prepared.caption.as_deref().filter(|c| !c.trim().is_empty()).map(caption_prompt)
                     }
-                };
-                let detections =
-                    detector.infer(detector_image, &prompt_of(&current.tags), image.width(), image.height())?;
+                    DetectorPrompt::Classes(classes) => Some(classes_prompt(classes)),
+                }
+            })
+            .collect();
+        let mut owned: Vec<Option<DetectorImage>> = Vec::with_capacity(batch.len());
+        for ((image, prepared), prompt) in batch.iter().zip(&prompts) {
+            owned.push(match (&prepared.detector, prompt) {
+                (None, Some(_)) => Detector::prepare(image, detector.fixed_size()).ok(),
+                _ => None,
+            });
+        }
+        let items: Vec<Option<(&DetectorImage, &str, u32, u32)>> = batch
+            .iter()
+            .zip(&prompts)
+            .zip(&owned)
+            .map(|(((image, prepared), prompt), own)| {
+                let detector_image = prepared.detector.as_ref().or(own.as_ref())?;
+                Some((detector_image, prompt.as_deref()?, image.width(), image.height()))
+            })
+            .collect();
+        let batch_size = self.config.detector.as_ref().map_or(1, |d| d.batch_size);
+        let detected = detect_in_batches(detector, &items, batch_size);
+        for (i, ((image, prepared), detections)) in batch.iter().zip(detected).enumerate() {
+            let Ok(current) = results[i].as_mut() else { continue };
+            current.vocabulary = match &prompt {
+                DetectorPrompt::Classes(classes) => classes.clone(),
+                _ => current.tags.iter().map(|t| t.tag.clone()).collect(),
+            };
+            let Some(detections) = detections else { continue };
+            let outcome = (|| -> Result<(), ModelError> {
+                let detections = detections?;
                 let masks: Vec<Option<MaskOut>> = match self.segmenter.as_mut() {
                     Some(segmenter) => {
                         let boxes: Vec<BoxXyxy> = detections
@@ -285,6 +320,55 @@ impl Refiner {
         }
         results
     }
+}
+
+/// Detects in every image that has an input, `batch_size` at a time (images of one size together where the graph
+/// cannot pad them); on out-of-memory the batch is halved and retried, and a batch that fails otherwise is rerun
+/// image by image so only the failing image gets the error. `None` for images without an input.
+#[allow(clippy::type_complexity)]
+fn detect_in_batches(
+    detector: &mut Detector,
+    items: &[Option<(&DetectorImage, &str, u32, u32)>],
+    batch_size: usize,
+) -> Vec<Option<Result<Vec<super::Detection>, ModelError>>> {
+    let mut out: Vec<Option<Result<Vec<super::Detection>, ModelError>>> = (0..items.len()).map(|_| None).collect();
+    let todo: Vec<usize> = (0..items.len()).filter(|&i| items[i].is_some()).collect();
+    let mut size = batch_size.max(1);
+    let mut start = 0;
+    while start < todo.len() {
+        let mut chunk = vec![todo[start]];
+        while chunk.len() < size && start + chunk.len() < todo.len() {
+            let next = todo[start + chunk.len()];
+            let same = |i: usize| items[i].map(|(d, ..)| (d.width, d.height));
+            if !detector.pads_images() && same(next) != same(chunk[0]) {
+                break;
+            }
+            chunk.push(next);
+        }
+        let inputs: Vec<(&DetectorImage, &str, u32, u32)> = chunk.iter().filter_map(|&i| items[i]).collect();
+        match detector.infer_batch(&inputs) {
+            Ok(found) => {
+                for (&i, detections) in chunk.iter().zip(found) {
+                    out[i] = Some(Ok(detections));
+                }
+                start += chunk.len();
+            }
+            Err(e) if is_out_of_memory(&e) && chunk.len() > 1 => size = (chunk.len() / 2).max(1),
+            Err(_) if chunk.len() > 1 => {
+                for (&i, input) in chunk.iter().zip(&inputs) {
+                    out[i] = Some(
+                        detector.infer_batch(std::slice::from_ref(input)).map(|mut v| v.pop().unwrap_or_default()),
+                    );
+                }
+                start += chunk.len();
+            }
+            Err(e) => {
+                out[chunk[0]] = Some(Err(e));
+                start += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Tags every image, `batch_size` at a time; on out-of-memory the batch is halved and retried, and a batch that
@@ -357,6 +441,9 @@ pub fn describe(config: &ModelsConfig, files: &ModelPaths) -> String {
         if d.max_detections != super::DEFAULT_MAX_DETECTIONS {
             v["max_detections"] = json!(d.max_detections);
         }
+        if d.prompt != DetectorPrompt::default() {
+            v["prompt"] = json!(d.prompt);
+        }
         out.insert("detector".into(), v);
     }
     if let Some(s) = &config.segmenter {
@@ -381,8 +468,7 @@ mod tests {
 
     #[test]
     fn phrases_map_back_to_tags() {
-        let tags: Vec<Tag> =
-            ["dog", "traffic light", "red"].iter().map(|t| Tag { tag: t.to_string(), score: 1.0 }).collect();
+        let tags: Vec<String> = ["dog", "traffic light", "red"].iter().map(|t| t.to_string()).collect();
         assert_eq!(label_of("Dog", &tags), Some("dog"));
         assert_eq!(label_of("traffic", &tags), Some("traffic light"));
         assert_eq!(label_of("dogs", &tags), Some("dog"));

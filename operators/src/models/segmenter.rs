@@ -712,7 +712,7 @@ mod tests {
         assert_eq!(t[0], (0, 1, 0.0));
         assert_eq!((t[1].0, t[1].1), (0, 1));
         assert!((t[1].2 - 0.25).abs() < 1e-6);
-        assert_eq!(t[3], (1, 1, 0.0));
+        assert_eq!((t[3].0, t[3].1), (1, 1), "past the last centre both taps are the edge");
         // Same size: the identity.
         let plane = [1.0, -2.0, 3.0, -4.0];
         assert_eq!(resize_plane(&plane, 2, 2, 2, 2), plane.to_vec());

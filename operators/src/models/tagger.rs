@@ -203,9 +203,31 @@ pub fn prompt_of(tags: &[Tag]) -> String {
     caption
 }
 
+/// The Grounding DINO prompt of a caption, as its `inference.py` prepares one: lower case, trimmed, a final `.`.
+pub fn caption_prompt(caption: &str) -> String {
+    let mut caption = caption.to_lowercase().trim().to_string();
+    if !caption.ends_with('.') {
+        caption.push('.');
+    }
+    caption
+}
+
+/// The prompt of a fixed vocabulary, as transformers joins candidate labels: `"person. car. dog."`.
+pub fn classes_prompt(classes: &[String]) -> String {
+    let labels: Vec<String> = classes.iter().map(|c| c.trim().to_lowercase()).collect();
+    format!("{}.", labels.join(". "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captions_and_classes_become_prompts() {
+        assert_eq!(caption_prompt(" A Dog on a sofa "), "a dog on a sofa.");
+        assert_eq!(caption_prompt("two cats."), "two cats.");
+        assert_eq!(classes_prompt(&["Person".into(), "traffic light".into()]), "person. traffic light.");
+    }
 
     #[test]
     fn prompts_follow_the_demo() {
