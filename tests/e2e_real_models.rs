@@ -321,3 +321,56 @@ fn a_fixed_vocabulary_is_detected_without_a_tagger() {
     assert!(objects > 0);
     assert!(std::fs::read_to_string(out.join("_lyrics/manifest.json")).is_ok());
 }
+
+#[test]
+fn the_caption_is_the_prompt_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    for name in ["landscape", "square", "tiny"] {
+        std::fs::copy(real_tiny().join(format!("photos/{name}.png")), photos.join(format!("{name}.png"))).unwrap();
+    }
+    std::fs::write(photos.join("landscape.txt"), "A red Sardine next to a stop light").unwrap();
+    std::fs::write(photos.join("square.txt"), "a window").unwrap();
+    // tiny has no caption: nothing to detect, and no error either.
+    let models = models_file(dir.path(), "hf.toml", |t| {
+        let detector = t.find("[detector]").unwrap();
+        t[detector..].replace("tokenizer = ", "prompt = \"caption\"\ntokenizer = ")
+    });
+    let out = dir.path().join("out");
+    let output = lyrics(
+        &[
+            "run",
+            "--input",
+            &s(&photos),
+            "--format",
+            "images",
+            "--output",
+            &s(&out),
+            "--models",
+            &models,
+            "--progress",
+            "off",
+        ],
+        &Env::new(),
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(errors(&out).is_empty(), "{:#?}", errors(&out));
+    let rows: BTreeMap<String, SampleRow> = samples(&out).into_iter().map(|r| (r.key.clone(), r)).collect();
+    let words = ["a", "red", "sardine", "next", "to", "stop", "light", "window", ",", "."];
+    for key in ["landscape", "square"] {
+        let objects = rows[key].objects.as_ref().unwrap();
+        assert!(!objects.is_empty(), "{key}: nothing detected from its caption");
+        for object in objects {
+            // Phrases are made of the caption's tokens (word pieces rejoined), nothing else.
+            for word in object.phrase.split_whitespace() {
+                let word = word.trim_start_matches("##").trim_matches(|c| c == ',' || c == '.');
+                assert!(
+                    word.is_empty() || words.iter().any(|w| w.contains(word) || word.contains(w)),
+                    "{key}: {word} in {object:?}"
+                );
+            }
+        }
+    }
+    assert!(rows["tiny"].objects.as_ref().is_none_or(|o| o.is_empty()));
+}

@@ -35,7 +35,7 @@ use image::{GrayImage, RgbImage};
 use super::preprocess::{
     IMAGENET_MEAN, IMAGENET_STD, SAM_MEAN, SAM_STD, longest_side_size, resize_bilinear, to_planar,
 };
-use super::runtime::{Contract, Device, Input, OnnxModel, refuse};
+use super::runtime::{Contract, Device, Input, OnnxModel, is_out_of_memory, refuse};
 use super::{ModelError, SegmenterConfig, SegmenterFamily};
 use crate::geometry::{BoxXyxy, Rle};
 
@@ -454,7 +454,11 @@ impl Segmenter {
                 let (sx, sy) = (nw as f32 / ow as f32, nh as f32 / oh as f32);
                 let frame = Frame::Padded { resized: (nw, nh), side: SAM_SIDE as u32 };
                 let mut masks = Vec::with_capacity(boxes.len());
-                for chunk in boxes.chunks(boxes_per_call.unwrap_or(boxes.len()).max(1)) {
+                // Every box of the image per call (or `batch_size`), halved on out-of-memory.
+                let mut per_call = boxes_per_call.unwrap_or(boxes.len()).max(1);
+                let mut start = 0;
+                while start < boxes.len() {
+                    let chunk = &boxes[start..(start + per_call).min(boxes.len())];
                     let n = chunk.len();
                     let coords: Vec<f32> =
                         chunk.iter().flat_map(|b| [b.0[0] * sx, b.0[1] * sy, b.0[2] * sx, b.0[3] * sy]).collect();
@@ -474,10 +478,20 @@ impl Segmenter {
                         inputs.push(("input_points", Input::F32(vec![1, n, 1, 2], &pad_points)));
                         inputs.push(("input_labels", Input::I64(vec![1, n, 1], &pad_labels)));
                     }
-                    let mut out = decoder.run(inputs, &["iou_scores", "pred_masks"])?;
-                    let scores = out.remove("iou_scores").ok_or_else(missing)?;
-                    let pred = out.remove("pred_masks").ok_or_else(missing)?;
-                    masks.extend(low_res_masks(&pred, &scores, n, frame, ow, oh, "pred_masks")?);
+                    // Only each box's best plane is copied out of the session's buffer.
+                    let found = decoder
+                        .run_with(inputs, &["iou_scores", "pred_masks"], |out| {
+                            low_res_masks(&out[1], &out[0], n, frame, ow, oh, "pred_masks")
+                        })
+                        .and_then(|found| found);
+                    match found {
+                        Ok(found) => {
+                            masks.extend(found);
+                            start += n;
+                        }
+                        Err(e) if is_out_of_memory(&e) && per_call > 1 => per_call = (per_call / 2).max(1),
+                        Err(e) => return Err(e),
+                    }
                 }
                 Ok(masks)
             }
@@ -493,7 +507,11 @@ impl Segmenter {
                 let side = SAM_SIDE as f32;
                 let (sx, sy) = (side / ow as f32, side / oh as f32);
                 let mut masks = Vec::with_capacity(boxes.len());
-                for chunk in boxes.chunks(boxes_per_call.unwrap_or(boxes.len()).max(1)) {
+                // Every box of the image per call (or `batch_size`), halved on out-of-memory.
+                let mut per_call = boxes_per_call.unwrap_or(boxes.len()).max(1);
+                let mut start = 0;
+                while start < boxes.len() {
+                    let chunk = &boxes[start..(start + per_call).min(boxes.len())];
                     let n = chunk.len();
                     let coords: Vec<f32> =
                         chunk.iter().flat_map(|b| [b.0[0] * sx, b.0[1] * sy, b.0[2] * sx, b.0[3] * sy]).collect();
@@ -511,10 +529,19 @@ impl Segmenter {
                         ("mask_input", Input::F32(vec![n, 1, LOW_RES_SIDE, LOW_RES_SIDE], &no_mask)),
                         ("has_mask_input", Input::F32(vec![1], &has_mask)),
                     ];
-                    let mut out = decoder.run(inputs, &["masks", "iou_predictions"])?;
-                    let scores = out.remove("iou_predictions").ok_or_else(missing)?;
-                    let pred = out.remove("masks").ok_or_else(missing)?;
-                    masks.extend(low_res_masks(&pred, &scores, n, Frame::Stretched, ow, oh, "masks")?);
+                    let found = decoder
+                        .run_with(inputs, &["masks", "iou_predictions"], |out| {
+                            low_res_masks(&out[0], &out[1], n, Frame::Stretched, ow, oh, "masks")
+                        })
+                        .and_then(|found| found);
+                    match found {
+                        Ok(found) => {
+                            masks.extend(found);
+                            start += n;
+                        }
+                        Err(e) if is_out_of_memory(&e) && per_call > 1 => per_call = (per_call / 2).max(1),
+                        Err(e) => return Err(e),
+                    }
                 }
                 Ok(masks)
             }
@@ -550,8 +577,8 @@ fn batch_of(setting: Option<usize>, many: bool) -> Option<usize> {
 /// For each of `n` boxes, the best-scoring of its low-resolution masks (`pred` [.., n, k, s, s] with `scores`
 /// [.., n, k]), handed on as logits for the CPU threads to upsample.
 fn low_res_masks(
-    pred: &super::runtime::Output,
-    scores: &super::runtime::Output,
+    pred: &super::runtime::View<'_>,
+    scores: &super::runtime::View<'_>,
     n: usize,
     frame: Frame,
     width: u32,
