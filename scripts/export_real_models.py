@@ -763,6 +763,8 @@ def main():
     parser.add_argument("--ram-data", type=pathlib.Path, required=True,
                         help="folder with RAM's ram_tag_list.txt and ram_tag_list_threshold.txt")
     parser.add_argument("--only", nargs="*", default=None, help="export only these: ram gdino sam hf_sam sam2")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip reference.json (the PyPI models' own inference on the photos; slow at full size)")
     args = parser.parse_args()
     tiny = args.size == "tiny"
     out = args.out
@@ -782,22 +784,28 @@ def main():
 
     if "ram" in only or "gdino" in only or "sam" in only or "hf_sam" in only:
         export_ram(out, tiny, photos, thresholds)
-        reference["tags"] = ram_reference(ram_model(tiny, photos, thresholds), photos, tag_list, thresholds)
-        print("ram:", {k: len(v) for k, v in reference["tags"].items()})
+        if not args.no_reference:
+            reference["tags"] = ram_reference(ram_model(tiny, photos, thresholds), photos, tag_list, thresholds)
+            print("ram:", {k: len(v) for k, v in reference["tags"].items()})
     if "gdino" in only or "sam" in only or "hf_sam" in only:
         export_gdino(out, tiny, tokenizer)
-        reference["detections"] = gdino_reference(session(out / "gdino_hf.onnx"), tokenizer, photos, reference["tags"], s["box_threshold"],
-                                                  s["text_threshold"], s["iou_threshold"], s["max_detections"])
-        print("gdino:", {k: len(v) for k, v in reference["detections"].items()})
+        if not args.no_reference:
+            reference["detections"] = gdino_reference(session(out / "gdino_hf.onnx"), tokenizer, photos,
+                                                      reference["tags"], s["box_threshold"], s["text_threshold"],
+                                                      s["iou_threshold"], s["max_detections"])
+            print("gdino:", {k: len(v) for k, v in reference["detections"].items()})
     if "sam" in only:
         export_sam(out, tiny)
-        reference["sam"] = sam_reference(sam_model(tiny), photos, reference["detections"])
+        if not args.no_reference:
+            reference["sam"] = sam_reference(sam_model(tiny), photos, reference["detections"])
     if "hf_sam" in only:
         export_hf_sam(out, tiny)
-        reference["hf_sam"] = hf_sam_reference(hf_sam_model(tiny), photos, reference["detections"])
+        if not args.no_reference:
+            reference["hf_sam"] = hf_sam_reference(hf_sam_model(tiny), photos, reference["detections"])
     if "sam2" in only:
         export_sam2(out, tiny)
-    reference_path.write_text(json.dumps(reference, separators=(",", ":")) + "\n")
+    if not args.no_reference:
+        reference_path.write_text(json.dumps(reference, separators=(",", ":")) + "\n")
     for path in sorted(out.glob("*.onnx")):
         print(f"{path.name}: {path.stat().st_size / 1e6:.1f} MB")
 

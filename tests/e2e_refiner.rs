@@ -247,11 +247,12 @@ fn cuda_without_cuda_fails_naming_the_provider() {
 }
 
 #[test]
-fn hub_sources_download_into_the_cache_with_checksums() {
+fn hub_sources_download_into_the_hugging_face_cache_with_checksums() {
     let dir = tempfile::tempdir().unwrap();
-    // A local server with the hub's /{org}/{repo}/resolve/{revision}/{path} layout.
+    // A local stand-in for the hub: /{org}/{repo}/resolve/{revision}/{path} answers with a redirect to a CDN URL,
+    // as the hub does for LFS files.
     let hub = dir.path().join("hub");
-    let resolve = hub.join("lyrics/fixtures/resolve/v1/models");
+    let resolve = hub.join("lyrics/fixtures/v1/models");
     std::fs::create_dir_all(&resolve).unwrap();
     let mut files = BTreeMap::new();
     for name in
@@ -260,17 +261,17 @@ fn hub_sources_download_into_the_cache_with_checksums() {
         std::fs::copy(models_dir().join(name), resolve.join(name)).unwrap();
         files.insert(name, sha256_hex(&std::fs::read(models_dir().join(name)).unwrap()));
     }
-    let port = free_port();
-    let _server = Server {
-        child: Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory", &s(&hub)])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-        port,
-    };
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = dir.path().join("hub.log");
+    let mut child = Command::new("python3")
+        .arg(repo_root().join("tests/support/hub_server.py"))
+        .args(["--root", &s(&hub), "--log", &s(&log)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let port: u16 = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
+    let _server = Server { child, port };
     let hf = |name: &str| format!("hf://lyrics/fixtures/models/{name}@v1");
     let toml = format!(
         "[tagger]\nfamily = \"ram\"\nmodel = {{ source = \"{}\", sha256 = \"{}\" }}\ntags = \"{}\"\n\
@@ -287,8 +288,15 @@ fn hub_sources_download_into_the_cache_with_checksums() {
     let models = dir.path().join("hub.toml");
     std::fs::write(&models, toml).unwrap();
     let cache = dir.path().join("cache");
-    let env: Env =
-        vec![("HF_ENDPOINT".into(), format!("http://127.0.0.1:{port}")), ("LYRICS_CACHE".into(), s(&cache))];
+    let hf_home = dir.path().join("hf-home");
+    let token = "hf_test_token_never_printed";
+    let env: Env = vec![
+        ("HF_ENDPOINT".into(), format!("http://127.0.0.1:{port}")),
+        ("LYRICS_CACHE".into(), s(&cache)),
+        ("HF_HOME".into(), s(&hf_home)),
+        ("HF_TOKEN".into(), token.into()),
+        ("RUST_LOG".into(), "debug".into()),
+    ];
     let list = lyrics(&["models", "list", "--models", &s(&models)], &env);
     assert!(
         String::from_utf8_lossy(&list.stdout).contains("not cached"),
@@ -301,6 +309,18 @@ fn hub_sources_download_into_the_cache_with_checksums() {
     for (name, sha) in &files {
         assert!(listing.contains(sha.as_str()), "{name} not pulled: {listing}");
     }
+    // The token reached the hub in a header, and no line of ours shows it.
+    let requests = std::fs::read_to_string(&log).unwrap();
+    assert!(requests.contains(&format!("authorization=Bearer {token}")), "{requests}");
+    assert!(requests.contains("GET /cdn/"), "the redirect was followed: {requests}");
+    for output in [&list, &pulled] {
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), stderr(output));
+        assert!(!text.contains(token), "the token was printed: {text}");
+    }
+    // Files are in the Hugging Face cache layout, as Python's huggingface_hub keeps them.
+    let snapshot = hf_home.join("hub/models--lyrics--fixtures/snapshots");
+    assert!(support::walk(&snapshot).iter().any(|p| p.ends_with("models/tagger.onnx")), "{snapshot:?}");
+    assert!(hf_home.join("hub/models--lyrics--fixtures/refs/v1").exists());
     let verified = lyrics(&["models", "verify", "--models", &s(&models)], &env);
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
     // A run uses the cache (the server is not needed any more) and records the checksums it ran with.
@@ -317,9 +337,26 @@ fn hub_sources_download_into_the_cache_with_checksums() {
         "{refiner}"
     );
 
+    // A file Python's huggingface_hub already downloaded is used from its cache, with no server at all.
+    let python_repo = hf_home.join("hub/models--someone--tags");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(python_repo.join("refs")).unwrap();
+    std::fs::write(python_repo.join("refs/main"), commit).unwrap();
+    std::fs::create_dir_all(python_repo.join(format!("snapshots/{commit}"))).unwrap();
+    std::fs::write(python_repo.join(format!("snapshots/{commit}/tags.txt")), "red\ngreen\n").unwrap();
+    let cached_models = dir.path().join("cached.toml");
+    std::fs::write(
+        &cached_models,
+        std::fs::read_to_string(&models).unwrap().replace(&hf("tags.txt"), "hf://someone/tags/tags.txt"),
+    )
+    .unwrap();
+    let pulled = lyrics(&["models", "pull", "--models", &s(&cached_models)], &env);
+    assert!(pulled.status.success(), "{}", stderr(&pulled));
+    assert!(String::from_utf8_lossy(&pulled.stdout).contains(&format!("snapshots/{commit}/tags.txt")));
+
     // A corrupted cache entry is caught by verify; a wrong expected checksum refuses the file.
     let cached_tagger =
-        support::walk(&cache).into_iter().find(|p| p.file_name().is_some_and(|n| n == "tagger.onnx")).unwrap();
+        support::walk(&hf_home).into_iter().find(|p| p.file_name().is_some_and(|n| n == "tagger.onnx")).unwrap();
     std::fs::write(&cached_tagger, b"not a model").unwrap();
     let verified = lyrics(&["models", "verify", "--models", &s(&models)], &env);
     assert!(!verified.status.success());

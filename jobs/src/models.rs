@@ -2,10 +2,12 @@
 //! and a progress bar; and the `models pull|list|verify` subcommands.
 //!
 //! A source is a path (relative to the models file), an object-store URI (`s3://`, `gs://`, `az://`, `http(s)://`,
-//! `file://`), or the Hugging Face hub as `hf://org/repo/path/in/repo@revision` (revision `main` when absent),
-//! fetched from `$HF_ENDPOINT/{org}/{repo}/resolve/{revision}/{path}` (`https://huggingface.co` by default, with
-//! `HF_TOKEN` as a bearer token when set). Remote files are cached under `<cache>/<digest of the source>/<name>`
-//! with a `<name>.sha256` beside; a file with an expected `sha256` that differs is refused and not kept.
+//! `file://`), or the Hugging Face hub as `hf://org/repo/path/in/repo@revision` (revision `main` when absent).
+//! Hub files go through the `hf-hub` crate into the Hugging Face cache that Python's `huggingface_hub` shares
+//! (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`: `models--org--repo/{refs,blobs,snapshots}`),
+//! so a model Python already downloaded is not fetched again; `HF_ENDPOINT` and `HF_TOKEN` (sent as a bearer
+//! header, never printed) are honoured. Other remote files are cached under `<cache>/<digest of the source>/<name>`
+//! with a `<name>.sha256` beside. A file with an expected `sha256` that differs is refused and not kept.
 //!
 //! Many workers may share one cache: every file is written to a temporary file of its own in the target's folder
 //! and renamed into place when whole, so no worker ever writes into a file another one writes or reads. Hashing and
@@ -14,7 +16,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
@@ -96,10 +97,66 @@ fn is_remote(source: &str) -> bool {
     source.contains("://") && !source.starts_with("file://")
 }
 
-/// Where a source lives: a local file, or something to download (with its URL for messages).
+/// Where a source lives: a local file, something to download (with its URL for messages), or a hub file.
 enum Resolved {
     Local(PathBuf),
-    Remote { url: String, name: String, hub: bool },
+    Remote { url: String, name: String },
+    Hub(HubFile),
+}
+
+/// A file of a Hugging Face hub model repository at a revision.
+struct HubFile {
+    repo: String,
+    revision: String,
+    file: String,
+}
+
+impl HubFile {
+    fn repo(&self) -> hf_hub::Repo {
+        hf_hub::Repo::with_revision(self.repo.clone(), hf_hub::RepoType::Model, self.revision.clone())
+    }
+
+    /// The file in the Hugging Face cache, when an earlier download (ours or Python's) put it there.
+    fn cached(&self) -> Option<PathBuf> {
+        hf_hub::Cache::new(hf_cache_dir()).repo(self.repo()).get(&self.file)
+    }
+
+    fn describe(&self) -> String {
+        format!("hf://{}/{}@{}", self.repo, self.file, self.revision)
+    }
+}
+
+/// The Hugging Face hub cache: `HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub` (as Python's
+/// `huggingface_hub` finds it).
+pub fn hf_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HF_HUB_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(home) = std::env::var_os("HF_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join("hub");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+/// Downloads a hub file into the Hugging Face cache (or finds it there) through `hf-hub`: the hub's redirects,
+/// resumable chunked downloads, and the cache layout Python shares.
+async fn hub_get(file: &HubFile, show: bool) -> Result<PathBuf> {
+    let mut builder =
+        hf_hub::api::tokio::ApiBuilder::from_cache(hf_hub::Cache::new(hf_cache_dir())).with_progress(show);
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT")
+        && !endpoint.is_empty()
+    {
+        builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
+    }
+    if let Ok(token) = std::env::var("HF_TOKEN")
+        && !token.is_empty()
+    {
+        builder = builder.with_token(Some(token));
+    }
+    let api = builder.build().context("cannot start the Hugging Face hub client")?;
+    // The library's errors carry URLs, not the token; they are redacted all the same.
+    api.repo(file.repo()).get(&file.file).await.map_err(|e| anyhow::anyhow!("{}", redact(&e.to_string())))
 }
 
 fn resolve(models: &ModelsFile, source: &str) -> Result<Resolved> {
@@ -109,17 +166,18 @@ fn resolve(models: &ModelsFile, source: &str) -> Result<Resolved> {
         let (Some(org), Some(repo), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
             bail!("hub source {source}: expected hf://org/repo/path/in/repo@revision");
         };
-        let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-        let url = format!("{}/{org}/{repo}/resolve/{revision}/{file}", endpoint.trim_end_matches('/'));
-        let name = file.rsplit('/').next().unwrap_or(file).to_string();
-        return Ok(Resolved::Remote { url, name, hub: true });
+        return Ok(Resolved::Hub(HubFile {
+            repo: format!("{org}/{repo}"),
+            revision: revision.to_string(),
+            file: file.to_string(),
+        }));
     }
     if let Some(path) = source.strip_prefix("file://") {
         return Ok(Resolved::Local(PathBuf::from(path)));
     }
     if is_remote(source) {
         let name = source.rsplit('/').next().unwrap_or(source).split('?').next().unwrap_or_default().to_string();
-        return Ok(Resolved::Remote { url: source.to_string(), name, hub: false });
+        return Ok(Resolved::Remote { url: source.to_string(), name });
     }
     if Path::new(source).is_absolute() {
         return Ok(Resolved::Local(PathBuf::from(source)));
@@ -128,7 +186,7 @@ fn resolve(models: &ModelsFile, source: &str) -> Result<Resolved> {
     let joined = format!("{}/{source}", models.base);
     if is_remote(&joined) {
         let name = source.rsplit('/').next().unwrap_or(source).to_string();
-        Ok(Resolved::Remote { url: joined, name, hub: false })
+        Ok(Resolved::Remote { url: joined, name })
     } else {
         Ok(Resolved::Local(PathBuf::from(joined.strip_prefix("file://").unwrap_or(&joined))))
     }
@@ -197,7 +255,7 @@ fn check(key: &str, file: &FileRef, actual: &str) -> Result<()> {
 
 /// Downloads `url` to `target` with a progress bar on a terminal, through a temporary file of its own in the
 /// target's folder (written on a blocking thread) that is renamed over `target` when whole.
-async fn download(url: &str, hub: bool, target: &Path, registry: &StoreRegistry, show: bool) -> Result<()> {
+async fn download(url: &str, target: &Path, registry: &StoreRegistry, show: bool) -> Result<()> {
     let dir = target.parent().context("cache path without a folder")?.to_path_buf();
     let bar = show.then(|| {
         let bar = indicatif::ProgressBar::new(0);
@@ -211,13 +269,7 @@ async fn download(url: &str, hub: bool, target: &Path, registry: &StoreRegistry,
         bar
     });
     let result: Result<()> = async {
-        let location = if hub {
-            // The hub answers with redirects and wants the token as a bearer header; object_store's HTTP store
-            // follows redirects, and takes the header through its client options.
-            hub_location(url, registry)?
-        } else {
-            registry.locate(url)?
-        };
+        let location = registry.locate(url)?;
         let get =
             location.store.get(&location.path).await.with_context(|| format!("cannot fetch {}", redact(url)))?;
         if let Some(bar) = &bar {
@@ -277,34 +329,6 @@ async fn download(url: &str, hub: bool, target: &Path, registry: &StoreRegistry,
     result
 }
 
-fn hub_location(url: &str, registry: &StoreRegistry) -> Result<lyrics_pipeline::Location> {
-    match std::env::var("HF_TOKEN") {
-        Ok(token) if !token.is_empty() => {
-            let store = object_store::http::HttpBuilder::new()
-                .with_url(url)
-                .with_client_options(
-                    object_store::ClientOptions::new().with_allow_http(true).with_default_headers(bearer(&token)?),
-                )
-                .build()
-                .with_context(|| format!("cannot reach {}", redact(url)))?;
-            let parsed = url::Url::parse(url).with_context(|| format!("invalid URL {}", redact(url)))?;
-            let mut base = parsed.clone();
-            base.set_path("/");
-            let path = object_store::path::Path::from_url_path(parsed.path())?;
-            Ok(lyrics_pipeline::Location::new(Arc::new(store), path, base))
-        }
-        _ => Ok(registry.locate(url)?),
-    }
-}
-
-fn bearer(token: &str) -> Result<http::HeaderMap> {
-    let mut headers = http::HeaderMap::new();
-    let value =
-        http::HeaderValue::from_str(&format!("Bearer {token}")).context("HF_TOKEN is not a valid header value")?;
-    headers.insert(http::header::AUTHORIZATION, value);
-    Ok(headers)
-}
-
 /// Makes every file of `models` local (downloading what the cache lacks) and checks the SHA-256s given.
 pub async fn pull(
     models: &ModelsFile,
@@ -321,28 +345,43 @@ pub async fn pull(
                 }
                 path
             }
-            Resolved::Remote { url, name, hub } => {
+            Resolved::Remote { url, name } => {
                 let target = cache_path(cache, &url, &name);
                 if !target.exists() {
                     tracing::info!(file = %key, source = %redact(&url), "downloading");
-                    download(&url, hub, &target, registry, show_progress)
+                    download(&url, &target, registry, show_progress)
                         .await
                         .with_context(|| format!("{key}: cannot download {}", redact(&url)))?;
                 }
                 target
             }
+            Resolved::Hub(hub) => match hub.cached() {
+                Some(path) => path,
+                None => {
+                    tracing::info!(file = %key, source = %hub.describe(), "downloading");
+                    hub_get(&hub, show_progress)
+                        .await
+                        .with_context(|| format!("{key}: cannot download {}", hub.describe()))?
+                }
+            },
         };
+        let in_cache = local.starts_with(cache);
+        let in_hub_cache = local.starts_with(hf_cache_dir());
         let sha = {
             let (local, cache) = (local.clone(), cache.to_path_buf());
             blocking(move || sha256_remembered(&local, &cache)).await?
         };
         if let Err(e) = check(&key, &file, &sha) {
-            if local.starts_with(cache) {
+            if in_cache {
+                let _ = tokio::fs::remove_file(&local).await;
+            }
+            if in_hub_cache {
+                // The snapshot entry goes; the blob stays for Python's cache tools to judge.
                 let _ = tokio::fs::remove_file(&local).await;
             }
             return Err(e);
         }
-        if local.starts_with(cache) {
+        if in_cache {
             let (sidecar, sha) = (sidecar_of(&local), sha.clone());
             // Only a record for `models verify`; the pull itself has succeeded either way.
             let _ = blocking(move || write_atomic(&sidecar, sha.as_bytes())).await;
@@ -376,10 +415,14 @@ pub fn command(action: &crate::ModelsAction, models_uri: &str, cache: Option<&Pa
                         Resolved::Local(path) => {
                             (if path.exists() { "local" } else { "missing" }, path.display().to_string())
                         }
-                        Resolved::Remote { url, name, .. } => {
+                        Resolved::Remote { url, name } => {
                             let target = cache_path(&cache, &url, &name);
                             (if target.exists() { "cached" } else { "not cached" }, target.display().to_string())
                         }
+                        Resolved::Hub(hub) => match hub.cached() {
+                            Some(path) => ("cached", path.display().to_string()),
+                            None => ("not cached", hf_cache_dir().display().to_string()),
+                        },
                     };
                     println!("{key:<20} {state:<10} {:<48} {where_}", redact(file.source()));
                 }
@@ -388,9 +431,19 @@ pub fn command(action: &crate::ModelsAction, models_uri: &str, cache: Option<&Pa
             crate::ModelsAction::Verify => {
                 let mut bad = 0;
                 for (key, file) in models.config.files() {
-                    let path = match resolve(&models, file.source())? {
-                        Resolved::Local(path) => path,
-                        Resolved::Remote { url, name, .. } => cache_path(&cache, &url, &name),
+                    let (path, hub_blob) = match resolve(&models, file.source())? {
+                        Resolved::Local(path) => (path, None),
+                        Resolved::Remote { url, name } => (cache_path(&cache, &url, &name), None),
+                        Resolved::Hub(hub) => match hub.cached() {
+                            // The hub names an LFS blob by its SHA-256.
+                            Some(path) => {
+                                let blob = std::fs::canonicalize(&path)
+                                    .ok()
+                                    .and_then(|b| b.file_name().map(|n| n.to_string_lossy().into_owned()));
+                                (path, blob.filter(|n| n.len() == 64 && n.bytes().all(|c| c.is_ascii_hexdigit())))
+                            }
+                            None => (hf_cache_dir().join(hub.describe()), None),
+                        },
                     };
                     if !path.exists() {
                         println!("{key:<20} MISSING  {}", path.display());
@@ -402,7 +455,7 @@ pub fn command(action: &crate::ModelsAction, models_uri: &str, cache: Option<&Pa
                         blocking(move || sha256_file(&path)).await?
                     };
                     let recorded = tokio::fs::read_to_string(sidecar_of(&path)).await.ok();
-                    let expected = file.sha256().map(str::to_string).or(recorded);
+                    let expected = file.sha256().map(str::to_string).or(recorded).or(hub_blob);
                     match expected {
                         Some(e) if !e.trim().eq_ignore_ascii_case(&sha) => {
                             println!("{key:<20} CORRUPT  {sha} (expected {})", e.trim());
@@ -421,6 +474,7 @@ pub fn command(action: &crate::ModelsAction, models_uri: &str, cache: Option<&Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn source_file(dir: &Path) -> (PathBuf, Vec<u8>) {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
@@ -452,7 +506,7 @@ mod tests {
         let theirs = target.with_extension("partial");
         std::fs::write(&theirs, b"another worker's first bytes").unwrap();
         let registry = StoreRegistry::new(StorageOptions::default());
-        download(&url, false, &target, &registry, false).await.unwrap();
+        download(&url, &target, &registry, false).await.unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), data);
         assert_eq!(std::fs::read(&theirs).unwrap(), b"another worker's first bytes");
     }
@@ -467,7 +521,7 @@ mod tests {
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let (url, target, registry) = (url.clone(), target.clone(), registry.clone());
-                tokio::spawn(async move { download(&url, false, &target, &registry, false).await })
+                tokio::spawn(async move { download(&url, &target, &registry, false).await })
             })
             .collect();
         for task in tasks {
