@@ -178,7 +178,11 @@ impl RefineInferStage {
     /// reason: no unit can be refined.
     fn sessions(&mut self) -> Result<&mut Refiner, StageError> {
         if let Some(handle) = self.loading.take() {
-            match handle.join() {
+            // Waiting for the loader is not inference: the summary shows it apart (`refine.load_wait`).
+            let started = std::time::Instant::now();
+            let joined = handle.join();
+            self.metrics.add_busy("refine.load_wait", started.elapsed());
+            match joined {
                 Ok(Ok(refiner)) => self.refiner = Some(Box::new(refiner)),
                 Ok(Err(e)) => return Err(StageError(format!("cannot load the models: {e}"))),
                 Err(_) => return Err(StageError("loading the models crashed".into())),

@@ -314,25 +314,32 @@ impl Detector {
         orig_w: u32,
         orig_h: u32,
     ) -> Result<Vec<Detection>, ModelError> {
-        let mut detections = Vec::new();
+        // Queries over the box threshold, then NMS and the cap; phrases are decoded for the kept boxes only (a
+        // graph can pass hundreds of queries, and decoding is the costly part).
+        let mut passing: Vec<(usize, f32, BoxXyxy)> = Vec::new();
         for q in 0..queries {
             let row = &logits[q * width..(q + 1) * width];
-            // The sigmoid is monotonic: test the best logit first, and score the tokens only of kept queries.
+            // The sigmoid is monotonic: test the best logit first.
             let best = sigmoid(row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
             // Strictly above, as the reference filters; a NaN score keeps nothing.
             if best.partial_cmp(&self.box_threshold) != Some(std::cmp::Ordering::Greater) {
                 continue;
             }
-            let scores: Vec<f32> = row.iter().map(|v| sigmoid(*v)).collect();
-            let phrase = self.phrase(&scores, input_ids)?;
             let b = &boxes[q * 4..q * 4 + 4];
             let bbox = cxcywh_to_xyxy([b[0], b[1], b[2], b[3]]).scaled(orig_w as f32, orig_h as f32);
-            detections.push(Detection { phrase, score: best, bbox });
+            passing.push((q, best, bbox));
         }
-        let boxes: Vec<BoxXyxy> = detections.iter().map(|d| d.bbox).collect();
-        let scores: Vec<f32> = detections.iter().map(|d| d.score).collect();
-        let keep = best_boxes(&boxes, &scores, self.iou_threshold, self.max_detections);
-        Ok(keep.into_iter().map(|i| detections[i].clone()).collect())
+        let boxes: Vec<BoxXyxy> = passing.iter().map(|p| p.2).collect();
+        let scores: Vec<f32> = passing.iter().map(|p| p.1).collect();
+        best_boxes(&boxes, &scores, self.iou_threshold, self.max_detections)
+            .into_iter()
+            .map(|i| {
+                let (q, score, bbox) = passing[i];
+                let token_scores: Vec<f32> =
+                    logits[q * width..(q + 1) * width].iter().map(|v| sigmoid(*v)).collect();
+                Ok(Detection { phrase: self.phrase(&token_scores, input_ids)?, score, bbox })
+            })
+            .collect()
     }
 
     /// `get_phrases_from_posmap`: the tokens scoring above the text threshold, [CLS] (position 0) and positions
