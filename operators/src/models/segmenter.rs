@@ -294,10 +294,10 @@ impl Segmenter {
                 let (encoder, decoder) = pair("hf_sam")?;
                 check(&encoder, &HF_SAM_ENCODER, &ENCODERS)?;
                 check(&decoder, &HF_SAM_DECODER, &DECODERS)?;
-                if !takes_many(&decoder, "input_boxes", 1) {
+                let many = takes_many(&decoder, "input_boxes", 1);
+                if !many {
                     refuse_batch("this prompt_encoder_mask_decoder")?;
                 }
-                let many = takes_many(&decoder, "input_boxes", 1);
                 let points = decoder.input("input_points").is_some();
                 Ok(Segmenter::HfSam { encoder, decoder, boxes_per_call: batch_of(config.batch_size, many), points })
             }
@@ -453,15 +453,9 @@ impl Segmenter {
                 let positional = out.remove("image_positional_embeddings").ok_or_else(missing)?;
                 let (sx, sy) = (nw as f32 / ow as f32, nh as f32 / oh as f32);
                 let frame = Frame::Padded { resized: (nw, nh), side: SAM_SIDE as u32 };
-                let mut masks = Vec::with_capacity(boxes.len());
-                // Every box of the image per call (or `batch_size`), halved on out-of-memory.
-                let mut per_call = boxes_per_call.unwrap_or(boxes.len()).max(1);
-                let mut start = 0;
-                while start < boxes.len() {
-                    let chunk = &boxes[start..(start + per_call).min(boxes.len())];
+                in_box_batches(boxes, *boxes_per_call, |chunk| {
                     let n = chunk.len();
-                    let coords: Vec<f32> =
-                        chunk.iter().flat_map(|b| [b.0[0] * sx, b.0[1] * sy, b.0[2] * sx, b.0[3] * sy]).collect();
+                    let coords = scaled_corners(chunk, sx, sy);
                     let (pad_points, pad_labels) = (vec![0f32; n * 2], vec![-10i64; n]);
                     let mut inputs = vec![
                         ("image_embeddings", Input::F32(embeddings.shape.clone(), &embeddings.data)),
@@ -479,21 +473,10 @@ impl Segmenter {
                         inputs.push(("input_labels", Input::I64(vec![1, n, 1], &pad_labels)));
                     }
                     // Only each box's best plane is copied out of the session's buffer.
-                    let found = decoder
-                        .run_with(inputs, &["iou_scores", "pred_masks"], |out| {
-                            low_res_masks(&out[1], &out[0], n, frame, ow, oh, "pred_masks")
-                        })
-                        .and_then(|found| found);
-                    match found {
-                        Ok(found) => {
-                            masks.extend(found);
-                            start += n;
-                        }
-                        Err(e) if is_out_of_memory(&e) && per_call > 1 => per_call = (per_call / 2).max(1),
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(masks)
+                    decoder.run_with(inputs, &["iou_scores", "pred_masks"], |out| {
+                        low_res_masks(&out[1], &out[0], n, frame, ow, oh, "pred_masks")
+                    })?
+                })
             }
             Segmenter::Sam2 { encoder, decoder, boxes_per_call } => {
                 let prepared = prepared.ok_or_else(missing)?;
@@ -506,15 +489,9 @@ impl Segmenter {
                 let embed = feats.remove("image_embed").ok_or_else(missing)?;
                 let side = SAM_SIDE as f32;
                 let (sx, sy) = (side / ow as f32, side / oh as f32);
-                let mut masks = Vec::with_capacity(boxes.len());
-                // Every box of the image per call (or `batch_size`), halved on out-of-memory.
-                let mut per_call = boxes_per_call.unwrap_or(boxes.len()).max(1);
-                let mut start = 0;
-                while start < boxes.len() {
-                    let chunk = &boxes[start..(start + per_call).min(boxes.len())];
+                in_box_batches(boxes, *boxes_per_call, |chunk| {
                     let n = chunk.len();
-                    let coords: Vec<f32> =
-                        chunk.iter().flat_map(|b| [b.0[0] * sx, b.0[1] * sy, b.0[2] * sx, b.0[3] * sy]).collect();
+                    let coords = scaled_corners(chunk, sx, sy);
                     let labels: Vec<f32> = (0..n).flat_map(|_| [2.0, 3.0]).collect();
                     let no_mask = vec![0f32; n * LOW_RES_SIDE * LOW_RES_SIDE];
                     // One value for every box: the export multiplies `has_mask_input` [k] into the mask embeddings
@@ -529,21 +506,10 @@ impl Segmenter {
                         ("mask_input", Input::F32(vec![n, 1, LOW_RES_SIDE, LOW_RES_SIDE], &no_mask)),
                         ("has_mask_input", Input::F32(vec![1], &has_mask)),
                     ];
-                    let found = decoder
-                        .run_with(inputs, &["masks", "iou_predictions"], |out| {
-                            low_res_masks(&out[0], &out[1], n, Frame::Stretched, ow, oh, "masks")
-                        })
-                        .and_then(|found| found);
-                    match found {
-                        Ok(found) => {
-                            masks.extend(found);
-                            start += n;
-                        }
-                        Err(e) if is_out_of_memory(&e) && per_call > 1 => per_call = (per_call / 2).max(1),
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(masks)
+                    decoder.run_with(inputs, &["masks", "iou_predictions"], |out| {
+                        low_res_masks(&out[0], &out[1], n, Frame::Stretched, ow, oh, "masks")
+                    })?
+                })
             }
             Segmenter::SalientCrop { model, margin, threshold } => {
                 Ok(salient_masks(model, image, boxes, *margin, *threshold)?
@@ -563,6 +529,36 @@ impl Segmenter {
             Segmenter::SalientCrop { model, .. } => vec![model],
         }
     }
+}
+
+/// The corners of `boxes` in a decoder's input frame, `[x1, y1, x2, y2]` each, flattened.
+fn scaled_corners(boxes: &[BoxXyxy], sx: f32, sy: f32) -> Vec<f32> {
+    boxes.iter().flat_map(|b| [b.0[0] * sx, b.0[1] * sy, b.0[2] * sx, b.0[3] * sy]).collect()
+}
+
+/// Masks of `boxes` from `call` on consecutive chunks of at most `per_call` boxes, the chunk halved and retried
+/// when the device runs out of memory: decoders that take many boxes per call take them in one piece where they
+/// can.
+fn in_box_batches(
+    boxes: &[BoxXyxy],
+    per_call: Option<usize>,
+    mut call: impl FnMut(&[BoxXyxy]) -> Result<Vec<MaskOut>, ModelError>,
+) -> Result<Vec<MaskOut>, ModelError> {
+    let mut per_call = per_call.unwrap_or(boxes.len()).max(1);
+    let mut masks = Vec::with_capacity(boxes.len());
+    let mut start = 0;
+    while start < boxes.len() {
+        let chunk = &boxes[start..(start + per_call).min(boxes.len())];
+        match call(chunk) {
+            Ok(found) => {
+                masks.extend(found);
+                start += chunk.len();
+            }
+            Err(e) if is_out_of_memory(&e) && per_call > 1 => per_call = (per_call / 2).max(1),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(masks)
 }
 
 /// Boxes per decoder call: the setting, else every box of the image where the decoder takes many, else one.
