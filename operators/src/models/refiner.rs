@@ -260,7 +260,7 @@ impl Refiner {
         let Some(detector) = self.detector.as_mut() else { return results };
         let prompt = self.config.detector.as_ref().map(|d| d.prompt.clone()).unwrap_or_default();
         // Each image's prompt; an image without one (no tags, no caption) is not detected in.
-        let prompts: Vec<Option<String>> = batch
+        let mut prompts: Vec<Option<String>> = batch
             .iter()
             .zip(&results)
             .map(|((_, prepared), result)| {
@@ -274,10 +274,19 @@ impl Refiner {
                 }
             })
             .collect();
+        // An image the prepare stage did not prepare for the detector is prepared here; if that fails, the image
+        // gets the error (its prompt is then gone, so it is not detected in).
         let mut owned: Vec<Option<DetectorImage>> = Vec::with_capacity(batch.len());
-        for ((image, prepared), prompt) in batch.iter().zip(&prompts) {
-            owned.push(match (&prepared.detector, prompt) {
-                (None, Some(_)) => Detector::prepare(image, detector.fixed_size()).ok(),
+        for (i, ((image, prepared), prompt)) in batch.iter().zip(&mut prompts).enumerate() {
+            owned.push(match (&prepared.detector, &prompt) {
+                (None, Some(_)) => match Detector::prepare(image, detector.fixed_size()) {
+                    Ok(prepared) => Some(prepared),
+                    Err(e) => {
+                        *prompt = None;
+                        results[i] = Err(e);
+                        None
+                    }
+                },
                 _ => None,
             });
         }
