@@ -31,22 +31,8 @@ const PHOTOS: [(&str, u32, u32); 6] = [
 ];
 
 fn refine(models: &str, out: &Path) -> BTreeMap<String, SampleRow> {
-    let models = s(&real_tiny().join(models));
-    let photos = s(&real_tiny().join("photos"));
-    let args = [
-        "run",
-        "--input",
-        &photos,
-        "--format",
-        "images",
-        "--output",
-        &s(out),
-        "--models",
-        &models,
-        "--progress",
-        "off",
-    ];
-    lyrics_ok(&args, &Env::new());
+    let output = run_models(&s(&real_tiny().join(models)), out);
+    assert!(output.status.success(), "{models}: {}", stderr(&output));
     assert!(errors(out).is_empty(), "{models}: {:#?}", errors(out));
     samples(out).into_iter().map(|r| (r.key.clone(), r)).collect()
 }
@@ -175,32 +161,8 @@ fn parity_with_transformers_sam_processor() {
 fn a_graph_of_no_known_contract_is_refused_naming_what_it_has_and_what_each_contract_needs() {
     let dir = tempfile::tempdir().unwrap();
     // The tagger graph where the detector should be.
-    let models = dir.path().join("models.toml");
-    let text = std::fs::read_to_string(real_tiny().join("hf.toml"))
-        .unwrap()
-        .replace("model = \"gdino_hf.onnx\"", &format!("model = \"{}\"", s(&real_tiny().join("ram_logits.onnx"))));
-    let text = text.replace("= \"ram_", &format!("= \"{}/ram_", s(&real_tiny())));
-    let text = text.replace("\"tokenizer.json\"", &format!("\"{}\"", s(&real_tiny().join("tokenizer.json"))));
-    let text = text.replace("\"sam_", &format!("\"{}/sam_", s(&real_tiny())));
-    std::fs::write(&models, text).unwrap();
-    let photos = s(&real_tiny().join("photos"));
-    let out = s(&dir.path().join("out"));
-    let output = lyrics(
-        &[
-            "run",
-            "--input",
-            &photos,
-            "--format",
-            "images",
-            "--output",
-            &out,
-            "--models",
-            &s(&models),
-            "--progress",
-            "off",
-        ],
-        &Env::new(),
-    );
+    let models = models_file(dir.path(), "hf.toml", |t| t.replace("\"gdino_hf.onnx\"", "\"ram_logits.onnx\""));
+    let output = run_models(&models, &dir.path().join("out"));
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let err = stderr(&output);
     for needle in [
@@ -233,13 +195,18 @@ fn models_file(dir: &Path, base: &str, edit: impl Fn(String) -> String) -> Strin
     s(&path)
 }
 
+/// `lyrics-prep run` of `models` on the committed photos.
 fn run_models(models: &str, out: &Path) -> std::process::Output {
-    let photos = s(&real_tiny().join("photos"));
+    run_on(&real_tiny().join("photos"), models, out)
+}
+
+/// `lyrics-prep run` of `models` on a folder of images.
+fn run_on(photos: &Path, models: &str, out: &Path) -> std::process::Output {
     lyrics(
         &[
             "run",
             "--input",
-            &photos,
+            &s(photos),
             "--format",
             "images",
             "--output",
@@ -338,22 +305,7 @@ fn the_caption_is_the_prompt_when_asked() {
         t[detector..].replace("tokenizer = ", "prompt = \"caption\"\ntokenizer = ")
     });
     let out = dir.path().join("out");
-    let output = lyrics(
-        &[
-            "run",
-            "--input",
-            &s(&photos),
-            "--format",
-            "images",
-            "--output",
-            &s(&out),
-            "--models",
-            &models,
-            "--progress",
-            "off",
-        ],
-        &Env::new(),
-    );
+    let output = run_on(&photos, &models, &out);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(errors(&out).is_empty(), "{:#?}", errors(&out));
     let rows: BTreeMap<String, SampleRow> = samples(&out).into_iter().map(|r| (r.key.clone(), r)).collect();
