@@ -45,6 +45,7 @@ import contextlib
 import io
 import json
 import pathlib
+import sys
 import warnings
 
 import numpy as np
@@ -726,29 +727,9 @@ def export_sam2(out, tiny):
 
 # --- masks --------------------------------------------------------------------------------------------------------
 
-
-def rle(mask):
-    """COCO compressed RLE (pycocotools' `rleToString`: column-major runs starting with background, each run after
-    the second stored as its difference from the run two before, in 5-bit groups) of a boolean [H, W] mask."""
-    flat = np.asarray(mask, dtype=bool).flatten(order="F")
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    counts = list(np.diff(bounds))
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    out = []
-    for i, x in enumerate(int(c) for c in counts):
-        if i > 2:
-            x -= int(counts[i - 2])
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": "".join(out)}
+# COCO compressed RLE, the one encoder the Python references share (tests/reference/refiner_reference.py).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "reference"))
+from refiner_reference import rle_encode as rle  # noqa: E402
 
 
 # --- main ---------------------------------------------------------------------------------------------------------

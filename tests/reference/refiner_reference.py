@@ -211,15 +211,11 @@ def postprocess_masks(low, input_size, original_size):
 
 def rle_encode(mask):
     """pycocotools' compressed RLE of a HxW bool mask (column-major runs, zeros first)."""
-    flat = mask.T.reshape(-1)
-    counts, prev, run = [], False, 0
-    for v in flat:
-        if bool(v) != prev:
-            counts.append(run)
-            run = 0
-            prev = bool(v)
-        run += 1
-    counts.append(run)
+    flat = np.asarray(mask, dtype=bool).flatten(order="F")
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = [int(c) for c in np.diff(np.concatenate([[0], changes, [flat.size]]))]
+    if flat.size and flat[0]:
+        counts = [0] + counts
     s = []
     for i, x in enumerate(counts):
         if i > 2:
