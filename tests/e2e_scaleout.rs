@@ -26,14 +26,7 @@ struct Job {
 }
 
 fn s3_job(shards: usize) -> Job {
-    let moto = moto();
-    let env = s3_env(moto.port);
-    create_bucket(moto.port, "corpus");
-    create_bucket(moto.port, "out");
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("wds");
-    webdataset(&corpus, shards, 3);
-    upload_dir(&corpus, "s3://corpus/wds", &env);
+    let (moto, env, dir) = s3_webdataset(shards, 3);
     let input = "s3://corpus/wds";
     lyrics_ok(&["run", "--input", input, "--output", "s3://out/one", "--progress", "off"], &env);
     let expected = shards_of("s3://out/one", &env, &dir.path().join("one"));

@@ -20,14 +20,7 @@ fn run(input: &str, output: &str, extra: &[&str], env: &Env) -> String {
 
 #[test]
 fn webdataset_from_s3_to_s3_is_read_alike_by_four_readers() {
-    let moto = moto();
-    let env = s3_env(moto.port);
-    create_bucket(moto.port, "corpus");
-    create_bucket(moto.port, "out");
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("wds");
-    webdataset(&corpus, 3, 4);
-    upload_dir(&corpus, "s3://corpus/wds", &env);
+    let (_moto, env, dir) = s3_webdataset(3, 4);
 
     run("s3://corpus/wds", "s3://out/job", &[], &env);
     let local = dir.path().join("downloaded");
@@ -40,7 +33,7 @@ fn webdataset_from_s3_to_s3_is_read_alike_by_four_readers() {
 
     // The same corpus read from local files gives the same rows (but for `source`, which names the store).
     let reference = dir.path().join("local-out");
-    run(&s(&corpus), &s(&reference), &[], &Env::new());
+    run(&s(&dir.path().join("wds")), &s(&reference), &[], &Env::new());
     assert_eq!(store_independent(&local), store_independent(&reference));
 
     // A rerun on the finished output has nothing to do and changes nothing.
@@ -124,7 +117,7 @@ fn webdataset_from_azure_to_azure() {
     download_dir("az://out/job", &env, &local);
     python_script("tests/readers/check_output.py", &[&s(&local), "--samples", "6", "--errors", "0"], &env);
     let reference = dir.path().join("local-out");
-    run(&s(&corpus), &s(&reference), &[], &Env::new());
+    run(&s(&dir.path().join("wds")), &s(&reference), &[], &Env::new());
     assert_eq!(store_independent(&local), store_independent(&reference));
 }
 

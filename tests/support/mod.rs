@@ -441,6 +441,20 @@ impl Tar {
     }
 }
 
+/// A moto server with buckets `corpus` and `out`, and a WebDataset corpus of `shards` × `per_shard` samples
+/// uploaded to `s3://corpus/wds` (the local copy is under the returned folder's `wds`).
+pub fn s3_webdataset(shards: usize, per_shard: usize) -> (Server, Env, tempfile::TempDir) {
+    let moto = moto();
+    let env = s3_env(moto.port);
+    create_bucket(moto.port, "corpus");
+    create_bucket(moto.port, "out");
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("wds");
+    webdataset(&corpus, shards, per_shard);
+    upload_dir(&corpus, "s3://corpus/wds", &env);
+    (moto, env, dir)
+}
+
 /// Writes `shards` WebDataset tars of `per_shard` samples (JPEG, caption, JSON) under `dir`; returns the keys.
 pub fn webdataset(dir: &Path, shards: usize, per_shard: usize) -> Vec<String> {
     std::fs::create_dir_all(dir).expect("mkdir");
