@@ -5,7 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use support::scenes::{Kind, Scene, encode_png};
 use support::*;
@@ -232,12 +232,18 @@ impl sqllogictest::DB for Cli {
     }
 }
 
+/// `lyrics-prep demo --to <dir>/demo`: the bundled corpus refined, the output under `demo/output`.
+fn demo_in(dir: &Path) -> PathBuf {
+    let demo = dir.join("demo");
+    let output = lyrics(&["demo", "--to", &s(&demo)], &Env::new());
+    assert!(output.status.success(), "{}", stderr(&output));
+    demo
+}
+
 #[test]
 fn annotation_views_and_functions_give_the_expected_results() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = dir.path().join("demo");
-    let output = lyrics(&["demo", "--to", &s(&demo)], &Env::new());
-    assert!(output.status.success(), "{}", stderr(&output));
+    let demo = demo_in(dir.path());
     let out = s(&demo.join("output"));
     let mut runner = sqllogictest::Runner::new(|| {
         let out = out.clone();
@@ -251,9 +257,7 @@ fn annotation_views_and_functions_give_the_expected_results() {
 #[test]
 fn a_query_result_written_as_parquet_feeds_a_new_run() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = dir.path().join("demo");
-    let output = lyrics(&["demo", "--to", &s(&demo)], &Env::new());
-    assert!(output.status.success(), "{}", stderr(&output));
+    let demo = demo_in(dir.path());
     let out = s(&demo.join("output"));
     let busy = dir.path().join("busy.parquet");
     let text = lyrics_ok(
@@ -286,9 +290,7 @@ fn a_query_result_written_as_parquet_feeds_a_new_run() {
 fn statements_piped_into_the_prompt_run_one_by_one() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let demo = dir.path().join("demo");
-    let output = lyrics(&["demo", "--to", &s(&demo)], &Env::new());
-    assert!(output.status.success(), "{}", stderr(&output));
+    let demo = demo_in(dir.path());
     let mut child = std::process::Command::new(bin())
         .args(["sql", "--output", &s(&demo.join("output")), "--format", "csv"])
         .env("HOME", dir.path())
