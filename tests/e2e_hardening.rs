@@ -93,6 +93,79 @@ fn a_duplicate_key_is_an_error_row_naming_the_first() {
     assert!(errors[0].error.contains("k.jsonl#row=0"), "names the first occurrence: {}", errors[0].error);
 }
 
+/// Two tars (two work units) that share the key `dup`.
+fn tars_sharing_a_key(corpus: &Path) {
+    std::fs::create_dir_all(corpus).unwrap();
+    let mut first = Tar::default();
+    first.add("a.jpg", &jpeg(64, 48, 1)).add("dup.jpg", &jpeg(64, 48, 2)).add("b.jpg", &jpeg(64, 48, 3));
+    std::fs::write(corpus.join("00.tar"), first.finish()).unwrap();
+    let mut second = Tar::default();
+    second.add("dup.jpg", &jpeg(64, 48, 4)).add("dup.txt", b"another").add("c.jpg", &jpeg(64, 48, 5));
+    std::fs::write(corpus.join("01.tar"), second.finish()).unwrap();
+}
+
+#[test]
+fn a_key_repeated_in_another_unit_is_an_error_row_and_every_run_shape_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    tars_sharing_a_key(&corpus);
+    let models = fixture_models();
+    let one = dir.path().join("one");
+    let text = lyrics_ok(&run_args(&s(&corpus), &s(&one), &["--models", &models]), &Env::new());
+    assert!(text.contains("1 samples repeated a key"), "{text}");
+
+    let mut keys: Vec<String> = samples(&one).into_iter().map(|r| r.key).collect();
+    keys.sort();
+    assert_eq!(keys, ["a", "b", "c", "dup"]);
+    let dup = samples(&one).into_iter().find(|r| r.key == "dup").unwrap();
+    assert!(dup.source.contains("00.tar"), "the first unit's sample is kept: {}", dup.source);
+    let errors = errors(&one);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!((errors[0].key.as_str(), errors[0].kind.as_str()), ("dup", "duplicate_key"));
+    assert!(errors[0].source.contains("01.tar"), "{:?}", errors[0]);
+    assert!(errors[0].error.contains("00.tar") && errors[0].error.contains("work unit 0"), "{:?}", errors[0]);
+    for table in ["pretrain", "instruct"] {
+        let of_dup: Vec<_> = keys_of(&one, table).into_iter().filter(|(_, k)| k == "dup").collect();
+        assert!(!of_dup.is_empty(), "{table} keeps the first unit's rows");
+        assert!(of_dup.iter().all(|(shard, _)| shard.starts_with("part-000000-")), "{table}: {of_dup:?}");
+    }
+    let manifest = manifest(&one);
+    assert_eq!(manifest["rows"]["samples"], 4);
+    assert_eq!(manifest["rows"]["errors"], 1);
+    assert_eq!(manifest["errors_by_kind"]["duplicate_key"], 1);
+    let marker: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(one.join("_lyrics/done/000001.json")).unwrap()).unwrap();
+    assert_eq!(
+        (marker["rows"].as_u64(), marker["errors"].as_u64(), marker["duplicates"].as_u64()),
+        (Some(1), Some(1), Some(1))
+    );
+
+    // The export holds one `dup`, and nothing is left out for a repeated key.
+    let to = dir.path().join("export");
+    let text = lyrics_ok(&["export", "--output", &s(&one), "--to", &s(&to)], &Env::new());
+    assert!(!text.contains("left out"), "{text}");
+    assert_eq!(std::fs::read(to.join("images/dup.jpg")).unwrap(), jpeg(64, 48, 2));
+
+    // Two workers, the later unit first; and a finalize killed after rewriting, then rerun: the same bytes.
+    let two = dir.path().join("two");
+    for worker in ["1/2", "0/2"] {
+        lyrics_ok(&run_args(&s(&corpus), &s(&two), &["--models", &models, "--worker", worker]), &Env::new());
+    }
+    assert_eq!(shards(&two), shards(&one), "two workers write what one does");
+    let killed = dir.path().join("killed");
+    let env: Env = vec![("LYRICS_FAILPOINT".into(), "before-amended-marker:1".into())];
+    let crashed = lyrics(&run_args(&s(&corpus), &s(&killed), &["--models", &models]), &env);
+    assert!(!crashed.status.success(), "the failpoint must kill the run");
+    assert!(!killed.join("_SUCCESS").exists());
+    lyrics_ok(&run_args(&s(&corpus), &s(&killed), &["--models", &models]), &Env::new());
+    assert_eq!(shards(&killed), shards(&one), "a finalize rerun after a crash writes what one run does");
+    for name in ["_lyrics/manifest.json", "_lyrics/duplicates.json", "_lyrics/done/000001.json"] {
+        let read = |dir: &Path| std::fs::read_to_string(dir.join(name)).unwrap();
+        assert_eq!(read(&killed), read(&one), "{name}");
+        assert_eq!(read(&two), read(&one), "{name}");
+    }
+}
+
 #[test]
 fn a_tar_cut_inside_a_header_keeps_every_complete_sample() {
     let dir = tempfile::tempdir().unwrap();
@@ -262,7 +335,8 @@ fn a_key_repeated_in_another_unit_never_pairs_a_conversation_with_the_wrong_imag
     lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--models", &fixture_models()]), &Env::new());
     let to = dir.path().join("export");
     let text = lyrics_ok(&["export", "--output", &s(&out), "--to", &s(&to)], &Env::new());
-    assert!(text.contains("an earlier work unit already used"), "{text}");
+    // Finalizing made the second unit's `dup` an error row, so export has nothing to leave out.
+    assert!(!text.contains("an earlier work unit already used"), "{text}");
     assert_eq!(std::fs::read(to.join("images/dup.png")).unwrap(), first, "the first unit's image is kept");
     let llava: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(to.join("llava.json")).unwrap()).unwrap();

@@ -167,7 +167,15 @@ pub fn summary(report: &RunReport, metrics: &Metrics, worker: &str) -> String {
     for (unit, error) in &report.failed {
         out += &format!("  FAILED   unit {unit}: {error}\n");
     }
-    out += if report.finalized {
+    if let Some(finalized) = report.finalized
+        && finalized.duplicates > 0
+    {
+        out += &format!(
+            "  keys     {} samples repeated a key that an earlier unit used: they are duplicate_key errors now\n",
+            finalized.duplicates
+        );
+    }
+    out += if report.finalized.is_some() {
         "  output   complete: _lyrics/manifest.json and _SUCCESS written\n"
     } else if report.failed.is_empty() {
         "  output   this worker is done; other workers' units remain\n"

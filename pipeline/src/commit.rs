@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
 use crate::plan::Plan;
-use crate::sink::ShardInfo;
+use crate::sink::{ShardInfo, SinkOptions};
 use crate::store::Location;
 
 pub const STATE_DIR: &str = "_lyrics";
@@ -46,6 +46,10 @@ pub struct PlanRecord {
     /// use it (a retried array task with another count would split them differently). Absent in older outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<u64>,
+    /// The shard settings, so that finalizing (see [`crate::dedup`]) rewrites a shard as the job wrote it. Absent
+    /// in older outputs (the defaults are used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkOptions>,
     #[serde(flatten)]
     pub plan: Plan,
 }
@@ -67,6 +71,14 @@ pub struct UnitMarker {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub warnings_by_kind: BTreeMap<String, u64>,
     pub shards: Vec<ShardInfo>,
+    /// Samples of this unit whose key an earlier unit had used, made `duplicate_key` errors when the job
+    /// finalized (see [`crate::dedup`]); counted in `errors` and `errors_by_kind` already.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub duplicates: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `_lyrics/manifest.json`: every shard of the finished output.
@@ -251,14 +263,23 @@ async fn read_markers(output: &Location, units: &[u64]) -> Result<Vec<UnitMarker
     .await
 }
 
-/// Writes the manifest and `_SUCCESS` when every unit of the plan is committed. Returns whether it did.
-pub async fn finalize(output: &Location, record: &PlanRecord) -> Result<bool, PipelineError> {
+/// What finalizing did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Finalized {
+    /// Samples whose key an earlier unit had used, now `duplicate_key` errors (see [`crate::dedup`]).
+    pub duplicates: u64,
+}
+
+/// When every unit of the plan is committed: makes keys unique across units, then writes the manifest and
+/// `_SUCCESS`. `None` while units remain.
+pub async fn finalize(output: &Location, record: &PlanRecord) -> Result<Option<Finalized>, PipelineError> {
     let committed = committed_units(output).await?;
     let all: Vec<u64> = record.plan.units.iter().map(|u| u.id).collect();
     if !all.iter().all(|u| committed.contains(u)) {
-        return Ok(false);
+        return Ok(None);
     }
-    let markers = read_markers(output, &all).await?;
+    let mut markers = read_markers(output, &all).await?;
+    let duplicates = crate::dedup::resolve(output, &record.sink.unwrap_or_default(), &mut markers).await?;
     let mut manifest = Manifest {
         created_by: created_by(),
         schema_version: lyrics_schemas::SCHEMA_VERSION.to_string(),
@@ -291,7 +312,7 @@ pub async fn finalize(output: &Location, record: &PlanRecord) -> Result<bool, Pi
         .put(&success, PutPayload::from_static(b""))
         .await
         .map_err(|e| PipelineError::sink(output.uri_of(&success), e))?;
-    Ok(true)
+    Ok(Some(Finalized { duplicates }))
 }
 
 /// What readers of an output may see: its plan, and the shards of committed units only, with their sums. Read

@@ -3,7 +3,8 @@
 //! costs one comparison.
 //!
 //! Points: `after-shard` (a shard of the unit is complete, the unit is not), `before-marker` (every shard of the
-//! unit is complete, its commit marker is not written).
+//! unit is complete, its commit marker is not written), `before-amended-marker` (finalizing has rewritten the
+//! unit's shards without its cross-unit duplicates, and not yet its marker).
 //!
 //! With `LYRICS_FAILPOINT_ONCE=FILE` a crash point fires once across processes (the first creates FILE).
 //!

@@ -19,6 +19,7 @@
 
 pub mod claims;
 pub mod commit;
+pub mod dedup;
 mod error;
 mod failpoint;
 pub mod item;

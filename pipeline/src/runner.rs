@@ -95,8 +95,8 @@ pub struct RunReport {
     pub units_done: u64,
     /// Units that failed (unit id, error). They have no marker; a rerun retries them.
     pub failed: Vec<(u64, String)>,
-    /// Whether this run found every unit committed and wrote the manifest and `_SUCCESS`.
-    pub finalized: bool,
+    /// Set when this run found every unit committed and wrote the manifest and `_SUCCESS`.
+    pub finalized: Option<commit::Finalized>,
     /// Claimed units another worker took over (its lease had run out): left to that worker, nothing written.
     pub taken: Vec<u64>,
 }
@@ -130,6 +130,7 @@ pub async fn run<S: Send + 'static>(
         input: redact(&config.input),
         tables: tables.names(),
         workers: if config.claim.is_some() || config.units.is_some() { None } else { Some(config.worker.count) },
+        sink: Some(config.sink),
         plan: plan.clone(),
     };
     commit::open_output(&output, &record, config.force).await?;
@@ -198,7 +199,7 @@ pub async fn run<S: Send + 'static>(
     if let Some(error) = fatal.lock().ok().and_then(|mut slot| slot.take()) {
         return Err(error);
     }
-    let finalized = if failed.is_empty() { commit::finalize(&output, &record).await? } else { false };
+    let finalized = if failed.is_empty() { commit::finalize(&output, &record).await? } else { None };
     Ok(RunReport {
         format: plan.format,
         units_in_plan: plan.units.len() as u64,
@@ -535,7 +536,8 @@ async fn commit_unit(
         Err(PipelineError::Taken { .. }) => return Err(TAKEN.into()),
         Err(e) => return Err(e.to_string()),
     };
-    let marker = UnitMarker { unit, items, rows, errors, errors_by_kind, warnings_by_kind: warnings, shards };
+    let marker =
+        UnitMarker { unit, items, rows, errors, errors_by_kind, warnings_by_kind: warnings, shards, duplicates: 0 };
     crate::failpoint::hit("before-marker", unit);
     crate::failpoint::pause("before-marker", unit);
     if let Some(claim) = claim

@@ -74,7 +74,7 @@ pub fn unit_of_shard(path: &str) -> Option<u64> {
     name.strip_prefix("part-")?.split('-').next()?.parse().ok()
 }
 
-fn properties(options: &SinkOptions) -> Result<WriterProperties, PipelineError> {
+pub(crate) fn properties(options: &SinkOptions) -> Result<WriterProperties, PipelineError> {
     let level = ZstdLevel::try_new(options.zstd_level)
         .map_err(|e| PipelineError::Config(format!("output.zstd_level: {e}")))?;
     let image_bytes = ColumnPath::new(vec![col::IMAGE.to_string(), col::IMAGE_BYTES.to_string()]);

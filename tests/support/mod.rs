@@ -500,6 +500,30 @@ pub fn samples(dir: &Path) -> Vec<SampleRow> {
     batches(dir, "samples").iter().flat_map(|b| SampleRow::from_batch(b).expect("samples")).collect()
 }
 
+/// The `key` of every row of `table`, with the shard it is in (relative to the table's folder), in shard order.
+pub fn keys_of(dir: &Path, table: &str) -> Vec<(String, String)> {
+    let mut files: Vec<PathBuf> =
+        walk(&dir.join(table)).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
+    files.sort();
+    let mut out = Vec::new();
+    for file in files {
+        let name = file.file_name().expect("name").to_string_lossy().into_owned();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&file).expect("open"),
+        )
+        .expect("parquet")
+        .build()
+        .expect("reader");
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let keys =
+                arrow::array::AsArray::as_string::<i32>(batch.column_by_name("key").expect("key").as_ref()).clone();
+            out.extend(keys.iter().map(|k| (name.clone(), k.expect("key").to_string())));
+        }
+    }
+    out
+}
+
 pub fn errors(dir: &Path) -> Vec<ErrorRow> {
     batches(dir, "errors").iter().flat_map(|b| ErrorRow::from_batch(b).expect("errors")).collect()
 }

@@ -108,8 +108,9 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
         let folder = to.join("images");
         let mut count = 0usize;
         let mut refused = 0usize;
-        // The unit each key was first exported from. Keys are unique within a unit; one repeated in a later unit
-        // is left out, conversations and image alike, so a trainer never pairs a conversation with another image.
+        // The unit each key was first exported from. Finalizing makes keys unique across units; an output
+        // finalized before it did may repeat one in a later unit, which is left out, conversations and image
+        // alike, so a trainer never pairs a conversation with another image.
         let mut first_unit: HashMap<String, u64> = HashMap::new();
         let mut repeated = 0usize;
         if args.format == ExportFormat::LlavaJson {

@@ -93,7 +93,13 @@ pub fn finalize(args: FinalizeArgs) -> Result<ExitCode> {
             eprintln!("{shown} is complete already");
             return Ok(ExitCode::SUCCESS);
         }
-        if lyrics_pipeline::commit::finalize(&output, &view.plan).await? {
+        if let Some(finalized) = lyrics_pipeline::commit::finalize(&output, &view.plan).await? {
+            if finalized.duplicates > 0 {
+                eprintln!(
+                    "{shown}: {} samples repeated a key that an earlier unit used: they are duplicate_key errors now",
+                    finalized.duplicates
+                );
+            }
             eprintln!("{shown} is complete: _lyrics/manifest.json and _SUCCESS written");
             return Ok(ExitCode::SUCCESS);
         }
