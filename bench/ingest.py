@@ -570,6 +570,101 @@ def bench_rss(args, work: Path, cfg: Path, n: int) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------------------------------------ output quality
+
+# The reference every fast path is held to: the same job with the full decode (no DCT scaling).
+REFERENCE_SPEC = JOB_SPEC + "[decode]\ndct_scaling = false\n"
+
+
+def images_by_key(out: Path) -> dict[str, np.ndarray]:
+    """The stored images of a lyrics-prep output, decoded by Pillow, by key."""
+    found = {}
+    for path in sorted((out / "samples").glob("*.parquet")):
+        table = pq.read_table(path, columns=["key", "image"])
+        for key, image in zip(table.column("key").to_pylist(), table.column("image").to_pylist()):
+            found[key] = np.asarray(Image.open(io.BytesIO(image["bytes"])).convert("RGB"), dtype=np.float64)
+    return found
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def _box(x: np.ndarray, k: int) -> np.ndarray:
+    """Means over every k x k window (valid positions), from an integral image."""
+    c = np.pad(x, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, k: int = 7) -> float:
+    """SSIM of the luma (BT.601) over 7 x 7 windows, as scikit-image computes it by default."""
+    weights = np.array([0.299, 0.587, 0.114])
+    x, y = a @ weights, b @ weights
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = _box(x, k), _box(y, k)
+    cov = k * k / (k * k - 1)  # sample (co)variances, as scikit-image
+    vx = (_box(x * x, k) - mx * mx) * cov
+    vy = (_box(y * y, k) - my * my) * cov
+    vxy = (_box(x * y, k) - mx * my) * cov
+    s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+def quality_at(binary: Path, work: Path, size: int) -> str:
+    """PSNR and SSIM of the default output at max side `size` against the full-decode reference."""
+    outs = {}
+    for name, spec in (("default", JOB_SPEC), ("reference", REFERENCE_SPEC)):
+        cfg = work / f"lyrics-job-quality-{name}.toml"
+        cfg.write_text(spec.replace("image_size = 512", f"image_size = {size}"))
+        out = fresh_dir(work, f"lyrics-prep-quality-{name}")
+        run_cmd(lyrics_cmd(binary, work / "wds", out, cfg))
+        outs[name] = out
+    fast, ref = images_by_key(outs["default"]), images_by_key(outs["reference"])
+    for out in outs.values():
+        shutil.rmtree(out, ignore_errors=True)
+    if fast.keys() != ref.keys():
+        return f"| {size} | the two runs stored different keys ({len(fast)} and {len(ref)}) | | | | |"
+    psnrs, ssims, same = [], [], 0
+    for key in sorted(fast):
+        a, b = fast[key], ref[key]
+        if a.shape != b.shape:
+            return f"| {size} | {key} is {a.shape} by default and {b.shape} in the reference | | | | |"
+        if np.array_equal(a, b):
+            same += 1
+            continue
+        psnrs.append(psnr(a, b))
+        ssims.append(ssim(a, b))
+    shape = next(iter(fast.values())).shape
+    if not psnrs:
+        return f"| {shape[1]}x{shape[0]} | identical | identical | 1 | 1 | {same} of {len(fast)} |"
+    verdict = "" if min(psnrs) >= 40 else " (under 40 dB)"
+    return (
+        f"| {shape[1]}x{shape[0]} | {statistics.mean(psnrs):.1f} | {min(psnrs):.1f}{verdict} | "
+        f"{statistics.mean(ssims):.4f} | {min(ssims):.4f} | {same} of {len(fast)} |"
+    )
+
+
+def bench_quality(args, work: Path, n: int) -> list[str]:
+    """The default output against the same binary's full decode -> resize -> encode, per output size."""
+    binary = args.binaries[0][1]
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        return [f"- Output quality: unavailable: no binary at {binary}"]
+    lines = [
+        "",
+        f"Output quality of the defaults (fast paths where they apply) against the full decode -> resize -> "
+        f"encode of the same binary (`[decode] dct_scaling = false`), {n:,} images, by output size "
+        f"(PSNR over differing images):",
+        "",
+        "| output | PSNR mean (dB) | PSNR min (dB) | SSIM mean | SSIM min | identical |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for size in args.quality_sizes:
+        log(f"output quality at max side {size}")
+        lines.append(quality_at(binary, work, size))
+    return lines + [""]
+
+
 # ------------------------------------------------------------------------------------------------ physical limit
 
 
@@ -632,14 +727,20 @@ def main() -> int:
         help="corpus sizes for lyrics-prep's peak RSS, comma-separated (default 1000,10000)",
     )
     ap.add_argument(
+        "--quality-sizes",
+        default="512,256,160",
+        help="output sizes (max side) at which the defaults are compared with a full decode (default 512,256,160)",
+    )
+    ap.add_argument(
         "--skip",
         default="",
-        help="comma-separated tools to leave out: lyrics-prep,pillow,img2dataset,daft,rss,limit",
+        help="comma-separated tools to leave out: lyrics-prep,pillow,img2dataset,daft,rss,quality,limit",
     )
     args = ap.parse_args()
     if args.images < 1 or args.runs < 1 or args.rounds < 1:
         ap.error("--images, --runs and --rounds must be at least 1")
     args.rss_sizes = [int(x) for x in args.rss_sizes.split(",") if x.strip()]
+    args.quality_sizes = [int(x) for x in args.quality_sizes.split(",") if x.strip()]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     args.binaries = []
     for spec in args.binary or ["target/release/lyrics-prep"]:
@@ -701,6 +802,9 @@ def main() -> int:
         rows = [(name, results[name]) for name in order]
 
         rss_lines = [] if "rss" in skip else bench_rss(args, work, cfg, n)
+        if "quality" not in skip:
+            log("output quality: default against a full-decode reference")
+            rss_lines += bench_quality(args, work, n)
         limit = None
         if "limit" not in skip:
             log("physical limit: timing Pillow decode/resize/encode on one thread")

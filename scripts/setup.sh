@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beside the Rust toolchain, idempotently: the Python packages of
 # scripts/requirements-test.txt, azurite (Azure blob emulator) and playwright-core from npm into .tools/, Debian's
-# chromium for the gallery tests, the ONNX Runtime library
-# into .ort/, and the real ISNet weights and test image into .models/.
+# chromium for the gallery tests, cmake, nasm and the ONNX Runtime library (scripts/prepare.sh, the library
+# into .ort/), and the real ISNet weights and test image into .models/.
 # Quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +33,5 @@ if [ ! -d .tools/node_modules/playwright-core ]; then
     npm install --silent --no-audit --no-fund --prefix .tools playwright-core@1.65.1 >/dev/null
 fi
 
-scripts/fetch-onnxruntime.sh
+scripts/prepare.sh
 scripts/fetch-isnet.sh

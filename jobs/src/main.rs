@@ -27,11 +27,18 @@ use lyrics_pipeline::InputFormat;
 #[command(
     name = "lyrics-prep",
     version,
+    long_version = long_version(),
     about = "Prepare grounded vision-language training data: stream image-text corpora from object storage into sharded Parquet, resumably"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--version`: the version, then the codec backends this binary was built with.
+fn long_version() -> &'static str {
+    let text = format!("{}\n{}", env!("CARGO_PKG_VERSION"), lyrics_operators::image::backends());
+    Box::leak(text.into_boxed_str())
 }
 
 #[derive(Debug, Subcommand)]

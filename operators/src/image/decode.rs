@@ -13,7 +13,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbIma
 use super::ImageError;
 use super::encode::{EncodeFormat, EncodeSpec, encode};
 use super::jpeg;
-use super::resize::{ResizeSpec, check_resize, resize};
+use super::resize::{ResizeSpec, check_resize, dct_scale, resize, resize_scaled};
 
 /// Limits that protect the process from hostile input (the `[decode]` section of a job spec).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -23,11 +23,15 @@ pub struct DecodeLimits {
     pub max_pixels: u64,
     /// Largest accepted encoded size in bytes. Default: 64 MiB.
     pub max_bytes: u64,
+    /// With libjpeg-turbo, decode a JPEG that is resized well down at the smallest DCT scale M/8 that keeps
+    /// 1.25× the output's size, then resize the rest of the way (4000×3000 → 1000×750 → 512×384). BENCHMARKS.md
+    /// gives its PSNR against a full decode. Default: on.
+    pub dct_scaling: bool,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_pixels: 89_478_485, max_bytes: 64 << 20 }
+        DecodeLimits { max_pixels: 89_478_485, max_bytes: 64 << 20, dct_scaling: true }
     }
 }
 
@@ -126,17 +130,36 @@ impl ImageOperator {
         // The output of every mode has the same pixel count whichever way EXIF turns the image.
         check_resize(width, height, &self.resize, self.limits.max_pixels)?;
         let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-        let fast = if name == ImageFormatName::Jpeg { fast_jpeg(&data, width, height) } else { None };
-        let mut decoded = match fast {
+        let turned = matches!(
+            orientation,
+            Orientation::Rotate90
+                | Orientation::Rotate270
+                | Orientation::Rotate90FlipH
+                | Orientation::Rotate270FlipH
+        );
+        let display = if turned { (height, width) } else { (width, height) };
+        let jpeg = name == ImageFormatName::Jpeg;
+        let wanted = if jpeg && self.limits.dct_scaling && JPEG_DCT_SCALING {
+            dct_scale(display.0, display.1, &self.resize).unwrap_or(8)
+        } else {
+            8
+        };
+        let fast = if jpeg { fast_jpeg(&data, width, height, wanted) } else { None };
+        // The DCT scale the pixels were decoded at, in eighths.
+        let (mut decoded, scale) = match fast {
             Some(rgb) => {
                 drop(decoder);
-                DynamicImage::ImageRgb8(rgb)
+                (DynamicImage::ImageRgb8(rgb), wanted)
             }
-            None => DynamicImage::from_decoder(decoder).map_err(ImageError::from_image)?,
+            None => (DynamicImage::from_decoder(decoder).map_err(ImageError::from_image)?, 8),
         };
         let rotated = orientation != Orientation::NoTransforms;
         if rotated {
             decoded.apply_orientation(orientation);
+        }
+        if scale < 8 {
+            let resized = resize_scaled(&to_rgb(decoded), display, scale, &self.resize, self.limits.max_pixels)?;
+            return self.reencoded(resized, sha256);
         }
         let (width, height) = (decoded.width(), decoded.height());
         let needs_pixels = rotated || self.keep_pixels || self.resize.mode != super::ResizeMode::No;
@@ -153,11 +176,7 @@ impl ImageOperator {
         }
         let rgb = to_rgb(decoded);
         if let Some(resized) = resize(&rgb, &self.resize, self.limits.max_pixels)? {
-            let bytes = encode(&resized, self.encode.format, self.encode.quality)?;
-            let (width, height) = resized.dimensions();
-            let pixels = self.keep_pixels.then_some(resized);
-            let format = self.encode.format.format_name();
-            return Ok(DecodedImage { bytes, format, width, height, sha256, reencoded: true, pixels });
+            return self.reencoded(resized, sha256);
         }
         let (bytes, format, reencoded) = if rotated {
             // Keep the source's family: lossy stays JPEG at the configured quality, the rest goes lossless.
@@ -169,16 +188,32 @@ impl ImageOperator {
         let pixels = self.keep_pixels.then_some(rgb);
         Ok(DecodedImage { bytes, format, width, height, sha256, reencoded, pixels })
     }
+
+    /// The stored image of a resized input: encoded as configured.
+    fn reencoded(&self, resized: RgbImage, sha256: String) -> Result<DecodedImage, ImageError> {
+        let bytes = encode(&resized, self.encode.format, self.encode.quality)?;
+        let (width, height) = resized.dimensions();
+        let pixels = self.keep_pixels.then_some(resized);
+        let format = self.encode.format.format_name();
+        Ok(DecodedImage { bytes, format, width, height, sha256, reencoded: true, pixels })
+    }
 }
 
-/// JPEG pixels through the system's libjpeg-turbo, or `None` to take the `image` crate's path (which also says
+/// Whether this build's JPEG decoder can decode at a DCT scale (libjpeg-turbo can; zune-jpeg cannot).
+const JPEG_DCT_SCALING: bool = cfg!(feature = "turbojpeg");
+
+/// JPEG pixels through libjpeg-turbo, decoded at the DCT scale `m`/8 (8: full size; the output is then
+/// ceil(side × m/8) on each axis, as libjpeg scales), or `None` to take the `image` crate's path (which also says
 /// precisely why a file cannot be decoded).
 #[cfg(feature = "turbojpeg")]
-fn fast_jpeg(data: &[u8], width: u32, height: u32) -> Option<RgbImage> {
+fn fast_jpeg(data: &[u8], width: u32, height: u32, m: u32) -> Option<RgbImage> {
     use std::cell::RefCell;
     thread_local! {
         static DECOMPRESSOR: RefCell<Option<turbojpeg::Decompressor>> = const { RefCell::new(None) };
     }
+    let scaled = |side: u32| (u64::from(side) * u64::from(m)).div_ceil(8) as u32;
+    let (header_w, header_h) = (width as usize, height as usize);
+    let (width, height) = (scaled(width), scaled(height));
     let (w, h) = (width as usize, height as usize);
     let mut pixels = vec![0u8; w * h * 3];
     let image = turbojpeg::Image {
@@ -195,14 +230,15 @@ fn fast_jpeg(data: &[u8], width: u32, height: u32) -> Option<RgbImage> {
         }
         let decompressor = slot.as_mut()?;
         let header = decompressor.read_header(data).ok()?;
-        (header.width == w && header.height == h).then_some(())?;
+        (header.width == header_w && header.height == header_h).then_some(())?;
+        // Given a smaller size than the header's, libjpeg-turbo picks the largest DCT scale that fits it: m/8.
         decompressor.decompress(data, image).ok()
     });
     ok.and_then(|()| RgbImage::from_raw(width, height, pixels))
 }
 
 #[cfg(not(feature = "turbojpeg"))]
-fn fast_jpeg(_data: &[u8], _width: u32, _height: u32) -> Option<RgbImage> {
+fn fast_jpeg(_data: &[u8], _width: u32, _height: u32, _m: u32) -> Option<RgbImage> {
     None
 }
 
@@ -258,11 +294,17 @@ mod tests {
         let data = jpeg(64, 48);
         let cut = data[..data.len() / 2].to_vec();
         assert_eq!(op.process(cut).unwrap_err().kind(), "truncated");
-        let small = ImageOperator { limits: DecodeLimits { max_pixels: 100, max_bytes: 1 << 20 }, ..op.clone() };
+        let small = ImageOperator {
+            limits: DecodeLimits { max_pixels: 100, max_bytes: 1 << 20, ..DecodeLimits::default() },
+            ..op.clone()
+        };
         let err = small.process(png(11, 10)).unwrap_err();
         assert_eq!(err.kind(), "decompression_bomb");
         assert!(err.to_string().contains("11x10"), "{err}");
-        let tiny = ImageOperator { limits: DecodeLimits { max_pixels: 100, max_bytes: 10 }, ..op };
+        let tiny = ImageOperator {
+            limits: DecodeLimits { max_pixels: 100, max_bytes: 10, ..DecodeLimits::default() },
+            ..op
+        };
         assert_eq!(tiny.process(png(2, 2)).unwrap_err().kind(), "too_large");
     }
 
@@ -329,6 +371,46 @@ mod tests {
         let again = op.process(out.bytes).unwrap();
         assert_eq!((again.width, again.height), (48, 64));
         assert!(!again.reencoded, "stored image carries no orientation");
+    }
+
+    fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
+        let n = a.as_raw().len() as f64;
+        let mse =
+            a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum::<f64>()
+                / n;
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+
+    #[test]
+    fn a_dct_scaled_decode_gives_the_full_decodes_size_framing_and_look() {
+        // A 1024x768 photo-like picture to max side 256: decoded at 3/8 (384x288), then resized.
+        let img = RgbImage::from_fn(1024, 768, |x, y| {
+            let v = |f: f64, p: f64| {
+                (128.0 + 100.0 * ((f64::from(x) * f + f64::from(y) * 0.7 * f) / 90.0 + p).sin()) as u8
+            };
+            Rgb([v(1.0, 0.0), v(1.3, 1.0), v(0.8, 2.0)])
+        });
+        let upright = encode(&img, EncodeFormat::Jpg, 92).unwrap();
+        let resize = ResizeSpec { mode: ResizeMode::KeepRatio, image_size: 256, ..ResizeSpec::default() };
+        let fast = ImageOperator { resize, keep_pixels: true, ..ImageOperator::default() };
+        let full = ImageOperator {
+            limits: DecodeLimits { dct_scaling: false, ..DecodeLimits::default() },
+            ..fast.clone()
+        };
+        for (data, size) in [(upright.clone(), (256, 192)), (with_orientation(&upright, 6), (192, 256))] {
+            let a = fast.process(data.clone()).unwrap();
+            let b = full.process(data).unwrap();
+            assert_eq!((a.width, a.height), size);
+            assert_eq!((b.width, b.height), size);
+            let (pa, pb) = (a.pixels.unwrap(), b.pixels.unwrap());
+            let quality = psnr(&pa, &pb);
+            assert!(quality >= 40.0, "PSNR {quality:.1} dB against the full decode");
+            if JPEG_DCT_SCALING {
+                assert_ne!(pa, pb, "the scaled decode was used");
+            } else {
+                assert_eq!(pa, pb, "without libjpeg-turbo both take the full decode");
+            }
+        }
     }
 
     #[test]

@@ -152,6 +152,49 @@ pub(crate) fn resize(image: &RgbImage, spec: &ResizeSpec, max_pixels: u64) -> Re
     if g.crop == (0, 0, w, h) && g.scaled == (w, h) && g.canvas == (w, h) {
         return Ok(None);
     }
+    convolve(image, g, 1.0, spec).map(Some)
+}
+
+/// The DCT scale `M/8` (as `M`, 1 to 7) at which a JPEG of displayed size `w`×`h` can be decoded while keeping at
+/// least [`DCT_MARGIN`] times the pixels that `spec` resizes it to, on both axes; `None` when no scale below 1
+/// does. Decoding at the smallest such scale and resizing the rest of the way (see [`resize_scaled`]) skips most of
+/// the decode's work on large downscales.
+pub(crate) fn dct_scale(w: u32, h: u32, spec: &ResizeSpec) -> Option<u32> {
+    let g = geometry(w, h, spec)?;
+    let (_, _, cw, ch) = g.crop;
+    let (tw, th) = g.scaled;
+    let (num, den) = DCT_MARGIN;
+    let enough =
+        |side: u32, target: u32, m: u32| u64::from(side) * u64::from(m) * den >= 8 * num * u64::from(target);
+    (1..8).find(|&m| enough(cw, tw, m) && enough(ch, th, m))
+}
+
+/// How much larger than the output a DCT-scaled decode must stay (5/4). The DCT's own downscale is sharper than the
+/// resize filters, so decoding right down to the output size changes what the resize would have averaged: on
+/// the ingest benchmark's noisy photos, 640×480 → 512×384 through a 7/8 decode (1.09×) measured PSNR 38.8 dB
+/// (min 36.5) against a full decode, under the 40 dB bar; with at least 1.25× left to the resize every measured
+/// case stays above it (BENCHMARKS.md).
+pub(crate) const DCT_MARGIN: (u64, u64) = (5, 4);
+
+/// [`resize`] of an image of displayed size `full` that was decoded at the DCT scale `m`/8 (so `image` is about
+/// `full` × m/8): the output is the size and framing `spec` gives `full`.
+pub(crate) fn resize_scaled(
+    image: &RgbImage,
+    full: (u32, u32),
+    m: u32,
+    spec: &ResizeSpec,
+    max_pixels: u64,
+) -> Result<RgbImage, ImageError> {
+    check_resize(full.0, full.1, spec, max_pixels)?;
+    let g = geometry(full.0, full.1, spec)
+        .ok_or_else(|| ImageError::Corrupt("a scaled decode without a resize".into()))?;
+    convolve(image, g, f64::from(m) / 8.0, spec)
+}
+
+/// Resamples the crop of `g` (in the coordinates of the full image; `image` holds it at `scale`) to `g.scaled`,
+/// and pastes it on `g.canvas`.
+fn convolve(image: &RgbImage, g: Geometry, scale: f64, spec: &ResizeSpec) -> Result<RgbImage, ImageError> {
+    let (w, h) = image.dimensions();
     let corrupt = |e: &dyn std::fmt::Display| ImageError::Corrupt(format!("resize failed: {e}"));
     let src = ImageRef::new(w, h, image.as_raw(), PixelType::U8x3).map_err(|e| corrupt(&e))?;
     let mut dst = Image::new(g.scaled.0, g.scaled.1, PixelType::U8x3);
@@ -163,22 +206,23 @@ pub(crate) fn resize(image: &RgbImage, spec: &ResizeSpec, max_pixels: u64) -> Re
         ResizeFilter::Lanczos3 => FilterType::Lanczos3,
     };
     let (cx, cy, cw, ch) = g.crop;
+    // A DCT-scaled image is ceil(side × scale) wide: the crop, scaled, stays inside it.
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)).crop(
-        f64::from(cx),
-        f64::from(cy),
-        f64::from(cw),
-        f64::from(ch),
+        f64::from(cx) * scale,
+        f64::from(cy) * scale,
+        (f64::from(cw) * scale).min(f64::from(w)),
+        (f64::from(ch) * scale).min(f64::from(h)),
     );
     Resizer::new().resize(&src, &mut dst, &options).map_err(|e| corrupt(&e))?;
     let scaled = RgbImage::from_raw(g.scaled.0, g.scaled.1, dst.into_vec())
         .ok_or_else(|| ImageError::Corrupt("resize produced a short buffer".into()))?;
     if g.canvas == g.scaled {
-        return Ok(Some(scaled));
+        return Ok(scaled);
     }
     let mut canvas = RgbImage::from_pixel(g.canvas.0, g.canvas.1, image::Rgb(spec.border_color.0));
     let (ox, oy) = ((g.canvas.0 - g.scaled.0) / 2, (g.canvas.1 - g.scaled.1) / 2);
     image::imageops::replace(&mut canvas, &scaled, i64::from(ox), i64::from(oy));
-    Ok(Some(canvas))
+    Ok(canvas)
 }
 
 #[cfg(test)]
@@ -248,7 +292,62 @@ mod tests {
         assert!(check_resize(1, 50_000, &spec(ResizeMode::No, 256, false), 10).is_ok());
     }
 
+    #[test]
+    fn the_dct_scale_is_the_smallest_that_keeps_the_output_pixels() {
+        let keep = spec(ResizeMode::KeepRatio, 512, false);
+        // 640x480 -> 512x384: 7/8 (560x420) keeps less than 1.25x the output.
+        assert_eq!(dct_scale(640, 480, &keep), None);
+        assert_eq!(dct_scale(640, 480, &spec(ResizeMode::KeepRatio, 256, false)), Some(4), "320x240 for 256x192");
+        assert_eq!(dct_scale(4000, 3000, &keep), Some(2), "1000x750 for 512x384");
+        assert_eq!(dct_scale(4096, 4096, &keep), Some(2));
+        assert_eq!(dct_scale(8192, 8192, &keep), Some(1));
+        assert_eq!(dct_scale(100, 50, &keep), None, "an upscale");
+        assert_eq!(dct_scale(640, 480, &spec(ResizeMode::No, 512, false)), None);
+        // Centre crops count the crop, not the whole image: 500 px at 6/8 is 375, at least 1.25 x 256.
+        assert_eq!(dct_scale(1000, 500, &spec(ResizeMode::CenterCrop, 256, false)), Some(6));
+    }
+
+    #[test]
+    fn a_scaled_source_gives_the_size_and_framing_of_the_full_one() {
+        let mut full = RgbImage::from_pixel(640, 480, image::Rgb([10, 20, 30]));
+        for x in 320..640 {
+            for y in 0..480 {
+                full.put_pixel(x, y, image::Rgb([200, 100, 50]));
+            }
+        }
+        let keep = spec(ResizeMode::KeepRatio, 256, false);
+        let reference = resize(&full, &keep, u64::MAX).unwrap().unwrap();
+        let m = dct_scale(640, 480, &keep).unwrap();
+        let half = image::imageops::resize(&full, 640 * m / 8, 480 * m / 8, image::imageops::FilterType::Triangle);
+        let scaled = resize_scaled(&half, (640, 480), m, &keep, u64::MAX).unwrap();
+        assert_eq!(scaled.dimensions(), reference.dimensions());
+        for (x, y) in [(10, 10), (250, 180), (100, 150), (200, 20)] {
+            assert_eq!(scaled.get_pixel(x, y), reference.get_pixel(x, y), "({x}, {y})");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn dct_scaled_sizes_cover_the_output(w in 1u32..6000, h in 1u32..6000, s in 1u32..2048) {
+            for mode in [ResizeMode::KeepRatio, ResizeMode::KeepRatioSmallest, ResizeMode::CenterCrop, ResizeMode::Border] {
+                let spec = spec(mode, s, false);
+                if let Some(m) = dct_scale(w, h, &spec) {
+                    let g = geometry(w, h, &spec).unwrap();
+                    prop_assert!((1..8).contains(&m));
+                    // At least 1.25x the output on both axes, and no smaller scale would do.
+                    prop_assert!(u64::from(g.crop.2) * u64::from(m) * 4 >= 40 * u64::from(g.scaled.0));
+                    prop_assert!(u64::from(g.crop.3) * u64::from(m) * 4 >= 40 * u64::from(g.scaled.1));
+                    if m > 1 {
+                        let less = m - 1;
+                        prop_assert!(
+                            u64::from(g.crop.2) * u64::from(less) * 4 < 40 * u64::from(g.scaled.0)
+                                || u64::from(g.crop.3) * u64::from(less) * 4 < 40 * u64::from(g.scaled.1)
+                        );
+                    }
+                }
+            }
+        }
+
         #[test]
         fn sizes_are_positive_and_bounded(w in 1u32..5000, h in 1u32..5000, s in 1u32..2048) {
             for mode in [ResizeMode::KeepRatio, ResizeMode::KeepRatioSmallest, ResizeMode::CenterCrop, ResizeMode::Border] {
