@@ -572,8 +572,14 @@ def bench_rss(args, work: Path, cfg: Path, n: int) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ output quality
 
-# The reference every fast path is held to: the same job with the full decode (no DCT scaling).
-REFERENCE_SPEC = JOB_SPEC + "[decode]\ndct_scaling = false\n"
+# The reference every fast path is held to: the same job through a full decode to RGB, resized and encoded in RGB.
+REFERENCE_SPEC = JOB_SPEC + "[decode]\ndct_scaling = false\nycbcr = false\n"
+# The fast paths, alone and together (the defaults).
+QUALITY_VARIANTS = {
+    "defaults (both)": JOB_SPEC,
+    "YCbCr planes only": JOB_SPEC + "[decode]\ndct_scaling = false\n",
+    "DCT-scaled decode only": JOB_SPEC + "[decode]\nycbcr = false\n",
+}
 
 
 def images_by_key(out: Path) -> dict[str, np.ndarray]:
@@ -611,37 +617,37 @@ def ssim(a: np.ndarray, b: np.ndarray, k: int = 7) -> float:
     return float(s.mean())
 
 
-def quality_at(binary: Path, work: Path, size: int) -> str:
-    """PSNR and SSIM of the default output at max side `size` against the full-decode reference."""
-    outs = {}
-    for name, spec in (("default", JOB_SPEC), ("reference", REFERENCE_SPEC)):
-        cfg = work / f"lyrics-job-quality-{name}.toml"
-        cfg.write_text(spec.replace("image_size = 512", f"image_size = {size}"))
-        out = fresh_dir(work, f"lyrics-prep-quality-{name}")
+def run_at(binary: Path, work: Path, name: str, spec: str, size: int) -> dict[str, np.ndarray]:
+    cfg = work / f"lyrics-job-quality-{name}.toml"
+    cfg.write_text(spec.replace("image_size = 512", f"image_size = {size}"))
+    out = fresh_dir(work, f"lyrics-prep-quality-{name}")
+    try:
         run_cmd(lyrics_cmd(binary, work / "wds", out, cfg))
-        outs[name] = out
-    fast, ref = images_by_key(outs["default"]), images_by_key(outs["reference"])
-    for out in outs.values():
+        return images_by_key(out)
+    finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def compare(fast: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> str:
+    """The PSNR, SSIM and identical-image columns of `fast` against `ref`."""
     if fast.keys() != ref.keys():
-        return f"| {size} | the two runs stored different keys ({len(fast)} and {len(ref)}) | | | | |"
+        return f"the two runs stored different keys ({len(fast)} and {len(ref)}) | | | | |"
     psnrs, ssims, same = [], [], 0
     for key in sorted(fast):
         a, b = fast[key], ref[key]
         if a.shape != b.shape:
-            return f"| {size} | {key} is {a.shape} by default and {b.shape} in the reference | | | | |"
+            return f"{key} is {a.shape} here and {b.shape} in the reference | | | | |"
         if np.array_equal(a, b):
             same += 1
             continue
         psnrs.append(psnr(a, b))
         ssims.append(ssim(a, b))
-    shape = next(iter(fast.values())).shape
     if not psnrs:
-        return f"| {shape[1]}x{shape[0]} | identical | identical | 1 | 1 | {same} of {len(fast)} |"
+        return f"identical | identical | 1 | 1 | {same} of {len(fast)}"
     verdict = "" if min(psnrs) >= 40 else " (under 40 dB)"
     return (
-        f"| {shape[1]}x{shape[0]} | {statistics.mean(psnrs):.1f} | {min(psnrs):.1f}{verdict} | "
-        f"{statistics.mean(ssims):.4f} | {min(ssims):.4f} | {same} of {len(fast)} |"
+        f"{statistics.mean(psnrs):.1f} | {min(psnrs):.1f}{verdict} | {statistics.mean(ssims):.4f} | "
+        f"{min(ssims):.4f} | {same} of {len(fast)}"
     )
 
 
@@ -652,16 +658,20 @@ def bench_quality(args, work: Path, n: int) -> list[str]:
         return [f"- Output quality: unavailable: no binary at {binary}"]
     lines = [
         "",
-        f"Output quality of the defaults (fast paths where they apply) against the full decode -> resize -> "
-        f"encode of the same binary (`[decode] dct_scaling = false`), {n:,} images, by output size "
-        f"(PSNR over differing images):",
+        f"Output quality of the fast paths against the same binary's full decode -> RGB resize -> encode "
+        f"(`[decode] dct_scaling = false`, `ycbcr = false`), {n:,} images, by output size (PSNR and SSIM over "
+        f"the images that differ; a path that does not apply at a size leaves every image identical):",
         "",
-        "| output | PSNR mean (dB) | PSNR min (dB) | SSIM mean | SSIM min | identical |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| output | fast path | PSNR mean (dB) | PSNR min (dB) | SSIM mean | SSIM min | identical |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for size in args.quality_sizes:
         log(f"output quality at max side {size}")
-        lines.append(quality_at(binary, work, size))
+        ref = run_at(binary, work, "reference", REFERENCE_SPEC, size)
+        shape = next(iter(ref.values())).shape
+        for name, spec in QUALITY_VARIANTS.items():
+            fast = run_at(binary, work, "fast", spec, size)
+            lines.append(f"| {shape[1]}x{shape[0]} | {name} | {compare(fast, ref)} |")
     return lines + [""]
 
 

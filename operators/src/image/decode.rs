@@ -23,15 +23,19 @@ pub struct DecodeLimits {
     pub max_pixels: u64,
     /// Largest accepted encoded size in bytes. Default: 64 MiB.
     pub max_bytes: u64,
-    /// With libjpeg-turbo, decode a JPEG that is resized well down at the smallest DCT scale M/8 that keeps
-    /// 1.25× the output's size, then resize the rest of the way (4000×3000 → 1000×750 → 512×384). BENCHMARKS.md
+    /// With libjpeg-turbo, decode a JPEG that is resized well down at the smallest DCT scale M/8 that keeps twice
+    /// the output's size, then resize the rest of the way (4000×3000 → 1500×1125 → 512×384). BENCHMARKS.md
     /// gives its PSNR against a full decode. Default: on.
     pub dct_scaling: bool,
+    /// With libjpeg-turbo, resize a JPEG stored as JPEG by at most 4× in its YCbCr planes: no colour conversion,
+    /// no chroma resampling, half the samples to resize (not for EXIF-rotated images, `border` padding or images
+    /// whose pixels the refiner needs). BENCHMARKS.md gives its PSNR against the RGB path. Default: on.
+    pub ycbcr: bool,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_pixels: 89_478_485, max_bytes: 64 << 20, dct_scaling: true }
+        DecodeLimits { max_pixels: 89_478_485, max_bytes: 64 << 20, dct_scaling: true, ycbcr: true }
     }
 }
 
@@ -144,6 +148,15 @@ impl ImageOperator {
         } else {
             8
         };
+        let rotated = orientation != Orientation::NoTransforms;
+        let planes = jpeg && !rotated && !self.keep_pixels && self.limits.ycbcr;
+        if planes
+            && self.encode.format == EncodeFormat::Jpg
+            && let Some(Ok(out)) = ycbcr_resize(&data, (width, height), &self.resize, self.encode.quality)
+        {
+            let (bytes, width, height, format) = (out.bytes, out.width, out.height, ImageFormatName::Jpeg);
+            return Ok(DecodedImage { bytes, format, width, height, sha256, reencoded: true, pixels: None });
+        }
         let fast = if jpeg { fast_jpeg(&data, width, height, wanted) } else { None };
         // The DCT scale the pixels were decoded at, in eighths.
         let (mut decoded, scale) = match fast {
@@ -153,7 +166,6 @@ impl ImageOperator {
             }
             None => (DynamicImage::from_decoder(decoder).map_err(ImageError::from_image)?, 8),
         };
-        let rotated = orientation != Orientation::NoTransforms;
         if rotated {
             decoded.apply_orientation(orientation);
         }
@@ -199,6 +211,28 @@ impl ImageOperator {
     }
 }
 
+#[cfg(feature = "turbojpeg")]
+use super::yuv::resize_jpeg as ycbcr_resize;
+
+/// Without libjpeg-turbo there is no YCbCr path: the RGB path runs.
+#[cfg(not(feature = "turbojpeg"))]
+fn ycbcr_resize(
+    _data: &[u8],
+    _full: (u32, u32),
+    _spec: &ResizeSpec,
+    _quality: u8,
+) -> Option<Result<Resized, ImageError>> {
+    None
+}
+
+/// What the YCbCr path gives (never, without libjpeg-turbo).
+#[cfg(not(feature = "turbojpeg"))]
+struct Resized {
+    bytes: Vec<u8>,
+    width: u32,
+    height: u32,
+}
+
 /// Whether this build's JPEG decoder can decode at a DCT scale (libjpeg-turbo can; zune-jpeg cannot).
 const JPEG_DCT_SCALING: bool = cfg!(feature = "turbojpeg");
 
@@ -207,34 +241,40 @@ const JPEG_DCT_SCALING: bool = cfg!(feature = "turbojpeg");
 /// precisely why a file cannot be decoded).
 #[cfg(feature = "turbojpeg")]
 fn fast_jpeg(data: &[u8], width: u32, height: u32, m: u32) -> Option<RgbImage> {
+    with_decompressor(|decompressor| {
+        let header = decompressor.read_header(data).ok()?;
+        (header.width == width as usize && header.height == height as usize).then_some(())?;
+        let factor = turbojpeg::ScalingFactor::new(m as usize, 8);
+        decompressor.set_scaling_factor(factor).ok()?;
+        let scaled = header.scaled(factor);
+        let (w, h) = (scaled.width, scaled.height);
+        let mut pixels = vec![0u8; w * h * 3];
+        let image = turbojpeg::Image {
+            pixels: pixels.as_mut_slice(),
+            width: w,
+            pitch: w * 3,
+            height: h,
+            format: turbojpeg::PixelFormat::RGB,
+        };
+        decompressor.decompress(data, image).ok()?;
+        RgbImage::from_raw(u32::try_from(w).ok()?, u32::try_from(h).ok()?, pixels)
+    })
+}
+
+/// Runs `f` with this thread's libjpeg-turbo decompressor (made on first use; `None` when it cannot be).
+#[cfg(feature = "turbojpeg")]
+pub(crate) fn with_decompressor<T>(f: impl FnOnce(&mut turbojpeg::Decompressor) -> Option<T>) -> Option<T> {
     use std::cell::RefCell;
     thread_local! {
         static DECOMPRESSOR: RefCell<Option<turbojpeg::Decompressor>> = const { RefCell::new(None) };
     }
-    let scaled = |side: u32| (u64::from(side) * u64::from(m)).div_ceil(8) as u32;
-    let (header_w, header_h) = (width as usize, height as usize);
-    let (width, height) = (scaled(width), scaled(height));
-    let (w, h) = (width as usize, height as usize);
-    let mut pixels = vec![0u8; w * h * 3];
-    let image = turbojpeg::Image {
-        pixels: pixels.as_mut_slice(),
-        width: w,
-        pitch: w * 3,
-        height: h,
-        format: turbojpeg::PixelFormat::RGB,
-    };
-    let ok = DECOMPRESSOR.with(|cell| {
+    DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = turbojpeg::Decompressor::new().ok();
         }
-        let decompressor = slot.as_mut()?;
-        let header = decompressor.read_header(data).ok()?;
-        (header.width == header_w && header.height == header_h).then_some(())?;
-        // Given a smaller size than the header's, libjpeg-turbo picks the largest DCT scale that fits it: m/8.
-        decompressor.decompress(data, image).ok()
-    });
-    ok.and_then(|()| RgbImage::from_raw(width, height, pixels))
+        f(slot.as_mut()?)
+    })
 }
 
 #[cfg(not(feature = "turbojpeg"))]

@@ -1,6 +1,6 @@
-//! Encoding stored images: JPEG with 4:2:0 chroma (as Pillow writes by default) through the SIMD `jpeg-encoder`, or
-//! the system's libjpeg-turbo with the `turbojpeg` feature (about three times faster); PNG and lossless WebP with
-//! the `image` crate's encoders.
+//! Encoding stored images: JPEG with 4:2:0 chroma (as Pillow writes by default) through libjpeg-turbo (the default
+//! `turbojpeg` feature) or, without it, the SIMD `jpeg-encoder` (about three times slower); PNG and lossless WebP
+//! with the `image` crate's encoders.
 
 use image::{ExtendedColorType, ImageEncoder, RgbImage};
 use serde::{Deserialize, Serialize};
@@ -83,10 +83,6 @@ fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, String> {
 
 #[cfg(feature = "turbojpeg")]
 fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, String> {
-    use std::cell::RefCell;
-    thread_local! {
-        static COMPRESSOR: RefCell<Option<turbojpeg::Compressor>> = const { RefCell::new(None) };
-    }
     let (w, h) = (image.width() as usize, image.height() as usize);
     let pixels = turbojpeg::Image {
         pixels: image.as_raw().as_slice(),
@@ -95,14 +91,29 @@ fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, String> {
         height: h,
         format: turbojpeg::PixelFormat::RGB,
     };
+    with_compressor(quality, |compressor| {
+        compressor.set_subsamp(turbojpeg::Subsamp::Sub2x2)?;
+        compressor.compress_to_vec(pixels)
+    })
+}
+
+/// Runs `f` with this thread's libjpeg-turbo compressor (made on first use), set to `quality`.
+#[cfg(feature = "turbojpeg")]
+pub(crate) fn with_compressor<T>(
+    quality: u8,
+    f: impl FnOnce(&mut turbojpeg::Compressor) -> turbojpeg::Result<T>,
+) -> Result<T, String> {
+    use std::cell::RefCell;
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<turbojpeg::Compressor>> = const { RefCell::new(None) };
+    }
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(turbojpeg::Compressor::new().map_err(|e| e.to_string())?);
         }
         let compressor = slot.as_mut().ok_or("no compressor")?;
-        compressor.set_quality(i32::from(quality));
-        compressor.set_subsamp(turbojpeg::Subsamp::Sub2x2);
-        compressor.compress_to_vec(pixels).map_err(|e| e.to_string())
+        compressor.set_quality(i32::from(quality.clamp(1, 100))).map_err(|e| e.to_string())?;
+        f(compressor).map_err(|e| e.to_string())
     })
 }

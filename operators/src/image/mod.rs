@@ -7,6 +7,8 @@ mod encode;
 mod error;
 mod jpeg;
 mod resize;
+#[cfg(feature = "turbojpeg")]
+mod yuv;
 
 pub use decode::{DecodeLimits, DecodedImage, ImageFormatName, ImageOperator};
 pub use encode::{EncodeFormat, EncodeSpec};
