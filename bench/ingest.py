@@ -588,12 +588,12 @@ def images_by_key(out: Path) -> dict[str, np.ndarray]:
     for path in sorted((out / "samples").glob("*.parquet")):
         table = pq.read_table(path, columns=["key", "image"])
         for key, image in zip(table.column("key").to_pylist(), table.column("image").to_pylist()):
-            found[key] = np.asarray(Image.open(io.BytesIO(image["bytes"])).convert("RGB"), dtype=np.float64)
+            found[key] = np.asarray(Image.open(io.BytesIO(image["bytes"])).convert("RGB"))  # uint8: 2,000 fit
     return found
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a - b) ** 2))
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
@@ -605,7 +605,7 @@ def _box(x: np.ndarray, k: int) -> np.ndarray:
 
 def ssim(a: np.ndarray, b: np.ndarray, k: int = 7) -> float:
     """SSIM of the luma (BT.601) over 7 x 7 windows, as scikit-image computes it by default."""
-    weights = np.array([0.299, 0.587, 0.114])
+    weights = np.array([0.299, 0.587, 0.114])  # the products are float64
     x, y = a @ weights, b @ weights
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mx, my = _box(x, k), _box(y, k)
@@ -628,12 +628,16 @@ def run_at(binary: Path, work: Path, name: str, spec: str, size: int) -> dict[st
         shutil.rmtree(out, ignore_errors=True)
 
 
+# SSIM is computed on every 4th image (it costs 30 times a PSNR); PSNR on every image.
+SSIM_EVERY = 4
+
+
 def compare(fast: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> str:
     """The PSNR, SSIM and identical-image columns of `fast` against `ref`."""
     if fast.keys() != ref.keys():
         return f"the two runs stored different keys ({len(fast)} and {len(ref)}) | | | | |"
     psnrs, ssims, same = [], [], 0
-    for key in sorted(fast):
+    for i, key in enumerate(sorted(fast)):
         a, b = fast[key], ref[key]
         if a.shape != b.shape:
             return f"{key} is {a.shape} here and {b.shape} in the reference | | | | |"
@@ -641,7 +645,8 @@ def compare(fast: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> str:
             same += 1
             continue
         psnrs.append(psnr(a, b))
-        ssims.append(ssim(a, b))
+        if i % SSIM_EVERY == 0:
+            ssims.append(ssim(a, b))
     if not psnrs:
         return f"identical | identical | 1 | 1 | {same} of {len(fast)}"
     verdict = "" if min(psnrs) >= 40 else " (under 40 dB)"
@@ -659,8 +664,9 @@ def bench_quality(args, work: Path, n: int) -> list[str]:
     lines = [
         "",
         f"Output quality of the fast paths against the same binary's full decode -> RGB resize -> encode "
-        f"(`[decode] dct_scaling = false`, `ycbcr = false`), {n:,} images, by output size (PSNR and SSIM over "
-        f"the images that differ; a path that does not apply at a size leaves every image identical):",
+        f"(`[decode] dct_scaling = false`, `ycbcr = false`), {n:,} images, by output size (PSNR over the images "
+        f"that differ, SSIM over every {SSIM_EVERY}th of them; a path that does not apply at a size leaves every "
+        f"image identical):",
         "",
         "| output | fast path | PSNR mean (dB) | PSNR min (dB) | SSIM mean | SSIM min | identical |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -814,7 +820,11 @@ def main() -> int:
         rss_lines = [] if "rss" in skip else bench_rss(args, work, cfg, n)
         if "quality" not in skip:
             log("output quality: default against a full-decode reference")
-            rss_lines += bench_quality(args, work, n)
+            try:
+                rss_lines += bench_quality(args, work, n)
+            except Exception as e:  # noqa: BLE001
+                log(f"output quality failed:\n{traceback.format_exc()}")
+                rss_lines.append(f"- Output quality: unavailable: {type(e).__name__}: {e}")
         limit = None
         if "limit" not in skip:
             log("physical limit: timing Pillow decode/resize/encode on one thread")

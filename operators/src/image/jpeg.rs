@@ -46,7 +46,9 @@ pub(crate) fn truncation(data: &[u8]) -> Option<&'static str> {
         }
     };
     let after_scan = data.get(scan_start..).unwrap_or_default();
-    if after_scan.windows(2).any(|w| w == [0xFF, EOI]) {
+    // From the end: a whole file ends with its EOI (or a short trailer), so the search stops at once instead of
+    // walking the scan data (2% of an ingest run's CPU time when it walked forwards).
+    if after_scan.windows(2).rev().any(|w| w == [0xFF, EOI]) {
         None
     } else {
         Some("no end-of-image marker after the scan data")

@@ -19,7 +19,7 @@ pub use resize::{BorderColor, ResizeFilter, ResizeMode, ResizeSpec, resized_size
 /// `lyrics-prep --version` prints them.
 pub fn backends() -> String {
     let jpeg = if cfg!(feature = "turbojpeg") {
-        "libjpeg-turbo (TurboJPEG API; DCT-scaled decode)"
+        "libjpeg-turbo 3 (TurboJPEG API; YCbCr-plane resize, DCT-scaled decode)"
     } else {
         "zune-jpeg decode, jpeg-encoder encode (pure Rust; build with the default `turbojpeg` feature for libjpeg-turbo)"
     };
