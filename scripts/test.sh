@@ -10,6 +10,10 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
+    # The build without a C toolchain (pure-Rust JPEG codecs): the image and model operators' unit tests.
+    cargo nextest run -p lyrics-operators --lib --locked --no-default-features
 else
     cargo test --workspace --locked --no-fail-fast
+    cargo test -p lyrics-operators --lib --locked --no-default-features
 fi
+cargo clippy -p lyrics-operators --lib --locked --no-default-features -- -D warnings
