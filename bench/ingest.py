@@ -743,6 +743,13 @@ def main() -> int:
         help="corpus sizes for lyrics-prep's peak RSS, comma-separated (default 1000,10000)",
     )
     ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="also run the first binary with extra job-spec TOML, as LABEL=TOML (\\n for newlines), e.g. "
+        "'rgb path=[decode]\\nycbcr = false'; repeatable",
+    )
+    ap.add_argument(
         "--quality-sizes",
         default="512,256,160",
         help="output sizes (max side) at which the defaults are compared with a full decode (default 512,256,160)",
@@ -808,6 +815,12 @@ def main() -> int:
             if "lyrics-prep" not in skip:
                 for label, binary in args.binaries:
                     measure(label, bench_lyrics, args, work, cfg, n, binary)
+                for i, variant in enumerate(args.variant):
+                    label, _, extra = variant.partition("=")
+                    variant_cfg = work / f"lyrics-job-variant-{i}.toml"
+                    variant_cfg.write_text(JOB_SPEC + extra.replace("\\n", "\n") + "\n")
+                    name = f"{args.binaries[0][0]}, {label}"
+                    measure(name, bench_lyrics, args, work, variant_cfg, n, args.binaries[0][1])
             if "pillow" not in skip:
                 measure("Pillow, 1 process", bench_pillow, args, work, n, 1)
                 measure("Pillow, 2 processes", bench_pillow, args, work, n, 2)
