@@ -453,4 +453,14 @@ mod tests {
         b.encode.quality = 50;
         assert_ne!(a.hash(), b.hash());
     }
+
+    #[test]
+    fn turning_a_fast_path_off_changes_the_hash() {
+        let a = JobSpec::default();
+        for off in [|s: &mut JobSpec| s.decode.dct_scaling = false, |s: &mut JobSpec| s.decode.ycbcr = false] {
+            let mut b = a.clone();
+            off(&mut b);
+            assert_ne!(a.hash(), b.hash());
+        }
+    }
 }

@@ -25,12 +25,20 @@ pub struct DecodeLimits {
     pub max_bytes: u64,
     /// With libjpeg-turbo, decode a JPEG that is resized well down at the smallest DCT scale M/8 that keeps twice
     /// the output's size, then resize the rest of the way (4000×3000 → 1500×1125 → 512×384). BENCHMARKS.md
-    /// gives its PSNR against a full decode. Default: on.
+    /// gives its PSNR against a full decode. Default: on. (Left out of the serialized spec when on, so the spec
+    /// hash of every job that does not set it is the one it had before the setting existed.)
+    #[serde(skip_serializing_if = "is_true")]
     pub dct_scaling: bool,
     /// With libjpeg-turbo, resize a JPEG stored as JPEG by at most 4× in its YCbCr planes: no colour conversion,
     /// no chroma resampling, half the samples to resize (not for EXIF-rotated images, `border` padding or images
-    /// whose pixels the refiner needs). BENCHMARKS.md gives its PSNR against the RGB path. Default: on.
+    /// whose pixels the refiner needs). BENCHMARKS.md gives its PSNR against the RGB path. Default: on (and left
+    /// out of the serialized spec when on, as `dct_scaling`).
+    #[serde(skip_serializing_if = "is_true")]
     pub ycbcr: bool,
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl Default for DecodeLimits {
