@@ -89,14 +89,7 @@ fn transient_faults_change_nothing() {
 
 #[test]
 fn a_fault_past_the_retry_budget_fails_its_unit_cleanly_and_a_rerun_completes() {
-    let moto = moto();
-    let direct = s3_env(moto.port);
-    create_bucket(moto.port, "corpus");
-    create_bucket(moto.port, "out");
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("wds");
-    webdataset(&corpus, 3, 4);
-    upload_dir(&corpus, "s3://corpus/wds", &direct);
+    let (moto, direct, dir) = s3_webdataset(3, 4);
     let spec = spec(dir.path(), "[storage]\nmax_retries = 2\nretry_timeout_s = 5\nbackoff_s = 0.05\n");
 
     lyrics_ok(&run_args("s3://out/reference", &["--config", &spec]), &direct);
@@ -133,12 +126,7 @@ fn a_fault_past_the_retry_budget_fails_its_unit_cleanly_and_a_rerun_completes() 
 
 #[test]
 fn listing_failures_past_the_budget_fail_the_run_with_a_clear_error() {
-    let moto = moto();
-    let direct = s3_env(moto.port);
-    create_bucket(moto.port, "corpus");
-    let dir = tempfile::tempdir().unwrap();
-    webdataset(&dir.path().join("wds"), 1, 2);
-    upload_dir(&dir.path().join("wds"), "s3://corpus/wds", &direct);
+    let (moto, _, dir) = s3_webdataset(1, 2);
     let spec = spec(dir.path(), "[storage]\nmax_retries = 1\nretry_timeout_s = 2\nbackoff_s = 0.05\n");
     let proxy = fault_proxy(moto.port);
     set_faults(&proxy, json!([{"kind": "status", "status": 503, "match": "list-type=2"}]));

@@ -477,31 +477,8 @@ pub fn webdataset(dir: &Path, shards: usize, per_shard: usize) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------------------------
 // Reading the output
 
-fn batches(dir: &Path, table: &str) -> Vec<arrow::array::RecordBatch> {
-    let mut files: Vec<PathBuf> =
-        walk(&dir.join(table)).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
-    files.sort();
-    let mut out = Vec::new();
-    for file in files {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            std::fs::File::open(&file).expect("open"),
-        )
-        .expect("parquet")
-        .build()
-        .expect("reader");
-        for batch in reader {
-            out.push(batch.expect("batch"));
-        }
-    }
-    out
-}
-
-pub fn samples(dir: &Path) -> Vec<SampleRow> {
-    batches(dir, "samples").iter().flat_map(|b| SampleRow::from_batch(b).expect("samples")).collect()
-}
-
-/// The `key` of every row of `table`, with the shard it is in (relative to the table's folder), in shard order.
-pub fn keys_of(dir: &Path, table: &str) -> Vec<(String, String)> {
+/// Every batch of `table`'s shards, in shard order, with its shard's file name.
+fn batches_by_shard(dir: &Path, table: &str) -> Vec<(String, arrow::array::RecordBatch)> {
     let mut files: Vec<PathBuf> =
         walk(&dir.join(table)).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
     files.sort();
@@ -515,11 +492,27 @@ pub fn keys_of(dir: &Path, table: &str) -> Vec<(String, String)> {
         .build()
         .expect("reader");
         for batch in reader {
-            let batch = batch.expect("batch");
-            let keys =
-                arrow::array::AsArray::as_string::<i32>(batch.column_by_name("key").expect("key").as_ref()).clone();
-            out.extend(keys.iter().map(|k| (name.clone(), k.expect("key").to_string())));
+            out.push((name.clone(), batch.expect("batch")));
         }
+    }
+    out
+}
+
+fn batches(dir: &Path, table: &str) -> Vec<arrow::array::RecordBatch> {
+    batches_by_shard(dir, table).into_iter().map(|(_, batch)| batch).collect()
+}
+
+pub fn samples(dir: &Path) -> Vec<SampleRow> {
+    batches(dir, "samples").iter().flat_map(|b| SampleRow::from_batch(b).expect("samples")).collect()
+}
+
+/// The `key` of every row of `table`, with the shard it is in (relative to the table's folder), in shard order.
+pub fn keys_of(dir: &Path, table: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, batch) in batches_by_shard(dir, table) {
+        let keys =
+            arrow::array::AsArray::as_string::<i32>(batch.column_by_name("key").expect("key").as_ref()).clone();
+        out.extend(keys.iter().map(|k| (name.clone(), k.expect("key").to_string())));
     }
     out
 }
