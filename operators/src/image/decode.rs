@@ -233,12 +233,11 @@ fn ycbcr_resize(
     None
 }
 
-/// What the YCbCr path gives (never, without libjpeg-turbo).
-#[cfg(not(feature = "turbojpeg"))]
-struct Resized {
-    bytes: Vec<u8>,
-    width: u32,
-    height: u32,
+/// What the YCbCr path gives: the resized JPEG and its size.
+pub(crate) struct Resized {
+    pub bytes: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
 }
 
 /// Whether this build's JPEG decoder can decode at a DCT scale (libjpeg-turbo can; zune-jpeg cannot).

@@ -83,18 +83,23 @@ fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, String> {
 
 #[cfg(feature = "turbojpeg")]
 fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, String> {
+    with_compressor(quality, |compressor| {
+        compressor.set_subsamp(turbojpeg::Subsamp::Sub2x2)?;
+        compressor.compress_to_vec(rgb_view(image))
+    })
+}
+
+/// `image` as libjpeg-turbo's packed RGB input.
+#[cfg(feature = "turbojpeg")]
+pub(crate) fn rgb_view(image: &RgbImage) -> turbojpeg::Image<&[u8]> {
     let (w, h) = (image.width() as usize, image.height() as usize);
-    let pixels = turbojpeg::Image {
+    turbojpeg::Image {
         pixels: image.as_raw().as_slice(),
         width: w,
         pitch: w * 3,
         height: h,
         format: turbojpeg::PixelFormat::RGB,
-    };
-    with_compressor(quality, |compressor| {
-        compressor.set_subsamp(turbojpeg::Subsamp::Sub2x2)?;
-        compressor.compress_to_vec(pixels)
-    })
+    }
 }
 
 /// Runs `f` with this thread's libjpeg-turbo compressor (made on first use), set to `quality`.

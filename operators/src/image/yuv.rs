@@ -15,28 +15,24 @@
 //! BENCHMARKS.md has the table.
 
 use fast_image_resize::PixelType;
+use std::borrow::Cow;
+
 use turbojpeg::{Colorspace, ScalingFactor, Subsamp, YuvImage, YuvPlanesImage};
 
 use super::ImageError;
-use super::decode::with_decompressor;
-use super::resize::{ResizeSpec, geometry, resample};
+use super::decode::{Resized, with_decompressor};
+use super::resize::{Geometry, ResizeSpec, geometry, resample};
 
-/// One plane: its samples, row by row (`width` per row), and its size.
-struct Plane {
-    samples: Vec<u8>,
+/// One plane: its samples, row by row (`width` per row), and its size; borrowed from the decoder's buffer, or
+/// owned once resized or extended.
+struct Plane<'a> {
+    samples: Cow<'a, [u8]>,
     width: usize,
     height: usize,
 }
 
 /// The largest shrink (crop side over output side, on either axis) taken in YCbCr.
 pub(crate) const MAX_RATIO: u32 = 4;
-
-/// A resized JPEG and its size.
-pub(crate) struct Resized {
-    pub bytes: Vec<u8>,
-    pub width: u32,
-    pub height: u32,
-}
 
 /// The resized image, encoded; `None` when this path does not apply (the RGB path then runs).
 pub(crate) fn resize_jpeg(
@@ -52,11 +48,8 @@ pub(crate) fn resize_jpeg(
     if g.canvas != g.scaled || unchanged || too_far {
         return None;
     }
-    // Full-size planes: with a DCT-scaled decode as well, the two paths drift apart faster (640 → 100 through 4/8
-    // planes: a worst image of 38.3 dB).
-    let m = 8;
-    let (planes, (sx, sy)) = decode_planes(data, full, m)?;
-    Some(resize_planes(&planes, (sx, sy), g, f64::from(m) / 8.0, spec).and_then(|out| {
+    let decoded = decode_planes(data, full)?;
+    Some(resize_planes(&decoded.planes(), decoded.subsampling, g, spec).and_then(|out| {
         let (tw, th) = g.scaled;
         encode_planes(out, (tw as usize, th as usize), quality).map(|bytes| Resized {
             bytes,
@@ -66,8 +59,30 @@ pub(crate) fn resize_jpeg(
     }))
 }
 
-/// The Y, Cb and Cr planes of `data` at the DCT scale `m`/8, with the chroma subsampling factors.
-fn decode_planes(data: &[u8], full: (u32, u32), m: u32) -> Option<([Plane; 3], (usize, usize))> {
+/// The decoder's Y, Cb and Cr planes, one after another in `pixels`, with their sizes and the chroma subsampling
+/// factors.
+struct DecodedPlanes {
+    pixels: Vec<u8>,
+    luma: (usize, usize),
+    chroma: (usize, usize),
+    subsampling: (usize, usize),
+}
+
+impl DecodedPlanes {
+    fn planes(&self) -> [Plane<'_>; 3] {
+        let ((yw, yh), (cw, ch)) = (self.luma, self.chroma);
+        let plane = |offset: usize, width: usize, height: usize| Plane {
+            samples: Cow::Borrowed(&self.pixels[offset..offset + width * height]),
+            width,
+            height,
+        };
+        [plane(0, yw, yh), plane(yw * yh, cw, ch), plane(yw * yh + cw * ch, cw, ch)]
+    }
+}
+
+/// The planes of `data` at full size (a DCT-scaled decode as well drifts from the RGB path faster: 640 → 100
+/// through 4/8 planes measured a worst image of 38.3 dB).
+fn decode_planes(data: &[u8], full: (u32, u32)) -> Option<DecodedPlanes> {
     with_decompressor(|decompressor| {
         let header = decompressor.read_header(data).ok()?;
         let same = header.width == full.0 as usize && header.height == full.1 as usize;
@@ -77,40 +92,33 @@ fn decode_planes(data: &[u8], full: (u32, u32), m: u32) -> Option<([Plane; 3], (
         {
             return None;
         }
-        let factor = ScalingFactor::new(m as usize, 8);
-        decompressor.set_scaling_factor(factor).ok()?;
-        let scaled = header.scaled(factor);
-        let len = turbojpeg::yuv_pixels_len(scaled.width, 1, scaled.height, header.subsamp).ok()?;
+        // The thread's decompressor keeps the scale of its last RGB decode.
+        decompressor.set_scaling_factor(ScalingFactor::ONE).ok()?;
+        let len = turbojpeg::yuv_pixels_len(header.width, 1, header.height, header.subsamp).ok()?;
         let mut yuv = YuvImage {
             pixels: vec![0u8; len],
-            width: scaled.width,
+            width: header.width,
             align: 1,
-            height: scaled.height,
+            height: header.height,
             subsamp: header.subsamp,
         };
         decompressor.decompress_to_yuv(data, yuv.as_deref_mut()).ok()?;
-        let (yw, yh) = yuv.y_size();
-        let (cw, ch) = yuv.uv_size();
-        let pixels = yuv.pixels;
-        if pixels.len() < yw * yh + 2 * cw * ch {
+        let (luma, chroma) = (yuv.y_size(), yuv.uv_size());
+        if yuv.pixels.len() < luma.0 * luma.1 + 2 * chroma.0 * chroma.1 {
             return None;
         }
-        let (y, rest) = pixels.split_at(yw * yh);
-        let (u, v) = rest.split_at(cw * ch);
-        let plane = |s: &[u8], width, height| Plane { samples: s[..width * height].to_vec(), width, height };
-        Some(([plane(y, yw, yh), plane(u, cw, ch), plane(v, cw, ch)], header.subsamp.size()))
+        Some(DecodedPlanes { pixels: yuv.pixels, luma, chroma, subsampling: header.subsamp.size() })
     })
 }
 
-/// Each plane resampled to the output's 4:2:0 planes: the crop of `g` (full-image coordinates; the planes hold the
-/// image at `scale`, the chroma at a further 1/`sx`, 1/`sy`).
+/// Each plane resampled to the output's 4:2:0 planes: the crop of `g` (full-image coordinates; the chroma planes
+/// hold the image at 1/`sx`, 1/`sy`).
 fn resize_planes(
-    planes: &[Plane; 3],
+    planes: &[Plane<'_>; 3],
     (sx, sy): (usize, usize),
-    g: super::resize::Geometry,
-    scale: f64,
+    g: Geometry,
     spec: &ResizeSpec,
-) -> Result<[Plane; 3], ImageError> {
+) -> Result<[Plane<'static>; 3], ImageError> {
     let (cx, cy, cw, ch) = g.crop;
     let (tw, th) = (g.scaled.0 as usize, g.scaled.1 as usize);
     // The output's chroma planes cover 2·ceil(t/2) luma samples: a half sample past an odd edge.
@@ -119,9 +127,9 @@ fn resize_planes(
     for (i, plane) in planes.iter().enumerate() {
         // Per axis: full-image coordinates to plane coordinates, for the crop's origin and for its extent.
         let (origin, extent, target) = if i == 0 {
-            ((scale, scale), (scale, scale), (tw, th))
+            ((1.0, 1.0), (1.0, 1.0), (tw, th))
         } else {
-            let (kx, ky) = (scale / sx as f64, scale / sy as f64);
+            let (kx, ky) = (1.0 / sx as f64, 1.0 / sy as f64);
             let over = ((2 * ow) as f64 / tw as f64, (2 * oh) as f64 / th as f64);
             ((kx, ky), (kx * over.0, ky * over.1), (ow, oh))
         };
@@ -138,13 +146,13 @@ fn resize_planes(
         let size = (source.width as u32, source.height as u32);
         let target32 = (target.0 as u32, target.1 as u32);
         let samples = resample(&source.samples, size, PixelType::U8, crop, target32, spec.filter)?;
-        out.push(Plane { samples, width: target.0, height: target.1 });
+        out.push(Plane { samples: Cow::Owned(samples), width: target.0, height: target.1 });
     }
     out.try_into().map_err(|_| ImageError::Corrupt("three planes expected".into()))
 }
 
 /// `plane` repeated at its right and bottom edges to at least `width`×`height`; `None` when it is that large.
-fn extend(plane: &Plane, width: usize, height: usize) -> Option<Plane> {
+fn extend(plane: &Plane<'_>, width: usize, height: usize) -> Option<Plane<'static>> {
     if width <= plane.width && height <= plane.height {
         return None;
     }
@@ -155,29 +163,19 @@ fn extend(plane: &Plane, width: usize, height: usize) -> Option<Plane> {
         samples.extend_from_slice(line);
         samples.extend(std::iter::repeat_n(line[plane.width - 1], w - plane.width));
     }
-    Some(Plane { samples, width: w, height: h })
+    Some(Plane { samples: Cow::Owned(samples), width: w, height: h })
 }
 
 /// Encodes 4:2:0 planes (`y` of `size`, chroma of half that, rounded up) as a JPEG at `quality`. libjpeg-turbo
 /// wants the luma plane padded to whole chroma samples; the padding repeats the edge.
-fn encode_planes(planes: [Plane; 3], (w, h): (usize, usize), quality: u8) -> Result<Vec<u8>, ImageError> {
+fn encode_planes(planes: [Plane<'_>; 3], (w, h): (usize, usize), quality: u8) -> Result<Vec<u8>, ImageError> {
     let [y, u, v] = planes;
     let (pw, ph) = (w.next_multiple_of(2), h.next_multiple_of(2));
-    let y_plane = if (pw, ph) == (w, h) {
-        y.samples
-    } else {
-        let mut padded = Vec::with_capacity(pw * ph);
-        for row in 0..ph {
-            let line = &y.samples[row.min(h - 1) * w..][..w];
-            padded.extend_from_slice(line);
-            padded.extend(std::iter::repeat_n(line[w - 1], pw - w));
-        }
-        padded
-    };
+    let y = extend(&y, pw, ph).unwrap_or(y);
     let image = YuvPlanesImage {
-        y_plane: y_plane.as_slice(),
-        u_plane: u.samples.as_slice(),
-        v_plane: v.samples.as_slice(),
+        y_plane: &y.samples[..],
+        u_plane: &u.samples[..],
+        v_plane: &v.samples[..],
         width: w,
         height: h,
         y_stride: pw,
@@ -210,15 +208,7 @@ mod tests {
     }
 
     fn jpeg(img: &RgbImage, subsamp: turbojpeg::Subsamp) -> Vec<u8> {
-        let (w, h) = (img.width() as usize, img.height() as usize);
-        let image = turbojpeg::Image {
-            pixels: img.as_raw().as_slice(),
-            width: w,
-            pitch: w * 3,
-            height: h,
-            format: turbojpeg::PixelFormat::RGB,
-        };
-        turbojpeg::compress(image, 92, subsamp).unwrap().to_vec()
+        turbojpeg::compress(crate::image::encode::rgb_view(img), 92, subsamp).unwrap().to_vec()
     }
 
     fn decoded(bytes: &[u8]) -> RgbImage {
