@@ -167,13 +167,8 @@ pub fn summary(report: &RunReport, metrics: &Metrics, worker: &str) -> String {
     for (unit, error) in &report.failed {
         out += &format!("  FAILED   unit {unit}: {error}\n");
     }
-    if let Some(finalized) = report.finalized
-        && finalized.duplicates > 0
-    {
-        out += &format!(
-            "  keys     {} samples repeated a key that an earlier unit used: they are duplicate_key errors now\n",
-            finalized.duplicates
-        );
+    if let Some(notice) = report.finalized.and_then(|f| f.notice()) {
+        out += &format!("  keys     {notice}\n");
     }
     out += if report.finalized.is_some() {
         "  output   complete: _lyrics/manifest.json and _SUCCESS written\n"

@@ -270,6 +270,18 @@ pub struct Finalized {
     pub duplicates: u64,
 }
 
+impl Finalized {
+    /// What a user should hear of it, when anything.
+    pub fn notice(&self) -> Option<String> {
+        (self.duplicates > 0).then(|| {
+            format!(
+                "{} samples repeated a key that an earlier unit used: they are duplicate_key errors now",
+                self.duplicates
+            )
+        })
+    }
+}
+
 /// When every unit of the plan is committed: makes keys unique across units, then writes the manifest and
 /// `_SUCCESS`. `None` while units remain.
 pub async fn finalize(output: &Location, record: &PlanRecord) -> Result<Option<Finalized>, PipelineError> {

@@ -151,7 +151,7 @@ async fn occurrences(
 }
 
 /// The shards whose keys count as occurrences, in unit order.
-fn keyed_shards(markers: &[UnitMarker]) -> impl Iterator<Item = (u64, &ShardInfo)> {
+fn keyed_shards<'a>(markers: &'a [&'a UnitMarker]) -> impl Iterator<Item = (u64, &'a ShardInfo)> {
     markers.iter().flat_map(|m| {
         m.shards
             .iter()
@@ -171,9 +171,8 @@ const READ_AHEAD: usize = 8;
 
 /// The samples whose key an earlier unit already used, in unit order.
 async fn find(output: &Location, markers: &[UnitMarker]) -> Result<Vec<Duplicate>, PipelineError> {
-    let mut sorted: Vec<&UnitMarker> = markers.iter().collect();
-    sorted.sort_by_key(|m| m.unit);
-    let markers: Vec<UnitMarker> = sorted.into_iter().cloned().collect();
+    let mut markers: Vec<&UnitMarker> = markers.iter().collect();
+    markers.sort_by_key(|m| m.unit);
     // First pass: by hash, the lowest unit of each key, and the hashes seen in two units.
     let mut first: HashMap<u64, u64> = HashMap::new();
     let mut repeated: HashSet<u64> = HashSet::new();

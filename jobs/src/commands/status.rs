@@ -94,11 +94,8 @@ pub fn finalize(args: FinalizeArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         if let Some(finalized) = lyrics_pipeline::commit::finalize(&output, &view.plan).await? {
-            if finalized.duplicates > 0 {
-                eprintln!(
-                    "{shown}: {} samples repeated a key that an earlier unit used: they are duplicate_key errors now",
-                    finalized.duplicates
-                );
+            if let Some(notice) = finalized.notice() {
+                eprintln!("{shown}: {notice}");
             }
             eprintln!("{shown} is complete: _lyrics/manifest.json and _SUCCESS written");
             return Ok(ExitCode::SUCCESS);
