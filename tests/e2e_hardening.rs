@@ -113,6 +113,10 @@ fn a_key_repeated_in_another_unit_is_an_error_row_and_every_run_shape_agrees() {
     let one = dir.path().join("one");
     let text = lyrics_ok(&run_args(&s(&corpus), &s(&one), &["--models", &models]), &Env::new());
     assert!(text.contains("1 samples repeated a key"), "{text}");
+    let before = shards(&one);
+    let again = lyrics_ok(&run_args(&s(&corpus), &s(&one), &["--models", &models]), &Env::new());
+    assert!(again.contains("1 samples repeated a key"), "a rerun of the finished job reports it too: {again}");
+    assert_eq!(shards(&one), before, "a rerun of the finished job changes nothing");
 
     let mut keys: Vec<String> = samples(&one).into_iter().map(|r| r.key).collect();
     keys.sort();

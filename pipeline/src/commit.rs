@@ -291,7 +291,13 @@ pub async fn finalize(output: &Location, record: &PlanRecord) -> Result<Option<F
         return Ok(None);
     }
     let mut markers = read_markers(output, &all).await?;
-    let duplicates = crate::dedup::resolve(output, &record.sink.unwrap_or_default(), &mut markers).await?;
+    // A manifest is written only after the keys were made unique: a rerun of a finished job need not read every
+    // key column again.
+    let duplicates = if read_manifest(output).await?.is_some() {
+        markers.iter().map(|m| m.duplicates).sum()
+    } else {
+        crate::dedup::resolve(output, &record.sink.unwrap_or_default(), &mut markers).await?
+    };
     let mut manifest = Manifest {
         created_by: created_by(),
         schema_version: lyrics_schemas::SCHEMA_VERSION.to_string(),
