@@ -151,20 +151,20 @@ impl ImageOperator {
         );
         let display = if turned { (height, width) } else { (width, height) };
         let jpeg = name == ImageFormatName::Jpeg;
-        let wanted = if jpeg && self.limits.dct_scaling && JPEG_DCT_SCALING {
-            dct_scale(display.0, display.1, &self.resize).unwrap_or(8)
-        } else {
-            8
-        };
         let rotated = orientation != Orientation::NoTransforms;
-        let planes = jpeg && !rotated && !self.keep_pixels && self.limits.ycbcr;
-        if planes
+        let in_planes = jpeg && !rotated && !self.keep_pixels && self.limits.ycbcr;
+        if in_planes
             && self.encode.format == EncodeFormat::Jpg
             && let Some(Ok(out)) = ycbcr_resize(&data, (width, height), &self.resize, self.encode.quality)
         {
             let (bytes, width, height, format) = (out.bytes, out.width, out.height, ImageFormatName::Jpeg);
             return Ok(DecodedImage { bytes, format, width, height, sha256, reencoded: true, pixels: None });
         }
+        let wanted = if jpeg && self.limits.dct_scaling && JPEG_DCT_SCALING {
+            dct_scale(display.0, display.1, &self.resize).unwrap_or(8)
+        } else {
+            8
+        };
         let fast = if jpeg { fast_jpeg(&data, width, height, wanted) } else { None };
         // The DCT scale the pixels were decoded at, in eighths.
         let (mut decoded, scale) = match fast {
