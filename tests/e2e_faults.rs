@@ -2,7 +2,7 @@
 //! bodies and slow responses on listing, reads and multipart writes. Transient faults must not change a byte of
 //! the output; a fault that outlasts the retry budget fails its unit cleanly, and a rerun completes the job.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

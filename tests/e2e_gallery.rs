@@ -2,7 +2,7 @@
 //! through playwright-core) as a person would open it from disk; the drawn boxes and masks checked in the
 //! thumbnails' pixels; pagination and memory on a table ten times larger.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

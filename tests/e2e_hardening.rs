@@ -2,7 +2,7 @@
 //! duplicate keys, tars cut short, members refused together, misspelt columns, refused sidecars, panicking
 //! stages, models that fail to load, and reruns of a finished refining job.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

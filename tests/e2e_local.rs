@@ -1,7 +1,7 @@
 //! End-to-end tests of `lyrics-prep` on the local filesystem: accounting of hostile input, resume after `kill -9`,
 //! worker partitioning, every input format, resizing and EXIF, job-spec errors, status.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

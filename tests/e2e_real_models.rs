@@ -3,7 +3,7 @@
 //! with what each export's own Python ecosystem makes of the same graphs (`reference.json`), and the refusal of a
 //! graph that follows no known contract.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! boxes and masks; parity with an independent Python implementation of the reference pre/post-processing; the
 //! models file's hub downloads; and CUDA refusal on a machine without it.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! Job's command with `JOB_COMPLETION_INDEX`; one worker killed mid-unit and rerun; the worker count fixed at the
 //! first start; `status --unfinished` and `finalize`.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

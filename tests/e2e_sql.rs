@@ -2,7 +2,7 @@
 //! checked against what was drawn and against the manifest; tables with no shard stay
 //! queryable; a query of an unfinished job sees only committed units.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

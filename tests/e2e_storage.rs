@@ -2,7 +2,7 @@
 //! storage (azurite). Corpora live in buckets, output goes to buckets, and the output is read back by pyarrow,
 //! DuckDB, polars and Hugging Face `datasets`.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! `pretrain` table's formats carrying the drawn shapes' coordinates, and the `instruct` table loading in Hugging
 //! Face `datasets`, passing a LLaVA validator, and exporting as JSON that `json.load` reads.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
