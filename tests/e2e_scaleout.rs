@@ -185,6 +185,19 @@ fn claiming_workers_finish_around_a_frozen_one_which_then_writes_nothing() {
     assert_eq!(shards_of(out, &env, &local), expected, "nothing duplicated or missing");
     assert!(local.join("_SUCCESS").exists());
     let before = listing(out, &env);
+    // One claim per unit, at the path scripts watch: `_lyrics/claims/UUUUUU.json`, a takeover included.
+    let under = |dir: &str| -> Vec<String> {
+        let mut names: Vec<String> = before
+            .iter()
+            .filter_map(|(path, _, _)| {
+                path.split_once(&format!("/_lyrics/{dir}/")).map(|(_, name)| name.to_string())
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(!under("done").is_empty());
+    assert_eq!(under("claims"), under("done"), "a claim file named as each unit's marker");
 
     // Resumed, the frozen worker finds its unit taken and stops without writing.
     assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());

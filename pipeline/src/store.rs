@@ -90,6 +90,14 @@ impl Location {
         format!("{base}/{path}")
     }
 
+    /// Where `path` lies on this machine's filesystem, when this location is on a local disk.
+    pub fn local_path(&self, path: &Path) -> Option<std::path::PathBuf> {
+        if self.base.scheme() != "file" {
+            return None;
+        }
+        Url::parse(&self.uri_of(path)).ok()?.to_file_path().ok()
+    }
+
     /// The store's base URL (`s3://bucket`, `file:///`), under which query engines register the store.
     pub fn base(&self) -> &Url {
         &self.base
