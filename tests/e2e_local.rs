@@ -3,7 +3,7 @@
 
 use crate::support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -60,14 +60,15 @@ fn every_hostile_item_ends_as_exactly_one_row() {
     assert_eq!((samples[0].width, samples[0].height), (64, 48));
 
     let errors = errors(&out);
+    // In key order, as every shard holds its rows.
     let expected = [
-        ("truncated", "truncated"),
-        ("empty", "empty"),
-        ("bomb", "decompression_bomb"),
-        ("text", "not_an_image"),
         ("../evil", "unsafe_path"),
-        ("onlytext", "missing_image"),
+        ("bomb", "decompression_bomb"),
+        ("empty", "empty"),
         ("good", "duplicate_key"),
+        ("onlytext", "missing_image"),
+        ("text", "not_an_image"),
+        ("truncated", "truncated"),
     ];
     assert_eq!(errors.len(), expected.len(), "{errors:#?}");
     for (row, (key, kind)) in errors.iter().zip(expected) {
@@ -352,4 +353,69 @@ fn shards_carry_row_group_statistics_and_the_page_index() {
     assert!(stats.min_bytes_opt().is_some() && stats.max_bytes_opt().is_some());
     assert!(metadata.column_index().is_some(), "the page index (column index) is written");
     assert!(metadata.offset_index().is_some(), "the page index (offset index) is written");
+}
+
+#[test]
+fn shards_hold_their_rows_sorted_by_key_whatever_order_the_source_gave() {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::file::statistics::Statistics;
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("wds");
+    std::fs::create_dir_all(&corpus).unwrap();
+    // 60 samples in a scrambled order (37 is prime to 60), every tenth one corrupt, so both tables have rows.
+    let mut tar = Tar::default();
+    for n in (0..60u32).map(|i| (i * 37) % 60) {
+        let key = format!("k{n:03}");
+        let image = if n % 10 == 3 { b"not a jpeg".to_vec() } else { jpeg(32, 24, n) };
+        tar.add(&format!("{key}.jpg"), &image);
+        tar.add(&format!("{key}.txt"), format!("caption {n}").as_bytes());
+    }
+    std::fs::write(corpus.join("shard-00000.tar"), tar.finish()).unwrap();
+    // Row groups of 8 rows and shards of 25: each shard is sorted from several spilled runs.
+    let spec = dir.path().join("job.toml");
+    std::fs::write(&spec, "[output]\nrow_group_rows = 8\nshard_rows = 25\n").unwrap();
+    let out = dir.path().join("out");
+    lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--config", &s(&spec)]), &Env::new());
+
+    for (table, expected) in [("samples", 54), ("errors", 6)] {
+        let mut files: Vec<PathBuf> =
+            walk(&out.join(table)).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
+        files.sort();
+        let mut all = Vec::new();
+        for file in &files {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap()).unwrap();
+            let metadata = builder.metadata().clone();
+            let columns = metadata.file_metadata().schema_descr();
+            let key = columns.columns().iter().position(|c| c.name() == "key").unwrap();
+            let mut keys = Vec::new();
+            for batch in builder.build().unwrap() {
+                let batch = batch.unwrap();
+                let column = batch.column_by_name("key").unwrap();
+                let column = column.as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+                keys.extend(column.iter().map(|k| k.unwrap().to_string()));
+            }
+            assert!(keys.windows(2).all(|w| w[0] <= w[1]), "{table} {file:?}: {keys:?}");
+            // The footer says so, and each row group's key range starts after the last one's ended.
+            let mut last_max: Option<Vec<u8>> = None;
+            for group in metadata.row_groups() {
+                let sorting = group.sorting_columns().expect("sorting columns in the footer");
+                assert_eq!(sorting.len(), 1);
+                assert_eq!((sorting[0].column_idx, sorting[0].descending), (key as i32, false));
+                let Some(Statistics::ByteArray(stats)) = group.column(key).statistics() else {
+                    panic!("key stats")
+                };
+                let (min, max) =
+                    (stats.min_opt().unwrap().data().to_vec(), stats.max_opt().unwrap().data().to_vec());
+                if let Some(previous) = &last_max {
+                    assert!(previous <= &min, "{table}: row groups overlap");
+                }
+                last_max = Some(max);
+            }
+            all.extend(keys);
+        }
+        assert_eq!(all.len(), expected, "{table}: {all:?}");
+        if table == "samples" {
+            assert!(files.len() >= 3, "{files:?}");
+        }
+    }
 }

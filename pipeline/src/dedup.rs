@@ -379,7 +379,7 @@ async fn write(
     let path = output.child(relative);
     let uri = output.uri_of(&path);
     let upload = BufWriter::new(Arc::clone(&output.store), path);
-    let mut writer = AsyncArrowWriter::try_new(upload, table.schema(), Some(properties(sink)?))
+    let mut writer = AsyncArrowWriter::try_new(upload, table.schema(), Some(properties(table, sink)?))
         .map_err(|e| PipelineError::sink(&uri, e))?;
     let mut batches = std::pin::pin!(batches);
     while let Some(batch) = batches.next().await {

@@ -25,6 +25,7 @@ mod failpoint;
 pub mod item;
 pub mod keys;
 pub mod metrics;
+mod order;
 pub mod partition;
 pub mod plan;
 pub mod runner;

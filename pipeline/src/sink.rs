@@ -8,18 +8,21 @@
 
 use std::any::Any;
 
+use arrow::datatypes::DataType;
 use lyrics_schemas::{Table, col};
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::{ArrowSchemaConverter, AsyncArrowWriter};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
 use crate::claims::Claim;
+use crate::order::KeyOrder;
 use crate::store::Location;
 use crate::table::{RowBuffer, TableId, Tables};
 use std::sync::Arc;
@@ -74,11 +77,21 @@ pub fn unit_of_shard(path: &str) -> Option<u64> {
     name.strip_prefix("part-")?.split('-').next()?.parse().ok()
 }
 
-pub(crate) fn properties(options: &SinkOptions) -> Result<WriterProperties, PipelineError> {
+/// The writer settings of `table`'s shards. Rows are sorted by key (see [`crate::order`]), and the footer says so.
+pub(crate) fn properties(table: Table, options: &SinkOptions) -> Result<WriterProperties, PipelineError> {
     let level = ZstdLevel::try_new(options.zstd_level)
         .map_err(|e| PipelineError::Config(format!("output.zstd_level: {e}")))?;
     let image_bytes = ColumnPath::new(vec![col::IMAGE.to_string(), col::IMAGE_BYTES.to_string()]);
+    let schema = table.schema();
+    let key = ArrowSchemaConverter::new()
+        .convert(&schema)
+        .ok()
+        .and_then(|parquet| parquet.columns().iter().position(|c| c.path().parts() == [col::KEY]))
+        .filter(|_| schema.field_with_name(col::KEY).is_ok_and(|f| f.data_type() == &DataType::Utf8));
+    let sorting =
+        key.map(|column| vec![SortingColumn { column_idx: column as i32, descending: false, nulls_first: false }]);
     Ok(WriterProperties::builder()
+        .set_sorting_columns(sorting)
         .set_compression(Compression::ZSTD(level))
         // Min/max per row group and per page (the page index), so SQL engines skip what a predicate excludes.
         .set_statistics_enabled(EnabledStatistics::Page)
@@ -111,6 +124,9 @@ pub(crate) struct TableWriter {
     next_seq: u32,
     open: Option<OpenShard>,
     pending: Box<dyn RowBuffer>,
+    pending_bytes: usize,
+    /// The open shard's rows on their way to key order.
+    order: KeyOrder,
     finished: Vec<ShardInfo>,
     /// The claim of the unit, when workers share units by claims: checked before a shard becomes visible.
     claim: Option<Arc<Claim>>,
@@ -129,10 +145,13 @@ impl TableWriter {
         unit: u64,
         claim: Option<Arc<Claim>>,
     ) -> Result<Self, PipelineError> {
+        let order = KeyOrder::new(table.schema(), options.row_group_rows);
         Ok(TableWriter {
             claim,
             table,
-            properties: properties(&options)?,
+            properties: properties(table, &options)?,
+            pending_bytes: 0,
+            order,
             output,
             options,
             part_bytes,
@@ -149,6 +168,7 @@ impl TableWriter {
             self.open_shard()?;
         }
         let bytes = self.pending.push(row)?;
+        self.pending_bytes += bytes;
         let Some(shard) = self.open.as_mut() else { return Err(PipelineError::Internal("no open shard".into())) };
         shard.rows += 1;
         shard.bytes += bytes as u64;
@@ -173,22 +193,40 @@ impl TableWriter {
         Ok(())
     }
 
+    /// Moves the buffered rows on to be sorted (see [`crate::order`]).
     async fn write_pending(&mut self) -> Result<(), PipelineError> {
         if self.pending.len() == 0 {
             return Ok(());
         }
-        let Some(shard) = self.open.as_mut() else {
-            return Err(PipelineError::Internal("rows without a shard".into()));
-        };
         let batch = self.pending.take_batch()?;
-        let uri = self.output.uri_of(&shard.path);
-        shard.writer.write(&batch).await.map_err(|e| PipelineError::sink(uri, e))
+        self.order.add(batch, std::mem::take(&mut self.pending_bytes))
     }
 
     async fn close_shard(&mut self) -> Result<(), PipelineError> {
         self.write_pending().await?;
         let Some(mut shard) = self.open.take() else { return Ok(()) };
         let uri = self.output.uri_of(&shard.path);
+        let mut sorted = match self.order.drain() {
+            Ok(sorted) => sorted,
+            Err(e) => {
+                self.open = Some(shard);
+                return Err(e);
+            }
+        };
+        loop {
+            let batch = match sorted.next_batch() {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(e) => {
+                    self.open = Some(shard);
+                    return Err(e);
+                }
+            };
+            if let Err(e) = shard.writer.write(&batch).await {
+                self.open = Some(shard);
+                return Err(PipelineError::sink(uri, e));
+            }
+        }
         if let Some(claim) = &self.claim
             && let Err(e) = claim.ensure().await
         {
