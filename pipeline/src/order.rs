@@ -1,15 +1,19 @@
 //! Key order within a shard: the rows of every shard are written sorted by `key` (stably: rows of one key keep the
 //! order they came in), so that a query for some keys skips the row groups and pages whose statistics rule them
-//! out. Sources hand rows over in their own order (a tar's member order, a Parquet file's row order), and a shard
-//! may be far larger than the memory a worker should hold, so the sort is external:
+//! out. Sources hand rows over in their own order, and a shard may be far larger than the memory a worker should
+//! hold, so:
 //!
-//! - rows gather in a *run* of at most [`RUN_BYTES`] (and a row group's rows); a full run is sorted in memory and
-//!   spilled to an anonymous local temporary file as Arrow IPC, in small batches;
-//! - when the shard closes, a shard that fit in one run is written from memory; otherwise the runs are merged,
-//!   reading one small batch of each at a time. Sorted input (the usual WebDataset tar) merges run after run.
+//! - while a unit's rows come in key order (the usual WebDataset tar, written sorted), they go straight to the
+//!   shard: no copy, no temporary file;
+//! - the first batch out of order ends that: the shard written so far is complete and sorted, so it is closed
+//!   there ([`Added::Cut`]), and the rest of the unit's rows of that table are sorted externally. Rows gather in a
+//!   *run* of at most [`RUN_BYTES`] (and a row group's rows); a full run is sorted in memory and spilled to an
+//!   anonymous local temporary file as Arrow IPC, in small batches; when the shard closes, a shard of one run is
+//!   written from memory, and several are merged, reading one small batch of each at a time.
 //!
 //! Memory stays at one run plus one small batch per run; the temporary file holds at most one shard's rows and is
-//! gone when the shard is written. The order depends only on the rows, so shards stay byte-identical across reruns.
+//! gone when the shard is written. Where a shard is cut depends only on the rows, so shards stay byte-identical
+//! across reruns.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -36,9 +40,25 @@ struct Run {
     batches: usize,
 }
 
-/// The rows of one shard on their way to key order.
+/// What became of rows handed to [`KeyOrder::add`].
+pub(crate) enum Added {
+    /// They follow the rows before them in key order: write them to the shard now.
+    Write(RecordBatch),
+    /// They are held to be sorted.
+    Held,
+    /// They break the key order of the rows already written: close the shard there, open the next, and add them
+    /// again (they are then held).
+    Cut(RecordBatch),
+}
+
+/// The rows of one table of one unit on their way to key order.
 pub(crate) struct KeyOrder {
     schema: SchemaRef,
+    /// Rows still go straight through: every row so far came in key order.
+    direct: bool,
+    /// The last key written straight through in the open shard, and how many rows were.
+    last_key: Option<String>,
+    direct_rows: usize,
     /// The key column, when the table has one (a table without a `key` keeps its rows' order).
     key: Option<usize>,
     run: Vec<RecordBatch>,
@@ -62,6 +82,9 @@ impl KeyOrder {
             .filter(|&i| schema.field(i).data_type() == &DataType::Utf8);
         KeyOrder {
             schema,
+            direct: true,
+            last_key: None,
+            direct_rows: 0,
             key,
             run: Vec::new(),
             run_rows: 0,
@@ -73,15 +96,35 @@ impl KeyOrder {
         }
     }
 
-    /// Adds rows (about `bytes` of them); spills the run when it is full.
-    pub(crate) fn add(&mut self, batch: RecordBatch, bytes: usize) -> Result<(), PipelineError> {
+    /// Adds rows (about `bytes` of them): see [`Added`]. Spills the run when it is full.
+    pub(crate) fn add(&mut self, batch: RecordBatch, bytes: usize) -> Result<Added, PipelineError> {
+        let Some(key) = self.key else { return Ok(Added::Write(batch)) };
+        if self.direct {
+            let keys = key_column(&batch, key)?;
+            let after_last = match (&self.last_key, keys.is_empty()) {
+                (Some(last), false) => last.as_str() <= keys.value(0),
+                _ => true,
+            };
+            let in_order = (1..keys.len()).all(|i| keys.value(i - 1) <= keys.value(i));
+            if after_last && in_order {
+                if !keys.is_empty() {
+                    self.last_key = Some(keys.value(keys.len() - 1).to_string());
+                }
+                self.direct_rows += keys.len();
+                return Ok(Added::Write(batch));
+            }
+            self.direct = false;
+            if self.direct_rows > 0 {
+                return Ok(Added::Cut(batch));
+            }
+        }
         self.run_rows += batch.num_rows();
         self.run_bytes += bytes;
         self.run.push(batch);
-        if self.key.is_some() && (self.run_bytes >= RUN_BYTES || self.run_rows >= self.max_run_rows) {
+        if self.run_bytes >= RUN_BYTES || self.run_rows >= self.max_run_rows {
             self.spill_run()?;
         }
-        Ok(())
+        Ok(Added::Held)
     }
 
     /// The current run, sorted.
@@ -124,8 +167,9 @@ impl KeyOrder {
         Ok(())
     }
 
-    /// Every row added, in key order, a batch at a time; leaves this empty for the next shard.
+    /// Every row held, in key order, a batch at a time, for the shard that closes; leaves this empty for the next.
     pub(crate) fn drain(&mut self) -> Result<Drain, PipelineError> {
+        (self.last_key, self.direct_rows) = (None, 0);
         if self.spill.is_none() {
             // The shard fit in one run: no temporary file.
             return Ok(Drain::Memory(self.sorted_run()?));
@@ -288,36 +332,74 @@ mod tests {
         rows
     }
 
-    fn all(order: &mut KeyOrder) -> Vec<RecordBatch> {
-        let mut drain = order.drain().unwrap();
-        let mut out = Vec::new();
-        while let Some(b) = drain.next_batch().unwrap() {
-            out.push(b);
-        }
-        out
-    }
-
-    fn drained(rows: &[(String, i64)], add_rows: usize, run_rows: usize) -> Vec<(String, i64)> {
+    /// What a table writer makes of `rows` added `add_rows` at a time: the shards, as lists of rows.
+    fn shards(
+        rows: &[(String, i64)],
+        add_rows: usize,
+        run_rows: usize,
+        shard_rows: usize,
+    ) -> Vec<Vec<(String, i64)>> {
         let mut order = KeyOrder::new(schema(), run_rows);
+        let (mut shards, mut open): (Vec<Vec<(String, i64)>>, Vec<RecordBatch>) = (Vec::new(), Vec::new());
+        let mut open_rows = 0;
+        let close = |order: &mut KeyOrder, open: &mut Vec<RecordBatch>, shards: &mut Vec<_>| {
+            let mut drain = order.drain().unwrap();
+            while let Some(b) = drain.next_batch().unwrap() {
+                open.push(b);
+            }
+            shards.push(rows_of(&std::mem::take(open)));
+        };
         for chunk in rows.chunks(add_rows.max(1)) {
-            order.add(batch(chunk), chunk.len()).unwrap();
+            match order.add(batch(chunk), chunk.len()).unwrap() {
+                Added::Write(b) => open.push(b),
+                Added::Held => {}
+                Added::Cut(b) => {
+                    close(&mut order, &mut open, &mut shards);
+                    open_rows = 0;
+                    assert!(matches!(order.add(b, chunk.len()).unwrap(), Added::Held));
+                }
+            }
+            open_rows += chunk.len();
+            if open_rows >= shard_rows {
+                close(&mut order, &mut open, &mut shards);
+                open_rows = 0;
+            }
         }
-        rows_of(&all(&mut order))
+        close(&mut order, &mut open, &mut shards);
+        shards.retain(|s| !s.is_empty());
+        shards
     }
 
     proptest! {
-        /// Whatever the run size, the rows come out as a stable sort by key would put them: in memory, spilled,
-        /// merged across many runs.
+        /// Whatever the run, batch and shard sizes: every shard holds a stretch of the rows as they came, as a
+        /// stable sort by key orders it; rows in key order are never cut; sorted, spilled and merged alike.
         #[test]
-        fn rows_come_out_stably_sorted_by_key(
+        fn every_shard_is_a_stretch_of_the_rows_stably_sorted_by_key(
             keys in proptest::collection::vec("[a-e]{0,3}", 0..400),
+            sorted_first in any::<bool>(),
             add_rows in 1usize..80,
             run_rows in 1usize..300,
+            shard_rows in 1usize..500,
         ) {
+            let mut keys = keys;
+            if sorted_first {
+                keys.sort();
+            }
             let rows: Vec<(String, i64)> = keys.into_iter().enumerate().map(|(i, k)| (k, i as i64)).collect();
-            let mut expected = rows.clone();
-            expected.sort_by(|a, b| a.0.cmp(&b.0));
-            prop_assert_eq!(drained(&rows, add_rows, run_rows), expected);
+            let shards = shards(&rows, add_rows, run_rows, shard_rows);
+            let mut offset = 0;
+            for shard in &shards {
+                let mut expected = rows[offset..offset + shard.len()].to_vec();
+                expected.sort_by(|a, b| a.0.cmp(&b.0));
+                prop_assert_eq!(shard, &expected);
+                offset += shard.len();
+            }
+            prop_assert_eq!(offset, rows.len());
+            if sorted_first {
+                // Sorted rows are cut only where the shard is full.
+                let full = rows.len().div_ceil(shard_rows.div_ceil(add_rows) * add_rows);
+                prop_assert!(shards.len() <= full.max(1), "{} shards", shards.len());
+            }
         }
     }
 
@@ -327,13 +409,7 @@ mod tests {
         let mut order = KeyOrder::new(schema.clone(), 2);
         for s in [3i64, 1, 2] {
             let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![s]))]).unwrap();
-            order.add(b, 1).unwrap();
+            assert!(matches!(order.add(b, 1).unwrap(), Added::Write(_)));
         }
-        let out = all(&mut order);
-        let seq: Vec<i64> = out
-            .iter()
-            .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
-            .collect();
-        assert_eq!(seq, [3, 1, 2]);
     }
 }

@@ -8,6 +8,7 @@
 
 use std::any::Any;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use lyrics_schemas::{Table, col};
 use object_store::ObjectStoreExt;
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
 use crate::claims::Claim;
-use crate::order::KeyOrder;
+use crate::order::{Added, KeyOrder};
 use crate::store::Location;
 use crate::table::{RowBuffer, TableId, Tables};
 use std::sync::Arc;
@@ -172,11 +173,12 @@ impl TableWriter {
         let Some(shard) = self.open.as_mut() else { return Err(PipelineError::Internal("no open shard".into())) };
         shard.rows += 1;
         shard.bytes += bytes as u64;
-        let full = shard.rows >= self.options.shard_rows.max(1) || shard.bytes >= self.options.shard_bytes;
         if self.pending.len() >= WRITE_BATCH_ROWS {
             self.write_pending().await?;
         }
-        if full {
+        // After the write: a cut (see `crate::order`) may have opened the next shard.
+        let Some(shard) = self.open.as_ref() else { return Err(PipelineError::Internal("no open shard".into())) };
+        if shard.rows >= self.options.shard_rows.max(1) || shard.bytes >= self.options.shard_bytes {
             self.close_shard().await?;
         }
         Ok(())
@@ -193,40 +195,58 @@ impl TableWriter {
         Ok(())
     }
 
-    /// Moves the buffered rows on to be sorted (see [`crate::order`]).
+    /// Moves the buffered rows on: to the open shard while they come in key order, else to be sorted (see
+    /// [`crate::order`]).
     async fn write_pending(&mut self) -> Result<(), PipelineError> {
         if self.pending.len() == 0 {
             return Ok(());
         }
         let batch = self.pending.take_batch()?;
-        self.order.add(batch, std::mem::take(&mut self.pending_bytes))
+        let bytes = std::mem::take(&mut self.pending_bytes);
+        match self.order.add(batch, bytes)? {
+            Added::Write(batch) => self.write_batch(&batch).await,
+            Added::Held => Ok(()),
+            Added::Cut(batch) => {
+                // The rows written so far are a whole, sorted shard; these start the next one.
+                let rows = batch.num_rows() as u64;
+                if let Some(shard) = self.open.as_mut() {
+                    shard.rows -= rows;
+                    shard.bytes = shard.bytes.saturating_sub(bytes as u64);
+                }
+                self.finish_shard().await?;
+                self.open_shard()?;
+                if let Some(shard) = self.open.as_mut() {
+                    (shard.rows, shard.bytes) = (rows, bytes as u64);
+                }
+                match self.order.add(batch, bytes)? {
+                    Added::Held => Ok(()),
+                    _ => Err(PipelineError::Internal("rows after a cut were not held for sorting".into())),
+                }
+            }
+        }
+    }
+
+    async fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), PipelineError> {
+        let Some(shard) = self.open.as_mut() else {
+            return Err(PipelineError::Internal("rows without a shard".into()));
+        };
+        let uri = self.output.uri_of(&shard.path);
+        shard.writer.write(batch).await.map_err(|e| PipelineError::sink(uri, e))
     }
 
     async fn close_shard(&mut self) -> Result<(), PipelineError> {
         self.write_pending().await?;
+        self.finish_shard().await
+    }
+
+    /// Writes the rows held for the open shard, in key order, and completes it.
+    async fn finish_shard(&mut self) -> Result<(), PipelineError> {
+        let mut sorted = self.order.drain()?;
+        while let Some(batch) = sorted.next_batch()? {
+            self.write_batch(&batch).await?;
+        }
         let Some(mut shard) = self.open.take() else { return Ok(()) };
         let uri = self.output.uri_of(&shard.path);
-        let mut sorted = match self.order.drain() {
-            Ok(sorted) => sorted,
-            Err(e) => {
-                self.open = Some(shard);
-                return Err(e);
-            }
-        };
-        loop {
-            let batch = match sorted.next_batch() {
-                Ok(Some(batch)) => batch,
-                Ok(None) => break,
-                Err(e) => {
-                    self.open = Some(shard);
-                    return Err(e);
-                }
-            };
-            if let Err(e) = shard.writer.write(&batch).await {
-                self.open = Some(shard);
-                return Err(PipelineError::sink(uri, e));
-            }
-        }
         if let Some(claim) = &self.claim
             && let Err(e) = claim.ensure().await
         {
