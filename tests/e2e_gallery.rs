@@ -209,3 +209,36 @@ fn the_demo_runs_the_whole_recipe_and_its_gallery_opens() {
         assert!(result.status.success(), "{query}: {}", stderr(&result));
     }
 }
+
+/// With ISNet's real weights (`scripts/fetch-isnet.sh`, which `scripts/setup.sh` runs), the demo masks the boxes of
+/// its first shard with `salient_crop` too, into a second output and gallery.
+#[test]
+fn with_isnet_weights_the_demo_masks_each_box_with_salient_crop() {
+    let isnet = repo_root().join(".models/isnet_medium.onnx");
+    assert!(isnet.is_file(), "{}: run scripts/fetch-isnet.sh (scripts/setup.sh does)", isnet.display());
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("demo");
+    let output = lyrics(&["demo", "--to", &s(&to), "--isnet", &s(&isnet)], &Env::new());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("gallery-isnet/index.html"), "{printed}");
+    assert!(to.join("gallery-isnet/index.html").is_file());
+
+    let samples = samples(&to.join("output-isnet"));
+    assert!(!samples.is_empty());
+    let mut objects = 0;
+    for sample in &samples {
+        assert!(sample.refiner.as_deref().is_some_and(|r| r.contains("salient_crop")), "{:?}", sample.refiner);
+        for object in sample.objects.iter().flatten() {
+            objects += 1;
+            assert!(object.mask.is_some() && object.mask_score.is_some(), "{}: {object:?}", sample.key);
+        }
+    }
+    assert!(objects > 0, "the fixture detector found boxes for ISNet to mask");
+    // Without the weights, the demo says how to get them and runs the rest.
+    let to = dir.path().join("without");
+    let output = lyrics(&["demo", "--to", &s(&to), "--isnet", &s(&dir.path().join("absent.onnx"))], &Env::new());
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("fetch-isnet.sh"), "{}", stderr(&output));
+    assert!(!to.join("output-isnet").exists());
+}

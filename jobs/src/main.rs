@@ -78,6 +78,11 @@ pub struct DemoArgs {
     /// Folder for the corpus, the models, the job's output and the gallery.
     #[arg(long, default_value = "demo")]
     pub to: String,
+    /// ISNet weights (`scripts/fetch-isnet.sh` puts them here). When the file exists, the demo runs the recipe a
+    /// second time with the `salient_crop` segmenter on them, masking each box with the real model instead of
+    /// the fixture SAM, into its own output and gallery.
+    #[arg(long, default_value = ".models/isnet_medium.onnx")]
+    pub isnet: String,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,10 @@
 //! demo needs nothing but ONNX Runtime: it writes them under `--to`, runs the job (ingest, tags, boxes, masks,
 //! grounded text, instructions), draws the gallery, and prints where everything is and what to try next.
 //!
+//! When ISNet's weights are at `--isnet` (`scripts/fetch-isnet.sh`), it runs the recipe again with the
+//! `salient_crop` segmenter, a real model, masking each fixture box of the first shard, into `output-isnet` and
+//! `gallery-isnet`.
+//!
 //! Each step runs as this same executable with its ordinary subcommand, so the demo does exactly what a user's
 //! commands do, and a rerun resumes like any job.
 
@@ -41,20 +45,38 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
     let broken = corpus.join("shard-00002.tar");
     std::fs::write(&broken, broken_shard()?).with_context(|| format!("cannot write {}", broken.display()))?;
     let models = to.join("models/fixtures.toml");
-    eprintln!("demo: 1/2 running the job on {} with the fixture models (CPU)", corpus.display());
-    step(&[
-        "run",
-        "--input",
-        &text(&corpus),
-        "--output",
-        &text(&output),
-        "--models",
-        &text(&models),
-        "--progress",
-        "off",
-    ])?;
-    eprintln!("demo: 2/2 drawing the gallery");
+    let isnet = Path::new(&args.isnet);
+    let salient = isnet.is_file();
+    let steps = if salient { 4 } else { 2 };
+    eprintln!("demo: 1/{steps} running the job on {} with the fixture models (CPU)", corpus.display());
+    refine(&corpus, &output, &models)?;
+    eprintln!("demo: 2/{steps} drawing the gallery");
     step(&["render", "--output", &text(&output), "--to", &text(&gallery)])?;
+    let salient_paths = if salient {
+        let isnet = isnet.canonicalize().with_context(|| format!("cannot resolve {}", isnet.display()))?;
+        let models = to.join("models/fixtures_isnet.toml");
+        std::fs::write(&models, with_salient_crop(&isnet)?)
+            .with_context(|| format!("cannot write {}", models.display()))?;
+        let (output, gallery) = (to.join("output-isnet"), to.join("gallery-isnet"));
+        // One shard of the corpus: ISNet takes seconds a box on a CPU, the fixture models milliseconds.
+        let shard = corpus.join("shard-00000.tar");
+        eprintln!(
+            "demo: 3/{steps} running it again on {} with ISNet ({}) masking each box (salient_crop; a few \
+             seconds a box on a CPU)",
+            shard.display(),
+            isnet.display()
+        );
+        refine(&shard, &output, &models)?;
+        eprintln!("demo: 4/{steps} drawing its gallery");
+        step(&["render", "--output", &text(&output), "--to", &text(&gallery)])?;
+        Some((output, gallery))
+    } else {
+        eprintln!(
+            "demo: ISNet weights are not at {} (scripts/fetch-isnet.sh fetches them): the salient_crop pass is left out",
+            isnet.display()
+        );
+        None
+    };
     let me = invocation();
     let out = text(&output);
     println!();
@@ -62,6 +84,9 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
     println!(
         "The shards:   {out}/{{samples,errors,pretrain,instruct}}/ (Parquet; _lyrics/manifest.json lists them)"
     );
+    if let Some((output, gallery)) = &salient_paths {
+        println!("With ISNet masks: {} (shards in {})", gallery.join("index.html").display(), output.display());
+    }
     println!();
     println!("Try:");
     println!(
@@ -73,6 +98,37 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
         "  {me} sql --output {out} \"SELECT task, language, count(*) AS n FROM instruct GROUP BY 1, 2 ORDER BY 1, 2\""
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the recipe on `corpus` into `output` with the models of `models`.
+fn refine(corpus: &Path, output: &Path, models: &Path) -> Result<()> {
+    step(&[
+        "run",
+        "--input",
+        &text(corpus),
+        "--output",
+        &text(output),
+        "--models",
+        &text(models),
+        "--progress",
+        "off",
+    ])
+}
+
+/// The fixture models file with its segmenter replaced by `salient_crop` on the ISNet weights at `isnet`.
+fn with_salient_crop(isnet: &Path) -> Result<String> {
+    let fixtures = FILES
+        .iter()
+        .find(|(name, _)| *name == "models/fixtures.toml")
+        .and_then(|(_, bytes)| std::str::from_utf8(bytes).ok())
+        .context("the bundled fixtures.toml is missing")?;
+    let mut config: toml::Table = fixtures.parse().context("the bundled fixtures.toml does not parse")?;
+    let mut segmenter = toml::Table::new();
+    segmenter.insert("family".into(), "salient_crop".into());
+    segmenter.insert("model".into(), text(isnet).into());
+    config.insert("segmenter".into(), segmenter.into());
+    let body = toml::to_string(&config).context("cannot write the ISNet models file")?;
+    Ok(format!("# The demo's fixture tagger and detector, with ISNet masking each box (salient_crop).\n{body}"))
 }
 
 /// A third shard of what real corpora hold too, so the gallery shows error cards: a file that is not an image,
