@@ -273,11 +273,23 @@ fn the_ray_launcher_writes_what_one_process_writes_even_when_a_task_dies() {
     let once = dir.path().join("failpoint-fired");
     let launched = Command::new("python3")
         .args(["-m", "lyrics_prep_ray", "--input", input, "--output", "s3://out/ray", "--binary", bin()])
-        .args(["--address", &cluster.address, "--retries", "2", "--backoff-s", "0.2", "--progress-every", "1"])
+        .args([
+            "--address",
+            &cluster.address,
+            "--retries",
+            "2",
+            "--backoff-s",
+            "0.2",
+            "--progress-every",
+            "1",
+            "--units-per-task",
+            "2",
+        ])
         .env("PYTHONPATH", repo_root().join("python"))
         .env("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        // The first process to reach unit 1's commit dies there, as under kill -9; the retry gets through.
+        // Two units a task. The first process to reach unit 1's commit dies there, as under kill -9; the retry
+        // redoes what that process had not committed, and gets through.
         .env("LYRICS_FAILPOINT", "before-marker:1")
         .env("LYRICS_FAILPOINT_ONCE", &once)
         .output()

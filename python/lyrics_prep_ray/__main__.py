@@ -50,8 +50,10 @@ def plan_units(args, env):
 
 @ray.remote
 def run_unit(binary, common, output, unit, retries, backoff_s):
-    """Runs `lyrics-prep run --unit UNIT`, retrying with exponential backoff; returns (unit, ok, items, tail)."""
-    command = [binary, "run", *common, "--output", output, "--unit", str(unit), "--progress", "off"]
+    """Runs `lyrics-prep run --unit U` for each unit U of UNIT (a list: one process runs them one after the other),
+    retrying with exponential backoff (committed units are skipped on a retry); returns (units, ok, items, tail)."""
+    selected = [arg for u in unit for arg in ("--unit", str(u))]
+    command = [binary, "run", *common, "--output", output, *selected, "--progress", "off"]
     tail = ""
     for attempt in range(retries + 1):
         result = subprocess.run(command, capture_output=True, text=True)
@@ -91,6 +93,12 @@ def main():
     parser.add_argument("--backoff-s", type=float, default=1.0)
     parser.add_argument("--env-from-driver", help="comma-separated variable names to pass to the workers")
     parser.add_argument("--progress-every", type=float, default=5.0)
+    parser.add_argument(
+        "--units-per-task",
+        type=int,
+        default=1,
+        help="units each task runs in one lyrics-prep process (more: less start-up per unit, coarser retries)",
+    )
     args = parser.parse_args()
 
     env = forwarded_env(args.env_from_driver)
@@ -98,18 +106,22 @@ def main():
     ray.init(address=args.address, runtime_env={"env_vars": env}, log_to_driver=False)
     common = job_args(args) + (["--models", args.models] if args.models else [])
     options = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus, "max_retries": 0}
-    pending = [
-        run_unit.options(**options).remote(args.binary, common, args.output, u, args.retries, args.backoff_s)
-        for u in units
-    ]
+    per_task = max(1, args.units_per_task)
+    groups = [units[i : i + per_task] for i in range(0, len(units), per_task)]
+    group_of = {
+        run_unit.options(**options).remote(args.binary, common, args.output, group, args.retries, args.backoff_s): group
+        for group in groups
+    }
+    pending = list(group_of)
     started, done, failed, items, last = time.time(), [], [], 0, 0.0
     while pending:
         ready, pending = ray.wait(pending, timeout=args.progress_every)
-        for unit, ok, unit_items, tail in ray.get(ready):
-            (done if ok else failed).append(unit)
+        for group, ok, unit_items, tail in ray.get(ready):
+            (done if ok else failed).extend(group)
             items += unit_items
             if not ok:
-                print(f"lyrics-prep-ray: unit {unit} failed after its retries:\n{tail}", file=sys.stderr)
+                names = ",".join(map(str, group))
+                print(f"lyrics-prep-ray: unit {names} failed after its retries:\n{tail}", file=sys.stderr)
         now = time.time()
         if now - last >= args.progress_every or not pending:
             last = now
@@ -118,7 +130,7 @@ def main():
             per_unit = (now - started) / max(len(done), 1)
             eta = f"{per_unit * left:.0f} s" if done else "?"
             print(
-                f"lyrics-prep-ray: units {len(done)} done, {len(failed)} failed, {len(pending)} running "
+                f"lyrics-prep-ray: units {len(done)} done, {len(failed)} failed, {sum(len(group_of[p]) for p in pending)} running "
                 f"of {len(units)}; {rate:.1f} images/s; ETA {eta}",
                 file=sys.stderr,
             )
