@@ -220,10 +220,14 @@ async fn lookup<T>(
     if keys.is_empty() || !ctx.table_exist(table)? {
         return Ok(Vec::new());
     }
+    // The range of the keys as well as the list: shards hold their rows sorted by key, so row groups and pages
+    // outside the range are skipped from their statistics (DataFusion prunes with short IN lists only).
+    let (Some(low), Some(high)) = (keys.iter().min(), keys.iter().max()) else { return Ok(Vec::new()) };
+    let in_range = col("key").between(lit(low.as_str()), lit(high.as_str()));
     let frame = ctx
         .table(table)
         .await?
-        .filter(col("key").in_list(keys.iter().map(|k| lit(k.as_str())).collect(), false))
+        .filter(in_range.and(col("key").in_list(keys.iter().map(|k| lit(k.as_str())).collect(), false)))
         .map_err(|e| anyhow::anyhow!("{}", message(e)))?;
     let mut out = Vec::new();
     let mut stream = frame.execute_stream().await.map_err(|e| anyhow::anyhow!("{}", message(e)))?;
