@@ -7,6 +7,7 @@
 //! the segmenter returns it, so no full-resolution mask outlives its decoder run; [`finish`] maps phrases to tags
 //! and normalizes the boxes (CPU again, in parallel).
 
+mod batching;
 mod config;
 mod detector;
 pub mod preprocess;

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use image::RgbImage;
 use serde_json::json;
 
-use super::runtime::{Device, is_out_of_memory};
+use super::batching::in_chunks;
+use super::runtime::Device;
 use super::segmenter::{MaskOut, SegmenterImage, SegmenterInput};
 use super::{
     Detector, DetectorImage, DetectorPrompt, ModelError, ModelsConfig, PromptSource, Segmenter, Tag, Tagger,
@@ -332,8 +333,8 @@ impl Refiner {
 }
 
 /// Detects in every image that has an input, `batch_size` at a time (images of one size together where the graph
-/// cannot pad them); on out-of-memory the batch is halved and retried, and a batch that fails otherwise is rerun
-/// image by image so only the failing image gets the error. `None` for images without an input.
+/// cannot pad them), through [`in_chunks`]: out-of-memory halves the batch, and a batch that fails otherwise is
+/// rerun image by image. `None` for images without an input.
 #[allow(clippy::type_complexity)]
 fn detect_in_batches(
     detector: &mut Detector,
@@ -341,80 +342,50 @@ fn detect_in_batches(
     batch_size: usize,
 ) -> Vec<Option<Result<Vec<super::Detection>, ModelError>>> {
     let mut out: Vec<Option<Result<Vec<super::Detection>, ModelError>>> = (0..items.len()).map(|_| None).collect();
-    let todo: Vec<usize> = (0..items.len()).filter(|&i| items[i].is_some()).collect();
-    let mut size = batch_size.max(1);
-    let mut start = 0;
-    while start < todo.len() {
-        let mut chunk = vec![todo[start]];
-        while chunk.len() < size && start + chunk.len() < todo.len() {
-            let next = todo[start + chunk.len()];
-            let same = |i: usize| items[i].map(|(d, ..)| (d.width, d.height));
-            if !detector.pads_images() && same(next) != same(chunk[0]) {
-                break;
-            }
-            chunk.push(next);
-        }
-        let inputs: Vec<(&DetectorImage, &str, u32, u32)> = chunk.iter().filter_map(|&i| items[i]).collect();
-        match detector.infer_batch(&inputs) {
-            Ok(found) => {
-                for (&i, detections) in chunk.iter().zip(found) {
-                    out[i] = Some(Ok(detections));
-                }
-                start += chunk.len();
-            }
-            Err(e) if is_out_of_memory(&e) && chunk.len() > 1 => size = (chunk.len() / 2).max(1),
-            Err(_) if chunk.len() > 1 => {
-                for (&i, input) in chunk.iter().zip(&inputs) {
-                    out[i] = Some(
-                        detector.infer_batch(std::slice::from_ref(input)).map(|mut v| v.pop().unwrap_or_default()),
-                    );
-                }
-                start += chunk.len();
-            }
-            Err(e) => {
-                out[chunk[0]] = Some(Err(e));
-                start += 1;
-            }
-        }
+    let todo: Vec<(usize, (&DetectorImage, &str, u32, u32))> =
+        items.iter().enumerate().filter_map(|(i, item)| item.map(|item| (i, item))).collect();
+    let pads = detector.pads_images();
+    let joins = |a: &(usize, (&DetectorImage, &str, u32, u32)), b: &(usize, (&DetectorImage, &str, u32, u32))| {
+        pads || (a.1.0.width, a.1.0.height) == (b.1.0.width, b.1.0.height)
+    };
+    let found = in_chunks(&todo, batch_size, "detector", joins, |chunk| {
+        let inputs: Vec<(&DetectorImage, &str, u32, u32)> = chunk.iter().map(|(_, input)| *input).collect();
+        detector.infer_batch(&inputs)
+    });
+    for ((i, _), detections) in todo.iter().zip(found) {
+        out[*i] = Some(detections);
     }
     out
 }
 
-/// Tags every image, `batch_size` at a time; on out-of-memory the batch is halved and retried, and a batch that
-/// fails otherwise is rerun image by image so only the failing image gets the error.
+/// Tags every image that has an input, `batch_size` at a time, through [`in_chunks`]: out-of-memory halves the
+/// batch, and a batch that fails otherwise is rerun image by image.
 fn tag_in_batches(
     tagger: &mut Tagger,
     inputs: &[Option<&[f32]>],
     batch_size: usize,
 ) -> Vec<Result<Vec<Tag>, ModelError>> {
-    let mut out: Vec<Result<Vec<Tag>, ModelError>> = Vec::with_capacity(inputs.len());
-    let mut size = batch_size.max(1);
-    let mut i = 0;
-    while i < inputs.len() {
-        let end = (i + size).min(inputs.len());
-        let chunk: Option<Vec<&[f32]>> = inputs[i..end].iter().copied().collect();
-        let Some(chunk) = chunk else {
-            out.extend((i..end).map(|_| Err(ModelError::Preprocess("no tagger input was prepared".into()))));
-            i = end;
-            continue;
-        };
-        match tagger.infer(&chunk) {
-            Ok(tags) => {
-                out.extend(tags.into_iter().map(Ok));
-                i = end;
+    let todo: Vec<(usize, &[f32])> =
+        inputs.iter().enumerate().filter_map(|(i, input)| input.map(|input| (i, input))).collect();
+    let mut found = in_chunks(
+        &todo,
+        batch_size,
+        "tagger",
+        |_, _| true,
+        |chunk| {
+            let images: Vec<&[f32]> = chunk.iter().map(|(_, input)| *input).collect();
+            tagger.infer(&images)
+        },
+    )
+    .into_iter();
+    let mut out = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        out.push(match input {
+            Some(_) => {
+                found.next().unwrap_or_else(|| Err(ModelError::Postprocess("the tagger gave no result".into())))
             }
-            Err(e) if is_out_of_memory(&e) && size > 1 => size = (size / 2).max(1),
-            Err(_) if end - i > 1 => {
-                for one in &chunk {
-                    out.push(tagger.infer(&[one]).map(|mut v| v.pop().unwrap_or_default()));
-                }
-                i = end;
-            }
-            Err(e) => {
-                out.push(Err(e));
-                i = end;
-            }
-        }
+            None => Err(ModelError::Preprocess("no tagger input was prepared".into())),
+        });
     }
     out
 }

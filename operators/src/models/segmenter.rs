@@ -32,10 +32,11 @@
 
 use image::{GrayImage, RgbImage};
 
+use super::batching::in_chunks;
 use super::preprocess::{
     IMAGENET_MEAN, IMAGENET_STD, SAM_MEAN, SAM_STD, longest_side_size, resize_bilinear, to_planar,
 };
-use super::runtime::{Contract, Device, Input, OnnxModel, is_out_of_memory, refuse};
+use super::runtime::{Contract, Device, Input, OnnxModel, refuse};
 use super::{ModelError, SegmenterConfig, SegmenterFamily};
 use crate::geometry::{BoxXyxy, Rle};
 
@@ -536,29 +537,15 @@ fn scaled_corners(boxes: &[BoxXyxy], sx: f32, sy: f32) -> Vec<f32> {
     boxes.iter().flat_map(|b| [b.0[0] * sx, b.0[1] * sy, b.0[2] * sx, b.0[3] * sy]).collect()
 }
 
-/// Masks of `boxes` from `call` on consecutive chunks of at most `per_call` boxes, the chunk halved and retried
-/// when the device runs out of memory: decoders that take many boxes per call take them in one piece where they
-/// can.
+/// Masks of `boxes` from `call` on consecutive chunks of at most `per_call` boxes (decoders that take many boxes
+/// per call take them in one piece where they can), through [`in_chunks`]: out-of-memory halves the chunk, and a
+/// chunk that fails otherwise is rerun box by box; the image fails with the first box that fails alone.
 fn in_box_batches(
     boxes: &[BoxXyxy],
     per_call: Option<usize>,
-    mut call: impl FnMut(&[BoxXyxy]) -> Result<Vec<MaskOut>, ModelError>,
+    call: impl FnMut(&[BoxXyxy]) -> Result<Vec<MaskOut>, ModelError>,
 ) -> Result<Vec<MaskOut>, ModelError> {
-    let mut per_call = per_call.unwrap_or(boxes.len()).max(1);
-    let mut masks = Vec::with_capacity(boxes.len());
-    let mut start = 0;
-    while start < boxes.len() {
-        let chunk = &boxes[start..(start + per_call).min(boxes.len())];
-        match call(chunk) {
-            Ok(found) => {
-                masks.extend(found);
-                start += chunk.len();
-            }
-            Err(e) if is_out_of_memory(&e) && per_call > 1 => per_call = (per_call / 2).max(1),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(masks)
+    in_chunks(boxes, per_call.unwrap_or(boxes.len()), "segmenter.decoder", |_, _| true, call).into_iter().collect()
 }
 
 /// Boxes per decoder call: the setting, else every box of the image where the decoder takes many, else one.
