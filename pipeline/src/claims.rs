@@ -139,8 +139,7 @@ fn swap_local(
 
 /// Claims `unit` for `owner` with a lease of `lease`, taking over an expired claim.
 pub async fn acquire(output: &Location, unit: u64, owner: &str, lease: Duration) -> Result<Attempt, PipelineError> {
-    let claim = Lease { owner: owner.to_string(), expires_ms: now_ms() + lease.as_millis() as u64 };
-    let wanted = claim.clone();
+    let wanted = Lease { owner: owner.to_string(), expires_ms: now_ms() + lease.as_millis() as u64 };
     let written = swap(output, unit, move |current| match current {
         None => Some(wanted),
         Some(current) if current.expires_ms > now_ms() => None,
@@ -169,8 +168,8 @@ impl Claim {
 
     /// Extends the lease, when this worker still owns the unit; returns whether it does.
     pub async fn renew(&self) -> Result<bool, PipelineError> {
-        let owner = self.owner.clone();
         let next = Lease { owner: self.owner.clone(), expires_ms: now_ms() + self.lease.as_millis() as u64 };
+        let owner = next.owner.clone();
         // The owner's name, not the whole lease, tells whose the claim is: a renewal whose write went through but
         // whose reply was lost must not make the next renewal think the unit was taken.
         let written = swap(&self.output, self.unit, move |current| {

@@ -22,7 +22,7 @@ use std::io::{Seek, SeekFrom};
 
 use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::{concat_batches, interleave_record_batch, take_record_batch};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 
@@ -56,9 +56,8 @@ pub(crate) struct KeyOrder {
     schema: SchemaRef,
     /// Rows still go straight through: every row so far came in key order.
     direct: bool,
-    /// The last key written straight through in the open shard, and how many rows were.
+    /// The last key written straight through in the open shard (`None`: no row was).
     last_key: Option<String>,
-    direct_rows: usize,
     /// The key column, when the table has one (a table without a `key` keeps its rows' order).
     key: Option<usize>,
     run: Vec<RecordBatch>,
@@ -70,21 +69,22 @@ pub(crate) struct KeyOrder {
     spilled_batches: usize,
 }
 
+/// The column rows are sorted by: `key`, where the table has it as text.
+pub(crate) fn key_index(schema: &Schema) -> Option<usize> {
+    schema.index_of(lyrics_schemas::col::KEY).ok().filter(|&i| schema.field(i).data_type() == &DataType::Utf8)
+}
+
 fn spill_error(e: impl std::fmt::Display) -> PipelineError {
     PipelineError::Internal(format!("sorting a shard by key (its temporary file): {e}"))
 }
 
 impl KeyOrder {
     pub(crate) fn new(schema: SchemaRef, max_run_rows: usize) -> Self {
-        let key = schema
-            .index_of(lyrics_schemas::col::KEY)
-            .ok()
-            .filter(|&i| schema.field(i).data_type() == &DataType::Utf8);
+        let key = key_index(&schema);
         KeyOrder {
             schema,
             direct: true,
             last_key: None,
-            direct_rows: 0,
             key,
             run: Vec::new(),
             run_rows: 0,
@@ -110,11 +110,10 @@ impl KeyOrder {
                 if !keys.is_empty() {
                     self.last_key = Some(keys.value(keys.len() - 1).to_string());
                 }
-                self.direct_rows += keys.len();
                 return Ok(Added::Write(batch));
             }
             self.direct = false;
-            if self.direct_rows > 0 {
+            if self.last_key.is_some() {
                 return Ok(Added::Cut(batch));
             }
         }
@@ -169,7 +168,7 @@ impl KeyOrder {
 
     /// Every row held, in key order, a batch at a time, for the shard that closes; leaves this empty for the next.
     pub(crate) fn drain(&mut self) -> Result<Drain, PipelineError> {
-        (self.last_key, self.direct_rows) = (None, 0);
+        self.last_key = None;
         if self.spill.is_none() {
             // The shard fit in one run: no temporary file.
             return Ok(Drain::Memory(self.sorted_run()?));
@@ -305,7 +304,7 @@ impl Merge {
 mod tests {
     use super::*;
     use arrow::array::Int64Array;
-    use arrow::datatypes::{Field, Schema};
+    use arrow::datatypes::Field;
     use proptest::prelude::*;
     use std::sync::Arc;
 

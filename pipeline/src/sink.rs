@@ -9,7 +9,6 @@
 use std::any::Any;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::DataType;
 use lyrics_schemas::{Table, col};
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
@@ -23,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
 use crate::claims::Claim;
-use crate::order::{Added, KeyOrder};
+use crate::order::{Added, KeyOrder, key_index};
 use crate::store::Location;
 use crate::table::{RowBuffer, TableId, Tables};
 use std::sync::Arc;
@@ -84,11 +83,10 @@ pub(crate) fn properties(table: Table, options: &SinkOptions) -> Result<WriterPr
         .map_err(|e| PipelineError::Config(format!("output.zstd_level: {e}")))?;
     let image_bytes = ColumnPath::new(vec![col::IMAGE.to_string(), col::IMAGE_BYTES.to_string()]);
     let schema = table.schema();
-    let key = ArrowSchemaConverter::new()
-        .convert(&schema)
-        .ok()
-        .and_then(|parquet| parquet.columns().iter().position(|c| c.path().parts() == [col::KEY]))
-        .filter(|_| schema.field_with_name(col::KEY).is_ok_and(|f| f.data_type() == &DataType::Utf8));
+    // The sort column as the footer names it: the key's index among the Parquet leaf columns.
+    let key = key_index(&schema)
+        .and_then(|_| ArrowSchemaConverter::new().convert(&schema).ok())
+        .and_then(|parquet| parquet.columns().iter().position(|c| c.path().parts() == [col::KEY]));
     let sorting =
         key.map(|column| vec![SortingColumn { column_idx: column as i32, descending: false, nulls_first: false }]);
     Ok(WriterProperties::builder()

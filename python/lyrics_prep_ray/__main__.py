@@ -49,10 +49,10 @@ def plan_units(args, env):
 
 
 @ray.remote
-def run_unit(binary, common, output, unit, retries, backoff_s):
-    """Runs `lyrics-prep run --unit U` for each unit U of UNIT (a list: one process runs them one after the other),
-    retrying with exponential backoff (committed units are skipped on a retry); returns (units, ok, items, tail)."""
-    selected = [arg for u in unit for arg in ("--unit", str(u))]
+def run_units(binary, common, output, units, retries, backoff_s):
+    """Runs `lyrics-prep run --unit U ...` for the units UNITS in one process, retrying with exponential backoff (a
+    retry skips the units already committed); returns (units, ok, items, tail)."""
+    selected = [arg for u in units for arg in ("--unit", str(u))]
     command = [binary, "run", *common, "--output", output, *selected, "--progress", "off"]
     tail = ""
     for attempt in range(retries + 1):
@@ -64,11 +64,11 @@ def run_unit(binary, common, output, unit, retries, backoff_s):
                 parts = line.split()
                 if len(parts) >= 2 and parts[0] == "items" and parts[1].isdigit():
                     items = int(parts[1])
-            return unit, True, items, tail
+            return units, True, items, tail
         if result.returncode == 2:
             break  # a usage or spec error: retrying cannot help
         time.sleep(backoff_s * (2**attempt))
-    return unit, False, 0, tail
+    return units, False, 0, tail
 
 
 def forwarded_env(names):
@@ -109,7 +109,7 @@ def main():
     per_task = max(1, args.units_per_task)
     groups = [units[i : i + per_task] for i in range(0, len(units), per_task)]
     group_of = {
-        run_unit.options(**options).remote(args.binary, common, args.output, group, args.retries, args.backoff_s): group
+        run_units.options(**options).remote(args.binary, common, args.output, group, args.retries, args.backoff_s): group
         for group in groups
     }
     pending = list(group_of)
@@ -129,8 +129,9 @@ def main():
             left = len(units) - len(done) - len(failed)
             per_unit = (now - started) / max(len(done), 1)
             eta = f"{per_unit * left:.0f} s" if done else "?"
+            running = sum(len(group_of[p]) for p in pending)
             print(
-                f"lyrics-prep-ray: units {len(done)} done, {len(failed)} failed, {sum(len(group_of[p]) for p in pending)} running "
+                f"lyrics-prep-ray: units {len(done)} done, {len(failed)} failed, {running} running "
                 f"of {len(units)}; {rate:.1f} images/s; ETA {eta}",
                 file=sys.stderr,
             )
