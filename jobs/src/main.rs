@@ -14,6 +14,7 @@ mod models;
 mod progress;
 mod spec;
 mod sqlfns;
+mod sqlviews;
 mod stages;
 
 use std::path::PathBuf;
@@ -117,6 +118,10 @@ pub struct SqlArgs {
     /// that gets `part-000000.parquet`); `run --input` reads it as it is.
     #[arg(long)]
     pub to: Option<String>,
+    /// Print each statement's time on standard error (`time: 12.3 ms`): planning, running and printing its
+    /// result, the catalog and process start not included. Piped statements are timed one by one.
+    #[arg(long)]
+    pub timing: bool,
     /// The query, e.g. "SELECT label, count(*) FROM objects GROUP BY 1". Without one, an interactive prompt
     /// (statements end with `;`; history kept), which also reads statements piped into standard input.
     pub query: Option<String>,

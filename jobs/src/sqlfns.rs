@@ -1,5 +1,5 @@
-//! SQL made for annotations: the `objects` and `tags` views, and scalar functions over boxes and masks, registered
-//! in every `lyrics-prep sql` and `render` session.
+//! SQL made for annotations: scalar functions over boxes and masks, registered in every `lyrics-prep sql` and
+//! `render` session beside the `objects` and `tags` tables of [`crate::sqlviews`].
 //!
 //! The functions are DataFusion [`ScalarUDFImpl`]s with signatures and documentation. Boxes are `[x1, y1, x2, y2]`
 //! as fractions of the image (the `box` of `objects`, or any list of four numbers); masks are the `mask` structs
@@ -266,18 +266,22 @@ fn boxes(f: Function, index: usize, array: &ArrayRef) -> Result<Vec<Option<[f64;
     let cast = arrow::compute::cast(array, &target)
         .map_err(|_| argument_error(f, index, &format!("{what}, not {}", array.data_type())))?;
     let list = cast.as_list::<i32>();
+    // The flat values and the offsets, rather than `list.value(row)`: an array made per row costs more than the
+    // arithmetic on it.
+    let values = list.values().as_primitive::<Float64Type>();
+    let offsets = list.value_offsets();
     let mut out = Vec::with_capacity(list.len());
     for row in 0..list.len() {
         if list.is_null(row) {
             out.push(None);
             continue;
         }
-        let values = list.value(row);
-        let values = values.as_primitive::<Float64Type>();
-        if values.len() != 4 || values.null_count() > 0 {
-            return Err(argument_error(f, index, &format!("{what}; row {row} has {} values", values.len())));
+        let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+        if end - start != 4 || (start..end).any(|i| values.is_null(i)) {
+            return Err(argument_error(f, index, &format!("{what}; row {row} has {} values", end - start)));
         }
-        out.push(Some([values.value(0), values.value(1), values.value(2), values.value(3)]));
+        let v = &values.values()[start..end];
+        out.push(Some([v[0], v[1], v[2], v[3]]));
     }
     Ok(out)
 }
@@ -365,19 +369,10 @@ fn mask_box(rle: &Rle) -> Result<Option<[f64; 4]>> {
     Ok(Some([x0 as f64 / w, y0 as f64 / h, x1 as f64 / w, y1 as f64 / h]))
 }
 
-/// Registers the functions and the views on `ctx`, whose `samples` table is registered already.
-pub async fn register(ctx: &SessionContext) -> Result<()> {
+/// Registers the functions on `ctx`.
+pub fn register(ctx: &SessionContext) {
     for function in FUNCTIONS {
         let signature = Signature::any(function.arity(), Volatility::Immutable);
         ctx.register_udf(ScalarUDF::new_from_impl(AnnotationUdf { function, signature }));
     }
-    let objects = "SELECT key, o['label'] AS label, o['phrase'] AS phrase, o['score'] AS score, o['box'] AS box, \
-                   o['mask'] AS mask, o['mask_area'] AS mask_area, width, height \
-                   FROM (SELECT key, width, height, unnest(objects) AS o FROM samples)";
-    let tags = "SELECT key, t['tag'] AS tag, t['score'] AS score FROM (SELECT key, unnest(tags) AS t FROM samples)";
-    for (name, query) in [("objects", objects), ("tags", tags)] {
-        let view = ctx.sql(query).await?.into_view();
-        ctx.register_table(name, view)?;
-    }
-    Ok(())
 }

@@ -57,9 +57,18 @@ pub(crate) async fn session(output: &Location, uri: &str, config: SessionConfig)
             ctx.register_table(name.as_str(), Arc::new(empty))?;
         }
     }
-    crate::sqlfns::register(&ctx)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot register the annotation views: {}", message(e)))?;
+    crate::sqlfns::register(&ctx);
+    let samples = ctx.table_provider("samples").await?.schema();
+    let files: Vec<_> = view.shards_of("samples").map(|s| (output.child(&s.path), s.bytes)).collect();
+    for (name, list, leading, trailing) in
+        [("objects", "objects", &["key"][..], &["width", "height"][..]), ("tags", "tags", &["key"], &[])]
+    {
+        let table =
+            crate::sqlviews::Flattened::new(&samples, list, leading, trailing, output.store.clone(), files.clone());
+        if let Some(table) = table {
+            ctx.register_table(name, Arc::new(table))?;
+        }
+    }
     Ok(ctx)
 }
 
@@ -147,7 +156,7 @@ pub fn sql(args: SqlArgs) -> Result<ExitCode> {
     let runtime = runtime()?;
     let ctx = runtime.block_on(session(&output, &args.output, SessionConfig::new()))?;
     let Some(query) = args.query.as_deref() else {
-        return prompt(&runtime, &ctx, args.format);
+        return prompt(&runtime, &ctx, args.format, args.timing);
     };
     if query.trim().is_empty() {
         bail!("the query is empty; e.g. lyrics-prep sql --output out/ \"SELECT count(*) FROM samples\"");
@@ -158,8 +167,18 @@ pub fn sql(args: SqlArgs) -> Result<ExitCode> {
         eprintln!("wrote {rows} rows to {}", redact(&target.uri()));
         return Ok(ExitCode::SUCCESS);
     }
-    runtime.block_on(print_result(&ctx, query, args.format))?;
+    runtime.block_on(timed(args.timing, print_result(&ctx, query, args.format)))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Awaits `statement`, and with `timing` prints how long it took, as psql's `\timing` and DuckDB's `.timer` do.
+async fn timed<T>(timing: bool, statement: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let start = std::time::Instant::now();
+    let result = statement.await;
+    if timing {
+        eprintln!("time: {:.1} ms", start.elapsed().as_secs_f64() * 1000.0);
+    }
+    result
 }
 
 /// Runs `query` and prints its result in `format`.
@@ -204,7 +223,12 @@ fn history_file() -> Option<std::path::PathBuf> {
 
 /// The interactive prompt: statements end with `;` and may span lines; history is kept in the cache folder. A
 /// failing statement is reported and the prompt goes on. Also reads statements piped into standard input.
-fn prompt(runtime: &tokio::runtime::Runtime, ctx: &SessionContext, format: SqlFormat) -> Result<ExitCode> {
+fn prompt(
+    runtime: &tokio::runtime::Runtime,
+    ctx: &SessionContext,
+    format: SqlFormat,
+    timing: bool,
+) -> Result<ExitCode> {
     use rustyline::error::ReadlineError;
     let mut editor = rustyline::DefaultEditor::new().context("cannot start the prompt")?;
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
@@ -239,7 +263,7 @@ fn prompt(runtime: &tokio::runtime::Runtime, ctx: &SessionContext, format: SqlFo
             continue;
         }
         let _ = editor.add_history_entry(format!("{query};"));
-        if let Err(e) = runtime.block_on(print_result(ctx, &query, format)) {
+        if let Err(e) = runtime.block_on(timed(timing, print_result(ctx, &query, format))) {
             eprintln!("error: {}", lyrics_pipeline::store::redact_secrets(&format!("{e:#}")));
             failed = true;
         }
