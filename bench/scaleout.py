@@ -100,8 +100,7 @@ def main() -> None:
          "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={ray_temp}"],
         env=env, check=True, stdout=subprocess.DEVNULL,
     )
-    per_task = max(1, a.units // 4)
-    ray_grouped = f"Ray launcher, two workers, --units-per-task {per_task}"
+    ray_grouped = "Ray launcher, two workers, --units-per-task 1 (a process per unit)"
     times = {"two processes (--worker i/2, then finalize)": [], "Ray launcher, two workers": [], ray_grouped: []}
     try:
         for _ in range(a.rounds):
@@ -115,7 +114,7 @@ def main() -> None:
                 else:
                     commands = [[[sys.executable, "-m", "lyrics_prep_ray", *common, "--binary", binary,
                                   "--address", f"127.0.0.1:{port}", "--progress-every", "60",
-                                  *(["--units-per-task", str(per_task)] if label == ray_grouped else [])]]]
+                                  *(["--units-per-task", "1"] if label == ray_grouped else [])]]]
                 times[label].append(timed(commands, env))
         same = shards(work / "workers") == shards(work / "ray") == shards(work / "ray-grouped")
     finally:

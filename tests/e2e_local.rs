@@ -293,7 +293,15 @@ fn plan_and_status_report_the_job() {
     let text = String::from_utf8_lossy(&plan.stdout);
     assert!(plan.status.success() && text.contains("webdataset") && text.contains("units   3"), "{text}");
     let out = dir.path().join("out");
-    lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--worker", "0/2"]), &Env::new());
+    // `--summary json` is the run's own account, for launchers: one JSON object on stdout.
+    let run = lyrics(&run_args(&s(&corpus), &s(&out), &["--worker", "0/2", "--summary", "json"]), &Env::new());
+    assert!(run.status.success(), "{}", stderr(&run));
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        (summary["units"]["done"].as_u64(), summary["units"]["in_plan"].as_u64(), summary["items"].as_u64()),
+        (Some(2), Some(3), Some(4))
+    );
+    assert_eq!((summary["rows"]["samples"].as_u64(), &summary["complete"]), (Some(4), &serde_json::json!(false)));
     let status = Command::new(bin()).args(["status", "--output", &s(&out), "--json"]).output().unwrap();
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(

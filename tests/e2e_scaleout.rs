@@ -298,6 +298,11 @@ fn the_ray_launcher_writes_what_one_process_writes_even_when_a_task_dies() {
     assert!(launched.status.success(), "{text}");
     assert!(once.exists(), "a task's process was killed mid-unit");
     assert!(text.contains("units 5 done, 0 failed, 0 running of 5"), "{text}");
+    // The driver's images/s comes from the tasks' `run --summary json`.
+    let last = text.lines().rfind(|l| l.contains(" images/s")).unwrap_or_default();
+    let rate: f64 =
+        last.split("; ").nth(1).and_then(|r| r.split(' ').next()).and_then(|r| r.parse().ok()).unwrap_or(0.0);
+    assert!(rate > 0.0, "{last}");
     assert_eq!(shards_of("s3://out/ray", &env, &dir.path().join("ray")), expected);
     drop(cluster);
 }

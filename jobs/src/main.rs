@@ -239,6 +239,16 @@ pub struct RunArgs {
     /// Seconds between progress log lines when there is no terminal.
     #[arg(long, default_value_t = 10.0)]
     log_every: f64,
+    /// The summary when the run ends: text on standard error, or also one JSON object on standard output (units,
+    /// items, rows per table, errors and warnings by kind, bytes, seconds), for the programs that launch runs.
+    #[arg(long, value_enum, default_value = "text")]
+    summary: SummaryFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SummaryFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]

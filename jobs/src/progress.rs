@@ -110,6 +110,36 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// The summary of `run --summary json`: what [`summary`] says, as one JSON object. A launcher reads it instead of
+/// the text, whose wording may change.
+pub fn summary_json(report: &RunReport, metrics: &Metrics, worker: &str) -> serde_json::Value {
+    let elapsed = metrics.started.elapsed().as_secs_f64();
+    let items = Metrics::get(&metrics.items_read);
+    let failed: Vec<serde_json::Value> =
+        report.failed.iter().map(|(unit, error)| serde_json::json!({"unit": unit, "error": error})).collect();
+    serde_json::json!({
+        "worker": worker,
+        "format": report.format.name(),
+        "units": {
+            "in_plan": report.units_in_plan,
+            "mine": report.units_mine,
+            "done": report.units_done,
+            "already_committed": report.units_skipped,
+            "failed": failed,
+            "taken": report.taken,
+        },
+        "items": items,
+        "bytes_read": Metrics::get(&metrics.bytes_read),
+        "rows": metrics.rows_by_table(),
+        "errors_by_kind": metrics.errors_by_kind(),
+        "warnings_by_kind": metrics.warnings_by_kind(),
+        "bytes_written": Metrics::get(&metrics.bytes_written),
+        "seconds": elapsed,
+        "images_per_s": rate(items, metrics.started.elapsed()),
+        "complete": report.finalized.is_some(),
+    })
+}
+
 /// The summary printed when a run ends.
 pub fn summary(report: &RunReport, metrics: &Metrics, worker: &str) -> String {
     let elapsed = metrics.started.elapsed();

@@ -3,10 +3,11 @@
     python -m lyrics_prep_ray --input s3://bucket/corpus/ --output s3://bucket/prepared/ \
         [--config job.toml] [--models models.toml] [--num-cpus 2] [--num-gpus 0.25] [--retries 3] \
         [--address auto] [--env-from-driver AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY,AWS_ENDPOINT] \
-        [--binary lyrics-prep]
+        [--units-per-task K] [--binary lyrics-prep]
 
-The driver plans the job once (`lyrics-prep plan --json`), submits every unit as a task with its resource request
-(fractional GPUs let several refiner processes share a device), each running `lyrics-prep run --unit N`, retries a
+The driver plans the job once (`lyrics-prep plan --json`), submits the units as tasks with their resource request
+(fractional GPUs let several refiner processes share a device), each running `lyrics-prep run --unit N ...` for
+a few units (`--units-per-task`; by default about eight tasks per task the cluster runs at once), retries a
 failed unit with exponential backoff, and finalizes the manifest once (`lyrics-prep finalize`). Units are
 idempotent and deterministic, so a retried or duplicated task writes the same bytes, and the output is
 byte-identical to a single-process run.
@@ -29,6 +30,7 @@ import ray
 
 FORWARDED_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "HF_", "LYRICS_")
 FORWARDED_NAMES = ("ORT_DYLIB_PATH",)
+TASKS_PER_SLOT = 8
 
 
 def job_args(args):
@@ -39,13 +41,39 @@ def job_args(args):
     return out
 
 
-def plan_units(args, env):
-    result = subprocess.run(
-        [args.binary, "plan", *job_args(args), "--json"], env=env, capture_output=True, text=True
+def start_plan(args, env):
+    """Starts `lyrics-prep plan` (it lists the input) so that it runs while the driver connects to the cluster."""
+    return subprocess.Popen(
+        [args.binary, "plan", *job_args(args), "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    if result.returncode != 0:
-        sys.exit(f"lyrics-prep-ray: planning failed:\n{result.stderr}")
-    return [unit["id"] for unit in json.loads(result.stdout)["units"]]
+
+
+def planned_units(plan):
+    out, err = plan.communicate()
+    if plan.returncode != 0:
+        sys.exit(f"lyrics-prep-ray: planning failed:\n{err}")
+    return [unit["id"] for unit in json.loads(out)["units"]]
+
+
+def units_per_task(requested, units, slots):
+    """The units one task runs: as requested, or by default enough tasks for about TASKS_PER_SLOT per slot of the
+    cluster, so each process start is spread over a few units while the tail stays short."""
+    if requested > 0:
+        return requested
+    return max(1, -(-units // (max(1, slots) * TASKS_PER_SLOT)))
+
+
+def slots(options):
+    """How many of the tasks' requests the cluster holds at once."""
+    resources = ray.cluster_resources()
+    fits = [resources.get("CPU", 1.0) / options["num_cpus"]] if options["num_cpus"] > 0 else []
+    if options["num_gpus"] > 0:
+        fits.append(resources.get("GPU", 0.0) / options["num_gpus"])
+    return int(min(fits)) if fits else 1
 
 
 @ray.remote
@@ -53,17 +81,15 @@ def run_units(binary, common, output, units, retries, backoff_s):
     """Runs `lyrics-prep run --unit U ...` for the units UNITS in one process, retrying with exponential backoff (a
     retry skips the units already committed); returns (units, ok, items, tail)."""
     selected = [arg for u in units for arg in ("--unit", str(u))]
-    command = [binary, "run", *common, "--output", output, *selected, "--progress", "off"]
+    command = [binary, "run", *common, "--output", output, *selected, "--progress", "off", "--summary", "json"]
     tail = ""
     for attempt in range(retries + 1):
         result = subprocess.run(command, capture_output=True, text=True)
         tail = result.stderr[-2000:]
         if result.returncode == 0:
-            items = 0
-            for line in result.stderr.splitlines():
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == "items" and parts[1].isdigit():
-                    items = int(parts[1])
+            # `--summary json` prints one JSON object on stdout; the items it read make the driver's images/s.
+            lines = result.stdout.strip().splitlines()
+            items = json.loads(lines[-1]).get("items", 0) if lines else 0
             return units, True, items, tail
         if result.returncode == 2:
             break  # a usage or spec error: retrying cannot help
@@ -96,17 +122,20 @@ def main():
     parser.add_argument(
         "--units-per-task",
         type=int,
-        default=1,
-        help="units each task runs in one lyrics-prep process (more: less start-up per unit, coarser retries)",
+        default=0,
+        help="units each task runs in one lyrics-prep process (more: less start-up per unit, coarser retries); "
+        f"default: about {TASKS_PER_SLOT} tasks for each task the cluster runs at once",
     )
     args = parser.parse_args()
 
     env = forwarded_env(args.env_from_driver)
-    units = plan_units(args, {**os.environ, **env})
-    ray.init(address=args.address, runtime_env={"env_vars": env}, log_to_driver=False)
+    plan = start_plan(args, {**os.environ, **env})
+    # A runtime environment, even an empty one, makes Ray start workers of its own instead of its waiting ones.
+    ray.init(address=args.address, runtime_env={"env_vars": env} if env else None, log_to_driver=False)
+    units = planned_units(plan)
     common = job_args(args) + (["--models", args.models] if args.models else [])
     options = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus, "max_retries": 0}
-    per_task = max(1, args.units_per_task)
+    per_task = units_per_task(args.units_per_task, len(units), slots(options))
     groups = [units[i : i + per_task] for i in range(0, len(units), per_task)]
     group_of = {
         run_units.options(**options).remote(args.binary, common, args.output, group, args.retries, args.backoff_s): group

@@ -104,6 +104,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let report = report?;
     let who = if args.claim { "claiming".to_string() } else { format!("{}/{}", worker.index, worker.count) };
     eprint!("{}", summary(&report, &metrics, &who));
+    if args.summary == crate::SummaryFormat::Json {
+        println!("{}", crate::progress::summary_json(&report, &metrics, &who));
+    }
     Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
