@@ -285,6 +285,24 @@ fn job_spec_errors_name_the_key_and_resume_refuses_another_spec() {
 }
 
 #[test]
+fn one_input_spelt_relative_or_absolute_is_one_job() {
+    let dir = tempfile::tempdir().unwrap();
+    webdataset(&dir.path().join("corpus"), 2, 2);
+    let out = s(&dir.path().join("out"));
+    let relative =
+        Command::new(bin()).current_dir(dir.path()).args(run_args("corpus", &out, &[])).output().unwrap();
+    assert!(relative.status.success(), "{}", stderr(&relative));
+    for input in [s(&dir.path().join("corpus")), format!("{}/./corpus/", s(dir.path()))] {
+        let text = lyrics_ok(&run_args(&input, &out, &[]), &Env::new());
+        assert!(text.contains("0 done, 2 already committed"), "{input}: {text}");
+    }
+    let elsewhere = dir.path().join("copy");
+    webdataset(&elsewhere, 2, 2);
+    let refused = lyrics(&run_args(&s(&elsewhere), &out, &[]), &Env::new());
+    assert!(!refused.status.success(), "another folder's corpus is another job");
+}
+
+#[test]
 fn plan_and_status_report_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("corpus");

@@ -219,6 +219,19 @@ impl JobSpec {
         self.hash_with("")
     }
 
+    /// The hashes a run of this job checks an output against: [`JobSpec::hash_with`] with the input as
+    /// `resolved`, the URI the store registry resolved it to (so `corpus`, `./corpus/` and `/data/corpus` from
+    /// `/data` are one job), and, when it differs, the hash of the input as typed, which outputs written before
+    /// inputs were resolved carry.
+    pub fn hashes_with(&self, refiner: &str, resolved: &str) -> (String, Option<String>) {
+        let typed = self.hash_with(refiner);
+        let mut spec = self.clone();
+        spec.input.uri = Some(resolved.to_string());
+        let hash = spec.hash_with(refiner);
+        let earlier = (typed != hash).then_some(typed);
+        (hash, earlier)
+    }
+
     /// [`JobSpec::hash`] with `refiner` (the description of the loaded models, checksums included) mixed in.
     pub fn hash_with(&self, refiner: &str) -> String {
         #[derive(Serialize)]

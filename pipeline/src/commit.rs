@@ -135,12 +135,26 @@ async fn put_json<T: Serialize>(output: &Location, relative: &str, value: &T) ->
     Ok(())
 }
 
-/// Records the plan under `output`, or checks it against the one already there. With `force`, an existing
-/// output of another job is deleted first.
-pub async fn open_output(output: &Location, record: &PlanRecord, force: bool) -> Result<(), PipelineError> {
+/// Whether `existing` is the plan of the job `record` describes: the same plan, and its spec hash or the
+/// `earlier` spelling of it.
+fn same_job(existing: &PlanRecord, record: &PlanRecord, earlier: Option<&str>) -> bool {
+    let spec = existing.spec_hash == record.spec_hash || Some(existing.spec_hash.as_str()) == earlier;
+    spec && existing.plan_hash == record.plan_hash
+}
+
+/// Records the plan under `output`, or checks it against the one already there; `earlier` is another spec hash
+/// of the same job (see [`crate::RunConfig::earlier_spec_hash`]), and an output found with it keeps it, in
+/// `record` too. With `force`, an existing output of another job is deleted first.
+pub async fn open_output(
+    output: &Location,
+    record: &mut PlanRecord,
+    earlier: Option<&str>,
+    force: bool,
+) -> Result<(), PipelineError> {
     let refuse = |message: String| PipelineError::Resume { output: output.uri(), message };
     if let Some(existing) = get_json::<PlanRecord>(output, PLAN_FILE).await? {
-        if existing.spec_hash == record.spec_hash && existing.plan_hash == record.plan_hash {
+        if same_job(&existing, record, earlier) {
+            record.spec_hash = existing.spec_hash.clone();
             return same_workers(output, &existing, record);
         }
         if !force {
@@ -171,7 +185,8 @@ pub async fn open_output(output: &Location, record: &PlanRecord, force: bool) ->
         Ok(_) => Ok(()),
         // Another worker created it first: it must describe the same job.
         Err(object_store::Error::AlreadyExists { .. }) => match get_json::<PlanRecord>(output, PLAN_FILE).await? {
-            Some(existing) if existing.spec_hash == record.spec_hash && existing.plan_hash == record.plan_hash => {
+            Some(existing) if same_job(&existing, record, earlier) => {
+                record.spec_hash = existing.spec_hash.clone();
                 same_workers(output, &existing, record)
             }
             _ => Err(refuse("another worker started this output with a different job spec or input".into())),
@@ -442,5 +457,43 @@ impl OutputView {
     /// Bytes of the visible shards.
     pub fn bytes(&self) -> u64 {
         self.shards.iter().map(|s| s.bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreRegistry;
+    use crate::plan::Plan;
+
+    fn record(spec_hash: &str) -> PlanRecord {
+        let plan = Plan { format: crate::InputFormat::Webdataset, units: Vec::new() };
+        PlanRecord {
+            created_by: created_by(),
+            spec_hash: spec_hash.to_string(),
+            plan_hash: plan.fingerprint(),
+            input: "corpus".into(),
+            tables: vec!["samples".into()],
+            workers: Some(1),
+            sink: None,
+            plan,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_output_with_the_earlier_spelling_of_the_spec_hash_is_resumed_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = StoreRegistry::new(crate::StorageOptions::default());
+        let output = registry.locate(dir.path().to_str().unwrap()).unwrap();
+        open_output(&output, &mut record("typed"), None, false).await.unwrap();
+
+        let mut resumed = record("resolved");
+        open_output(&output, &mut resumed, Some("typed"), false).await.unwrap();
+        assert_eq!(resumed.spec_hash, "typed", "the finalized manifest must carry the hash the plan holds");
+
+        let refused = open_output(&output, &mut record("resolved"), Some("other"), false).await;
+        assert!(matches!(refused, Err(PipelineError::Resume { .. })), "{refused:?}");
+        let refused = open_output(&output, &mut record("resolved"), None, false).await;
+        assert!(matches!(refused, Err(PipelineError::Resume { .. })), "{refused:?}");
     }
 }

@@ -77,6 +77,9 @@ pub struct RunConfig {
     pub worker: Worker,
     /// Digest of the job spec (everything that shapes the output).
     pub spec_hash: String,
+    /// The digest an output written by an earlier version carries for this same job (one that hashed the input
+    /// as typed): such an output is resumed, and keeps its digest.
+    pub earlier_spec_hash: Option<String>,
     /// Delete an output written by another job spec instead of refusing.
     pub force: bool,
     /// Share units by claims with a lease of this length, instead of by worker index (see [`crate::claims`]).
@@ -123,7 +126,7 @@ pub async fn run<S: Send + 'static>(
     let planned = plan::plan(&registry, &config.input, config.format, &config.source).await?;
     let plan = planned.plan;
     let output = registry.locate(&config.output)?;
-    let record = PlanRecord {
+    let mut record = PlanRecord {
         created_by: commit::created_by(),
         spec_hash: config.spec_hash.clone(),
         plan_hash: plan.fingerprint(),
@@ -133,7 +136,7 @@ pub async fn run<S: Send + 'static>(
         sink: Some(config.sink),
         plan: plan.clone(),
     };
-    commit::open_output(&output, &record, config.force).await?;
+    commit::open_output(&output, &mut record, config.earlier_spec_hash.as_deref(), config.force).await?;
     let committed = commit::committed_units(&output).await?;
     if let Some(missing) = config.units.iter().flatten().find(|id| **id >= plan.units.len() as u64) {
         return Err(PipelineError::Config(format!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use lyrics_operators::image::ImageOperator;
 use lyrics_operators::text::TextOptions;
-use lyrics_pipeline::{Metrics, RunConfig, Stage, Tables, Worker};
+use lyrics_pipeline::{Metrics, RunConfig, Stage, Tables, Worker, redact};
 
 use super::{input_of, load_spec, registry, runtime};
 use crate::RunArgs;
@@ -84,6 +84,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let mut source = spec.input.source.clone();
     source.max_image_bytes = spec.decode.max_bytes;
+    let resolved =
+        registry.locate(&input).with_context(|| format!("cannot open the input {}", redact(&input)))?.uri();
+    let (spec_hash, earlier_spec_hash) = spec.hashes_with(&refiner_description, &resolved);
     let config = RunConfig {
         input,
         output,
@@ -93,7 +96,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         batch_size: spec.pipeline.batch_size,
         channel_capacity: spec.pipeline.channel_capacity,
         worker,
-        spec_hash: spec.hash_with(&refiner_description),
+        spec_hash,
+        earlier_spec_hash,
         force: args.force,
         claim: args.claim.then(|| Duration::from_secs_f64(args.lease_s)),
         units: (!args.unit.is_empty()).then(|| args.unit.clone()),
