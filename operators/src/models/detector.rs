@@ -156,17 +156,13 @@ impl Detector {
         // The masks are made on the whole prompt and then cut to `max_text_len`, as the reference cuts them: a
         // phrase cut in two keeps attending to itself with its positions, not as tokens with no phrase.
         let all = encoding.get_ids();
-        let (full_mask, full_positions) = sub_sentence_masks(all, &self.special);
-        let n = all.len().min(self.max_text_len);
-        let mut mask = Vec::with_capacity(n * n);
-        for row in 0..n {
-            mask.extend_from_slice(&full_mask[row * all.len()..row * all.len() + n]);
-        }
+        let (mask, positions) = sub_sentence_masks(all, &self.special, self.max_text_len);
+        let n = positions.len();
         Ok(TextInputs {
             input_ids: all.iter().take(n).map(|&i| i64::from(i)).collect(),
             attention_mask: encoding.get_attention_mask().iter().take(n).map(|&m| i64::from(m)).collect(),
             token_type_ids: encoding.get_type_ids().iter().take(n).map(|&t| i64::from(t)).collect(),
-            position_ids: full_positions.into_iter().take(n).collect(),
+            position_ids: positions,
             text_token_mask: mask,
         })
     }
@@ -369,12 +365,15 @@ pub fn best_boxes(boxes: &[BoxXyxy], scores: &[f32], iou_threshold: f32, max: us
     keep
 }
 
-/// Grounding DINO's `generate_masks_with_special_tokens_and_transfer_map` for one prompt: each sub-sentence (the
-/// tokens after a special token up to and including the next) attends only to itself, with positions restarting at
-/// 0; the first and last tokens, when special, attend to themselves with position 0. Returns the row-major `[L, L]`
-/// mask and the position ids.
-pub fn sub_sentence_masks(ids: &[u32], special: &[u32]) -> (Vec<bool>, Vec<i64>) {
-    let n = ids.len();
+/// Grounding DINO's `generate_masks_with_special_tokens_and_transfer_map` for one prompt, cut to its first `keep`
+/// tokens: each sub-sentence (the tokens after a special token up to and including the next) attends only to
+/// itself, with positions restarting at 0; the first and last tokens of the whole prompt, when special, attend to
+/// themselves with position 0. Returns the row-major `[n, n]` mask and the `n` position ids, `n` being `keep` or
+/// the prompt's length if shorter. Only the kept block is made: the whole prompt's mask is `len²` (a prompt of a
+/// few thousand tags would be hundreds of MB), and the block is what the reference keeps of it.
+pub fn sub_sentence_masks(ids: &[u32], special: &[u32], keep: usize) -> (Vec<bool>, Vec<i64>) {
+    let total = ids.len();
+    let n = keep.min(total);
     let mut mask = vec![false; n * n];
     for i in 0..n {
         mask[i * n + i] = true;
@@ -382,15 +381,17 @@ pub fn sub_sentence_masks(ids: &[u32], special: &[u32]) -> (Vec<bool>, Vec<i64>)
     let mut positions = vec![0i64; n];
     let mut previous = 0usize;
     for (col, id) in ids.iter().enumerate() {
+        if previous + 1 >= n {
+            break; // every later sub-sentence starts past the cut
+        }
         if !special.contains(id) {
             continue;
         }
-        if col == 0 || col == n - 1 {
-            mask[col * n + col] = true;
-            positions[col] = 0;
-        } else {
-            for r in previous + 1..=col {
-                for c in previous + 1..=col {
+        // The whole prompt's first and last tokens attend to themselves at position 0, as every token starts.
+        if col != 0 && col != total - 1 {
+            let last = col.min(n - 1);
+            for r in previous + 1..=last {
+                for c in previous + 1..=last {
                     mask[r * n + c] = true;
                 }
                 positions[r] = (r - previous - 1) as i64;
@@ -419,11 +420,50 @@ mod tests {
         assert_eq!(best_boxes(&overlapping, &scores, 0.6, 3), vec![1, 3, 0]);
     }
 
+    /// The whole prompt's mask, made as the reference makes it, to compare the cut block with.
+    fn whole_prompt_masks(ids: &[u32], special: &[u32]) -> (Vec<bool>, Vec<i64>) {
+        let n = ids.len();
+        let mut mask = vec![false; n * n];
+        let mut positions = vec![0i64; n];
+        for i in 0..n {
+            mask[i * n + i] = true;
+        }
+        let mut previous = 0;
+        for (col, id) in ids.iter().enumerate() {
+            if special.contains(id) {
+                if col != 0 && col != n - 1 {
+                    for r in previous + 1..=col {
+                        (previous + 1..=col).for_each(|c| mask[r * n + c] = true);
+                        positions[r] = (r - previous - 1) as i64;
+                    }
+                }
+                previous = col;
+            }
+        }
+        (mask, positions)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_cut_block_is_the_whole_prompts_mask_cut(
+            ids in proptest::collection::vec(0u32..6, 0..40),
+            keep in 0usize..45,
+        ) {
+            let special = [0, 1];
+            let (whole, whole_positions) = whole_prompt_masks(&ids, &special);
+            let (mask, positions) = sub_sentence_masks(&ids, &special, keep);
+            let n = keep.min(ids.len());
+            let cut: Vec<bool> = (0..n).flat_map(|r| whole[r * ids.len()..r * ids.len() + n].to_vec()).collect();
+            proptest::prop_assert_eq!(mask, cut);
+            proptest::prop_assert_eq!(positions, whole_positions[..n].to_vec());
+        }
+    }
+
     #[test]
     fn sub_sentences_attend_to_themselves() {
         // [CLS] red , blue . green . [SEP] with '.' = 9, [CLS] = 1, [SEP] = 2.
         let ids = [1, 5, 6, 7, 9, 8, 9, 2];
-        let (mask, positions) = sub_sentence_masks(&ids, &[1, 2, 9]);
+        let (mask, positions) = sub_sentence_masks(&ids, &[1, 2, 9], ids.len());
         assert_eq!(positions, vec![0, 0, 1, 2, 3, 0, 1, 0]);
         let n = ids.len();
         let row = |r: usize| (0..n).map(|c| mask[r * n + c] as u8).collect::<Vec<_>>();
