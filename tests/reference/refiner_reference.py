@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import sys
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -120,6 +121,9 @@ def nms(boxes, scores, threshold):
 def grounding_dino(session, export, tokenizer, image, caption, box_threshold, text_threshold, iou_threshold):
     w, h = image.size
     oh, ow = get_size_with_aspect_ratio((w, h), 800, 1333)
+    shape = session.get_inputs()[0].shape
+    if all(isinstance(d, int) for d in shape[2:]):
+        oh, ow = shape[2], shape[3]  # a graph traced at one size: its callers stretch every image to it
     x = np.asarray(image.resize((ow, oh), Image.BILINEAR), np.float32) / 255.0
     x = ((x - MEAN) / STD).transpose(2, 0, 1)[None].astype(np.float32)
     caption = caption.lower().strip()
@@ -151,6 +155,24 @@ def grounding_dino(session, export, tokenizer, image, caption, box_threshold, te
         found.append((phrase, float(logit.max()), [float(v) for v in xyxy]))
     order = nms([f[2] for f in found], np.array([f[1] for f in found], np.float32), iou_threshold)
     return [found[i] for i in order]
+
+
+class Timed:
+    """An onnxruntime session whose `run` calls are timed, to sum what the loop spends inside the graphs."""
+
+    total = 0.0
+
+    def __init__(self, session):
+        self.session = session
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def run(self, *args):
+        start = time.perf_counter()
+        out = self.session.run(*args)
+        Timed.total += time.perf_counter() - start
+        return out
 
 
 # ------------------------------------------------------------------------------------------------------ SAM
@@ -239,6 +261,9 @@ def main():
     ap.add_argument("--text-threshold", type=float, default=0.2)
     ap.add_argument("--iou-threshold", type=float, default=0.6)
     ap.add_argument("--tag-threshold", type=float, default=0.68)
+    ap.add_argument("--thresholds", help="RAM's per-class thresholds file (one per tag), instead of --tag-threshold")
+    ap.add_argument("--max-detections", type=int, default=0, help="keep the best N boxes after NMS (0: all)")
+    ap.add_argument("--session-times", action="store_true", help="print the summed session.run time on stderr")
     ap.add_argument("out")
     ap.add_argument("images", nargs="+")
     a = ap.parse_args()
@@ -248,9 +273,13 @@ def main():
     detector = ort.InferenceSession(f"{m}/detector_{a.export}.onnx", opts, providers=["CPUExecutionProvider"])
     encoder = ort.InferenceSession(f"{m}/sam_encoder.onnx", opts, providers=["CPUExecutionProvider"])
     decoder = ort.InferenceSession(f"{m}/sam_decoder.onnx", opts, providers=["CPUExecutionProvider"])
+    if a.session_times:
+        tagger, detector, encoder, decoder = (Timed(x) for x in (tagger, detector, encoder, decoder))
     tokenizer = Tokenizer.from_file(f"{m}/tokenizer.json")
     tags = [t.strip() for t in open(f"{m}/tags.txt") if t.strip()]
     thresholds = [a.tag_threshold] * len(tags)
+    if a.thresholds:
+        thresholds = [float(t) for t in open(a.thresholds) if t.strip()]
     results = []
     for path in a.images:
         image = Image.open(path).convert("RGB")
@@ -260,6 +289,8 @@ def main():
         if found_tags:
             prompt = " | ".join(t for t, _ in found_tags).replace(" |", ",")
             detections = grounding_dino(detector, a.export, tokenizer, image, prompt, a.box_threshold, a.text_threshold, a.iou_threshold)
+            if a.max_detections > 0:
+                detections = sorted(detections, key=lambda d: -d[1])[: a.max_detections]
             clamped = [[min(max(b[0], 0), w), min(max(b[1], 0), h), min(max(b[2], 0), w), min(max(b[3], 0), h)] for _, _, b in detections]
             masks = sam_masks(encoder, decoder, image, clamped)
             for (phrase, score, _), box, (mask, iou) in zip(detections, clamped, masks):
@@ -272,6 +303,8 @@ def main():
                 })
         results.append({"image": path, "width": w, "height": h, "tags": found_tags, "objects": objects})
     json.dump(results, open(a.out, "w"), indent=1)
+    if a.session_times:
+        print(f"session_run_s {Timed.total:.3f}", file=sys.stderr)
 
 
 if __name__ == "__main__":
