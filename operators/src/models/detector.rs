@@ -129,6 +129,11 @@ impl Detector {
         })
     }
 
+    /// The prompt tokens the model sees; the rest of a prompt is cut.
+    pub fn max_text_len(&self) -> usize {
+        self.max_text_len
+    }
+
     /// The static (width, height) the graph declares for its image, if any.
     pub fn fixed_size(&self) -> Option<(u32, u32)> {
         self.fixed_size
@@ -457,6 +462,26 @@ mod tests {
             proptest::prop_assert_eq!(mask, cut);
             proptest::prop_assert_eq!(positions, whole_positions[..n].to_vec());
         }
+    }
+
+    #[test]
+    fn the_first_max_text_len_tags_make_the_inputs_that_all_tags_make() {
+        // What the refiner relies on when it prompts with the first `max_text_len` tags only: the real BERT
+        // vocabulary, all of RAM's tags (random weights pass them all).
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/models/real-tiny");
+        let tokenizer = tokenizers::Tokenizer::from_file(format!("{dir}/tokenizer.json")).unwrap();
+        let special: Vec<u32> =
+            ["[CLS]", "[SEP]", ".", "?"].iter().filter_map(|t| tokenizer.token_to_id(t)).collect();
+        let list = std::fs::read_to_string(format!("{dir}/ram_tag_list.txt")).unwrap();
+        let tags: Vec<crate::models::tagger::Tag> =
+            list.lines().map(|t| crate::models::tagger::Tag { tag: t.to_string(), score: 1.0 }).collect();
+        let inputs = |tags: &[crate::models::tagger::Tag]| {
+            let encoding = tokenizer.encode(crate::models::tagger::prompt_of(tags), true).unwrap();
+            let (mask, positions) = sub_sentence_masks(encoding.get_ids(), &special, 256);
+            (encoding.get_ids()[..positions.len()].to_vec(), mask, positions)
+        };
+        assert!(tags.len() > 4000);
+        assert_eq!(inputs(&tags[..256]), inputs(&tags));
     }
 
     #[test]

@@ -260,6 +260,10 @@ impl Refiner {
         }
         let Some(detector) = self.detector.as_mut() else { return results };
         let prompt = self.config.detector.as_ref().map(|d| d.prompt.clone()).unwrap_or_default();
+        // Every tag is at least its `,`, so the first `max_text_len` tags already make a prompt longer than the model
+        // sees: the tokens it keeps, and their masks, are the whole prompt's. Thousands of tags (RAM's 4,585 can all
+        // pass) would otherwise be tokenized on the inference thread for nothing, ~15 ms an image.
+        let keep = detector.max_text_len();
         // Each image's prompt; an image without one (no tags, no caption) is not detected in.
         let mut prompts: Vec<Option<String>> = batch
             .iter()
@@ -267,7 +271,9 @@ impl Refiner {
             .map(|((_, prepared), result)| {
                 let r = result.as_ref().ok()?;
                 match &prompt {
-                    DetectorPrompt::Source(PromptSource::Tags) => (!r.tags.is_empty()).then(|| prompt_of(&r.tags)),
+                    DetectorPrompt::Source(PromptSource::Tags) => {
+                        (!r.tags.is_empty()).then(|| prompt_of(&r.tags[..r.tags.len().min(keep)]))
+                    }
                     DetectorPrompt::Source(PromptSource::Caption) => {
                         prepared.caption.as_deref().filter(|c| !c.trim().is_empty()).map(caption_prompt)
                     }
