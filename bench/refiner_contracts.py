@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from refiner_full import full_models_file
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "examples/models/real-tiny"
 CONTRACTS = ["hf.toml", "idea.toml", "hf_sam.toml", "sam2.toml"]
@@ -66,13 +68,7 @@ def main():
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         runs = [(c, TINY / c, photos) for c in CONTRACTS]
         if args.full:
-            full = Path(tmp) / "full.toml"
-            text = (TINY / "hf.toml").read_text().replace("tokenizer = ", "max_detections = 10\ntokenizer = ")
-            for name in ["ram_logits.onnx", "gdino_hf.onnx", "sam_encoder.onnx", "sam_decoder.onnx", "tokenizer.json"]:
-                text = text.replace(f'"{name}"', f'"{(args.full / name).resolve()}"')
-            for name in ["ram_tag_list.txt", "ram_tag_list_threshold.txt"]:
-                text = text.replace(f'"{name}"', f'"{(TINY / name).resolve()}"')
-            full.write_text(text)
+            full = full_models_file(args.full, Path(tmp) / "full.toml")
             # The six photos once: a full-size Grounding DINO takes seconds per image on a CPU.
             runs.append(("full size, the six photos once (hf.toml, ≤ 10 boxes)", full, TINY / "photos"))
         for contract, models, folder in runs:

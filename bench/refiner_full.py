@@ -49,6 +49,17 @@ def photos(folder: Path, count: int) -> list:
     return out
 
 
+def full_models_file(full: Path, target: Path) -> Path:
+    """real-tiny's hf.toml pointed at the full-size graphs in `full`, keeping the best 10 boxes an image."""
+    text = (TINY / "hf.toml").read_text().replace("tokenizer = ", "max_detections = 10\ntokenizer = ")
+    for name in ["ram_logits.onnx", "gdino_hf.onnx", "sam_encoder.onnx", "sam_decoder.onnx", "tokenizer.json"]:
+        text = text.replace(f'"{name}"', f'"{(full / name).resolve()}"')
+    for name in ["ram_tag_list.txt", "ram_tag_list_threshold.txt"]:
+        text = text.replace(f'"{name}"', f'"{(TINY / name).resolve()}"')
+    target.write_text(text)
+    return target
+
+
 def timed(argv, env=None):
     start = time.monotonic()
     proc = subprocess.run(["/usr/bin/time", "-f", "peak_kb %M", *argv], capture_output=True, text=True, env=env)
@@ -70,13 +81,7 @@ def main():
     work = a.work.resolve()
     images = photos(work / "photos", a.photos)
 
-    models = work / "full.toml"
-    text = (TINY / "hf.toml").read_text().replace("tokenizer = ", "max_detections = 10\ntokenizer = ")
-    for name in ["ram_logits.onnx", "gdino_hf.onnx", "sam_encoder.onnx", "sam_decoder.onnx", "tokenizer.json"]:
-        text = text.replace(f'"{name}"', f'"{full / name}"')
-    for name in ["ram_tag_list.txt", "ram_tag_list_threshold.txt"]:
-        text = text.replace(f'"{name}"', f'"{(TINY / name).resolve()}"')
-    models.write_text(text)
+    models = full_models_file(full, work / "full.toml")
     # The loop's layout of the same graphs.
     loop_models = work / "loop-models"
     loop_models.mkdir(exist_ok=True)
