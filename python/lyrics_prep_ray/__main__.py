@@ -79,22 +79,26 @@ def slots(options):
 @ray.remote
 def run_units(binary, common, output, units, retries, backoff_s):
     """Runs `lyrics-prep run --unit U ...` for the units UNITS in one process, retrying with exponential backoff (a
-    retry skips the units already committed); returns (units, ok, items, tail)."""
+    retry skips the units already committed); returns (units, the units that failed, items read, stderr's tail)."""
     selected = [arg for u in units for arg in ("--unit", str(u))]
     command = [binary, "run", *common, "--output", output, *selected, "--progress", "off", "--summary", "json"]
-    tail = ""
+    tail, failed, items = "", list(units), 0
     for attempt in range(retries + 1):
         result = subprocess.run(command, capture_output=True, text=True)
         tail = result.stderr[-2000:]
+        # `--summary json` prints one JSON object on stdout, also when some units failed (exit 1): the items read
+        # make the driver's images/s, and its failed units are the ones left to report.
+        lines = result.stdout.strip().splitlines()
+        summary = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None
+        if summary is not None:
+            items += summary.get("items", 0)
+            failed = [f["unit"] for f in summary.get("units", {}).get("failed", [])]
         if result.returncode == 0:
-            # `--summary json` prints one JSON object on stdout; the items it read make the driver's images/s.
-            lines = result.stdout.strip().splitlines()
-            items = json.loads(lines[-1]).get("items", 0) if lines else 0
-            return units, True, items, tail
+            return units, [], items, tail
         if result.returncode == 2:
-            break  # a usage or spec error: retrying cannot help
+            return units, list(units), items, tail  # a usage or spec error: retrying cannot help
         time.sleep(backoff_s * (2**attempt))
-    return units, False, 0, tail
+    return units, failed if failed else list(units), items, tail
 
 
 def forwarded_env(names):
@@ -145,11 +149,12 @@ def main():
     started, done, failed, items, last = time.time(), [], [], 0, 0.0
     while pending:
         ready, pending = ray.wait(pending, timeout=args.progress_every)
-        for group, ok, unit_items, tail in ray.get(ready):
-            (done if ok else failed).extend(group)
+        for group, group_failed, unit_items, tail in ray.get(ready):
+            done.extend(u for u in group if u not in group_failed)
+            failed.extend(group_failed)
             items += unit_items
-            if not ok:
-                names = ",".join(map(str, group))
+            if group_failed:
+                names = ",".join(map(str, group_failed))
                 print(f"lyrics-prep-ray: unit {names} failed after its retries:\n{tail}", file=sys.stderr)
         now = time.time()
         if now - last >= args.progress_every or not pending:
