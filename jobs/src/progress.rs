@@ -113,7 +113,7 @@ pub fn human_bytes(bytes: u64) -> String {
 /// The summary of `run --summary json`: what [`summary`] says, as one JSON object. A launcher reads it instead of
 /// the text, whose wording may change.
 pub fn summary_json(report: &RunReport, metrics: &Metrics, worker: &str) -> serde_json::Value {
-    let elapsed = metrics.started.elapsed().as_secs_f64();
+    let elapsed = metrics.started.elapsed();
     let items = Metrics::get(&metrics.items_read);
     let failed: Vec<serde_json::Value> =
         report.failed.iter().map(|(unit, error)| serde_json::json!({"unit": unit, "error": error})).collect();
@@ -134,8 +134,8 @@ pub fn summary_json(report: &RunReport, metrics: &Metrics, worker: &str) -> serd
         "errors_by_kind": metrics.errors_by_kind(),
         "warnings_by_kind": metrics.warnings_by_kind(),
         "bytes_written": Metrics::get(&metrics.bytes_written),
-        "seconds": elapsed,
-        "images_per_s": rate(items, metrics.started.elapsed()),
+        "seconds": elapsed.as_secs_f64(),
+        "images_per_s": rate(items, elapsed),
         "complete": report.finalized.is_some(),
     })
 }

@@ -221,26 +221,23 @@ impl Scan {
 
     /// One row per element of the batch's lists.
     fn flatten(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let rows = batch.num_rows();
         let list = batch.column_by_name(&self.list).and_then(|c| c.as_list_opt::<i32>());
         let (parents, elements) = match list {
-            Some(list) => elements_of(list),
+            Some(list) => elements_of(list)?,
             None => (UInt32Array::from(Vec::<u32>::new()), None),
         };
         let count = parents.len();
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
         for (column, field) in self.columns.iter().zip(self.schema.fields()) {
             let array = match column {
-                Column::Sample(name) => match batch.column_by_name(name) {
-                    Some(values) if values.len() == rows => Some(arrow::compute::take(values, &parents, None)?),
-                    _ => None,
-                },
-                Column::Element(name) => match (&elements, list) {
-                    (Some(elements), Some(_)) => {
-                        elements.column_by_name(name).map(|c| with_parent_nulls(c, elements))
-                    }
-                    _ => None,
-                },
+                Column::Sample(name) => batch
+                    .column_by_name(name)
+                    .map(|values| arrow::compute::take(values, &parents, None))
+                    .transpose()?,
+                Column::Element(name) => elements
+                    .as_ref()
+                    .and_then(|elements| elements.column_by_name(name).map(|c| with_parent_nulls(c, elements)))
+                    .transpose()?,
             };
             let array = match array {
                 Some(a) if a.data_type() == field.data_type() => a,
@@ -257,7 +254,7 @@ impl Scan {
 
 /// For each element of `list`'s valid entries, the row it belongs to; and the elements, in that order (`None` when
 /// the list holds no structs).
-fn elements_of(list: &arrow::array::ListArray) -> (UInt32Array, Option<StructArray>) {
+fn elements_of(list: &arrow::array::ListArray) -> Result<(UInt32Array, Option<StructArray>)> {
     let offsets = list.value_offsets();
     let mut parents = Vec::with_capacity(list.values().len());
     let mut picked: Vec<u32> = Vec::new();
@@ -272,24 +269,21 @@ fn elements_of(list: &arrow::array::ListArray) -> (UInt32Array, Option<StructArr
             }
         }
     }
-    let Some(values) = list.values().as_struct_opt() else { return (UInt32Array::from(parents), None) };
+    let Some(values) = list.values().as_struct_opt() else { return Ok((UInt32Array::from(parents), None)) };
     let elements = if contiguous {
         let (start, end) = (offsets[0] as usize, offsets[list.len()] as usize);
-        Some(values.slice(start, end - start))
+        values.slice(start, end - start)
     } else {
-        arrow::compute::take(values, &UInt32Array::from(picked), None).ok().map(|a| a.as_struct().clone())
+        arrow::compute::take(values, &UInt32Array::from(picked), None)?.as_struct().clone()
     };
-    (UInt32Array::from(parents), elements)
+    Ok((UInt32Array::from(parents), Some(elements)))
 }
 
 /// `field` of `elements`, NULL where the element itself is.
-fn with_parent_nulls(field: &ArrayRef, elements: &StructArray) -> ArrayRef {
-    let Some(parent) = elements.nulls() else { return field.clone() };
+fn with_parent_nulls(field: &ArrayRef, elements: &StructArray) -> Result<ArrayRef> {
+    let Some(parent) = elements.nulls() else { return Ok(field.clone()) };
     let nulls = arrow::buffer::NullBuffer::union(field.nulls(), Some(parent));
-    match field.to_data().into_builder().nulls(nulls).build() {
-        Ok(data) => arrow::array::make_array(data),
-        Err(_) => field.clone(),
-    }
+    Ok(arrow::array::make_array(field.to_data().into_builder().nulls(nulls).build()?))
 }
 
 /// Fixed-width leaves first, the narrowest first: the cheapest to read for offsets alone.

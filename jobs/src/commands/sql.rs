@@ -60,13 +60,13 @@ pub(crate) async fn session(output: &Location, uri: &str, config: SessionConfig)
     crate::sqlfns::register(&ctx);
     let samples = ctx.table_provider("samples").await?.schema();
     let files: Vec<_> = view.shards_of("samples").map(|s| (output.child(&s.path), s.bytes)).collect();
-    for (name, list, leading, trailing) in
-        [("objects", "objects", &["key"][..], &["width", "height"][..]), ("tags", "tags", &["key"], &[])]
+    // Each table is named after the list column of `samples` it flattens.
+    for (list, leading, trailing) in [("objects", &["key"][..], &["width", "height"][..]), ("tags", &["key"], &[])]
     {
         let table =
             crate::sqlviews::Flattened::new(&samples, list, leading, trailing, output.store.clone(), files.clone());
         if let Some(table) = table {
-            ctx.register_table(name, Arc::new(table))?;
+            ctx.register_table(list, Arc::new(table))?;
         }
     }
     Ok(ctx)

@@ -158,8 +158,9 @@ impl Detector {
             .tokenizer
             .encode(caption, true)
             .map_err(|e| ModelError::Preprocess(format!("tokenize `{caption}`: {e}")))?;
-        // The masks are made on the whole prompt and then cut to `max_text_len`, as the reference cuts them: a
-        // phrase cut in two keeps attending to itself with its positions, not as tokens with no phrase.
+        // The masks are those of the whole prompt cut to `max_text_len`, as the reference cuts them (only the kept
+        // block is made): a phrase cut in two keeps attending to itself with its positions, not as tokens with no
+        // phrase.
         let all = encoding.get_ids();
         let (mask, positions) = sub_sentence_masks(all, &self.special, self.max_text_len);
         let n = positions.len();
