@@ -308,4 +308,21 @@ fn statements_piped_into_the_prompt_run_one_by_one() {
     assert!(String::from_utf8_lossy(&result.stderr).contains("No field named nope"));
     assert_eq!(result.status.code(), Some(1), "a piped script with a failing statement fails");
     assert!(!dir.path().join(".cache/lyrics-prep/sql_history").exists(), "no history for piped statements");
+
+    // `--timing`: one `time:` line on stderr for each statement, the failing one included; stdout is unchanged.
+    let mut child = std::process::Command::new(bin())
+        .args(["sql", "--output", &s(&demo.join("output")), "--format", "csv", "--timing"])
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let timed = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&timed.stdout), printed);
+    let stderr = String::from_utf8_lossy(&timed.stderr);
+    let times: Vec<f64> =
+        stderr.lines().filter_map(|l| l.strip_prefix("time: ")?.strip_suffix(" ms")?.parse().ok()).collect();
+    assert_eq!(times.len(), 3, "{stderr}");
 }
