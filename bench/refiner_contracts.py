@@ -28,7 +28,7 @@ from refiner_full import full_models_file
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "examples/models/real-tiny"
-CONTRACTS = ["hf.toml", "idea.toml", "hf_sam.toml", "sam2.toml"]
+CONTRACTS = ["hf.toml", "idea.toml", "hf_sam.toml", "hf_sam_boxes.toml", "sam2.toml"]
 
 
 def busy(summary, stage):

@@ -26,8 +26,10 @@ The contracts, one graph (or pair) each:
 - `sam_decoder.onnx` / `sam_decoder_single.onnx`: segment-anything's official `SamOnnxModel` decoder export
   (multimask, and `--return-single-mask`).
 - `hf_sam_vision_encoder.onnx` + `hf_sam_prompt_encoder_mask_decoder.onnx`: transformers' SamModel split as
-  transformers.js ships SAM and SlimSAM (`pixel_values` -> `image_embeddings`, `image_positional_embeddings`; those
-  and `input_boxes` [1, boxes, 4] -> `iou_scores`, `pred_masks` [1, boxes, 3, 256, 256]).
+  optimum exports it and transformers.js ships SAM and SlimSAM (`pixel_values` -> `image_embeddings`,
+  `image_positional_embeddings`; those, `input_points` [1, boxes, points, 2] and `input_labels` -> `iou_scores`,
+  `pred_masks` [1, boxes, 3, 256, 256]; no box input). `hf_sam_prompt_encoder_mask_decoder_boxes.onnx`: the same
+  modules with the prompt encoder's `input_boxes` [1, boxes, 4] instead.
 - `sam2_encoder.onnx` + `sam2_decoder.onnx`: SAM 2.1 (hiera) as samexporter's `export_sam2.py` exports it.
 - `ram_targets.onnx` / `ram_logits.onnx`: a Swin-L 384 image side with RAM's 4,585-tag query head (label embeddings
   cross-attending to the image tokens, one logit per tag), in the two export styles users meet: X-AnyLabeling's
@@ -595,7 +597,28 @@ class HfSamVision(nn.Module):
         return embeddings, positional
 
 
+class HfSamPointsDecoder(nn.Module):
+    """optimum's SAM export (`SAMModelPatcher`, variant "split", the prompt encoder / mask decoder half), as the
+    transformers.js SAM and SlimSAM files on the hub were made: points and labels only; optimum passes
+    `input_boxes=None` ("not supported in the ONNX export")."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image_embeddings, image_positional_embeddings, input_points, input_labels):
+        sparse, dense = self.model.prompt_encoder(input_points=input_points, input_labels=input_labels,
+                                                  input_boxes=None, input_masks=None)
+        masks, iou = self.model.mask_decoder(image_embeddings=image_embeddings,
+                                             image_positional_embeddings=image_positional_embeddings,
+                                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                             multimask_output=True)[:2]
+        return iou, masks
+
+
 class HfSamDecoder(nn.Module):
+    """The same modules with the prompt encoder's box input, as a user's own export may have them."""
+
     def __init__(self, model):
         super().__init__()
         self.model = model
@@ -633,9 +656,21 @@ def export_hf_sam(out, tiny):
                 "image_positional_embeddings": {0: "batch_size"}})
         export(HfSamDecoder(model), (torch.randn(1, 256, 64, 64), torch.randn(1, 256, 64, 64),
                                      torch.tensor([[[10.0, 20.0, 300.0, 400.0], [5.0, 5.0, 50.0, 60.0]]])),
-               out / "hf_sam_prompt_encoder_mask_decoder.onnx",
+               out / "hf_sam_prompt_encoder_mask_decoder_boxes.onnx",
                ["image_embeddings", "image_positional_embeddings", "input_boxes"], ["iou_scores", "pred_masks"],
                {"input_boxes": {1: "num_boxes"}, "iou_scores": {1: "num_boxes"}, "pred_masks": {1: "num_boxes"}})
+        # optimum's input names, order and dynamic axes (SamOnnxConfig.inputs / outputs, variant "split").
+        points = {0: "batch_size", 1: "point_batch_size", 2: "nb_points_per_image"}
+        export(HfSamPointsDecoder(model), (torch.randn(1, 256, 64, 64), torch.randn(1, 256, 64, 64),
+                                           torch.tensor([[[[100.0, 200.0]], [[30.0, 40.0]]]]),
+                                           torch.tensor([[[1], [1]]], dtype=torch.int64)),
+               out / "hf_sam_prompt_encoder_mask_decoder.onnx",
+               ["image_embeddings", "image_positional_embeddings", "input_points", "input_labels"],
+               ["iou_scores", "pred_masks"],
+               {"image_embeddings": {0: "batch_size"}, "image_positional_embeddings": {0: "batch_size"},
+                "input_points": points, "input_labels": points,
+                "iou_scores": {0: "batch_size", 1: "point_batch_size"},
+                "pred_masks": {0: "batch_size", 1: "point_batch_size"}})
     return model
 
 
@@ -665,6 +700,45 @@ def hf_sam_reference(model, photos, detections):
             for k in range(len(boxes)):
                 best = int(torch.argmax(scores[k]))
                 found.append({"rle": rle(masks[k, best].numpy()), "score": float(scores[k, best])})
+            result[name] = found
+    return result
+
+
+def hf_sam_points_reference(model, photos, detections):
+    """What a transformers user gets from a points-only SAM with a detector's boxes: each box's centre as a positive
+    point through SamProcessor, the best of the three masks by predicted IoU, `post_process_masks`, then kept inside
+    the box's pixels (floor of its start, ceil of its end)."""
+    import math
+
+    from transformers import SamProcessor
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    processor = SamProcessor(image_processor=SamImageProcessorPil())
+    result = {}
+    with torch.no_grad():
+        for name, img in photos.items():
+            if not detections[name]:
+                result[name] = []
+                continue
+            boxes = [[max(0.0, min(v, lim)) for v, lim in zip(d["box"], [img.width, img.height] * 2)]
+                     for d in detections[name][:MASKS_PER_PHOTO]]
+            centres = [[[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2]] for b in boxes]
+            inputs = processor(images=img, input_points=[centres], input_labels=[[[1]] * len(boxes)],
+                               return_tensors="pt")
+            outputs = model(pixel_values=inputs["pixel_values"], input_points=inputs["input_points"],
+                            input_labels=inputs["input_labels"], multimask_output=True)
+            masks = processor.image_processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"],
+                                                 inputs["reshaped_input_sizes"])[0]
+            scores = outputs.iou_scores[0]
+            found = []
+            for k, b in enumerate(boxes):
+                best = int(torch.argmax(scores[k]))
+                mask = masks[k, best].numpy().copy()
+                x0, y0 = math.floor(b[0]), math.floor(b[1])
+                x1, y1 = max(x0, math.ceil(b[2])), max(y0, math.ceil(b[3]))
+                kept = np.zeros_like(mask)
+                kept[y0:y1, x0:x1] = mask[y0:y1, x0:x1]
+                found.append({"rle": rle(kept), "score": float(scores[k, best])})
             result[name] = found
     return result
 
@@ -763,12 +837,14 @@ def main():
                              "max_detections": 100}
     s = reference["settings"]
 
-    if "ram" in only or "gdino" in only or "sam" in only or "hf_sam" in only:
+    # The segmenters' references take the detections already in reference.json when the detector is not asked for.
+    segmenters_only = not ({"ram", "gdino"} & only) and "detections" in reference
+    if not segmenters_only and ("ram" in only or "gdino" in only or "sam" in only or "hf_sam" in only):
         export_ram(out, tiny, photos, thresholds)
         if not args.no_reference:
             reference["tags"] = ram_reference(ram_model(tiny, photos, thresholds), photos, tag_list, thresholds)
             print("ram:", {k: len(v) for k, v in reference["tags"].items()})
-    if "gdino" in only or "sam" in only or "hf_sam" in only:
+    if not segmenters_only and ("gdino" in only or "sam" in only or "hf_sam" in only):
         export_gdino(out, tiny, tokenizer)
         if not args.no_reference:
             reference["detections"] = gdino_reference(session(out / "gdino_hf.onnx"), tokenizer, photos,
@@ -783,6 +859,8 @@ def main():
         export_hf_sam(out, tiny)
         if not args.no_reference:
             reference["hf_sam"] = hf_sam_reference(hf_sam_model(tiny), photos, reference["detections"])
+            reference["hf_sam_points"] = hf_sam_points_reference(hf_sam_model(tiny), photos,
+                                                                 reference["detections"])
     if "sam2" in only:
         export_sam2(out, tiny)
     if not args.no_reference:

@@ -81,6 +81,11 @@ fn hf_sam_split_every_box_in_one_call() {
 }
 
 #[test]
+fn hf_sam_split_with_a_box_input() {
+    check_contract("hf_sam_boxes.toml");
+}
+
+#[test]
 fn sam2_as_samexporter_exports_it() {
     check_contract("sam2.toml");
 }
@@ -154,7 +159,8 @@ fn parity_with_transformers_and_segment_anything() {
 
 #[test]
 fn parity_with_transformers_sam_processor() {
-    check_parity("hf_sam.toml", "hf_sam");
+    check_parity("hf_sam.toml", "hf_sam_points");
+    check_parity("hf_sam_boxes.toml", "hf_sam");
 }
 
 #[test]

@@ -10,14 +10,17 @@
 //!   the padding point (0, 0) with label −1, without which it picks one of the multimask outputs instead of the box
 //!   mask. Of a multimask export the first mask is taken, as `SamPredictor(multimask_output=False)`: its
 //!   `low_res_masks` plane, brought to the image as `Sam.postprocess_masks` does and thresholded at 0.
-//! - `hf_sam`: transformers' SamModel as transformers.js ships SAM and SlimSAM: `vision_encoder` (`pixel_values`
-//!   [1, 3, 1024, 1024]: SamProcessor's resize of the longest side to 1024, ImageNet normalization of RGB/255, zero
-//!   padding → `image_embeddings`, `image_positional_embeddings`) and `prompt_encoder_mask_decoder`
-//!   (`image_embeddings`, `image_positional_embeddings`, `input_boxes` [1, boxes, 4] in the resized frame →
-//!   `iou_scores` [1, boxes, 3], `pred_masks` [1, boxes, 3, 256, 256]); every box of an image in one call (or
-//!   `segmenter.batch_size` at a time). Of the three masks the best-scoring is kept; `post_process_masks` then
-//!   upsamples it to the padded 1024 frame, crops the resized image and resizes that to the original (bilinear,
-//!   half-pixel centres), thresholded at 0.
+//! - `hf_sam`: transformers' SamModel as optimum exports it and transformers.js ships SAM and SlimSAM:
+//!   `vision_encoder` (`pixel_values` [1, 3, 1024, 1024]: SamProcessor's resize of the longest side to 1024,
+//!   ImageNet normalization of RGB/255, zero padding → `image_embeddings`, `image_positional_embeddings`) and
+//!   `prompt_encoder_mask_decoder` (`image_embeddings`, `image_positional_embeddings`, `input_points`
+//!   [1, boxes, 1, 2] and `input_labels` in the resized frame → `iou_scores` [1, boxes, 3], `pred_masks`
+//!   [1, boxes, 3, 256, 256]); every box of an image in one call (or `segmenter.batch_size` at a time). optimum's
+//!   export has no box input, and transformers' point encoder embeds only labels 0 and 1 (not SAM's corner labels 2
+//!   and 3), so a box goes in as its centre, a positive point, and its mask is kept inside the box. A decoder
+//!   exported with `input_boxes` [1, boxes, 4] gets the boxes themselves. Of the three masks the best-scoring is
+//!   kept; `post_process_masks` then upsamples it to the padded 1024 frame, crops the resized image and resizes
+//!   that to the original (bilinear, half-pixel centres), thresholded at 0.
 //! - `sam2`: SAM 2 / 2.1 as samexporter exports it: the encoder (`image` [1, 3, 1024, 1024], the image stretched to
 //!   1024², ImageNet normalization → `high_res_feats_0`, `high_res_feats_1`, `image_embed`) and the decoder (those,
 //!   `point_coords` [boxes, 2, 2] and `point_labels` [boxes, 2] of the box corners in the stretched frame,
@@ -83,11 +86,20 @@ pub enum Frame {
     Stretched,
 }
 
-/// A segmenter's output for one box: a finished mask, or low-resolution logits still to upsample.
+/// A segmenter's output for one box: a finished mask, or low-resolution logits still to upsample (and, where the
+/// prompt was not the box itself, the pixel rectangle `[x0, y0, x1, y1)` the mask is kept inside).
 #[derive(Debug, Clone, PartialEq)]
 pub enum MaskOut {
     Done(Mask),
-    LowRes { logits: Vec<f32>, side: usize, frame: Frame, width: u32, height: u32, score: f32 },
+    LowRes {
+        logits: Vec<f32>,
+        side: usize,
+        frame: Frame,
+        width: u32,
+        height: u32,
+        score: f32,
+        within: Option<[u32; 4]>,
+    },
 }
 
 impl MaskOut {
@@ -95,8 +107,8 @@ impl MaskOut {
     pub fn finish(self) -> Mask {
         match self {
             MaskOut::Done(mask) => mask,
-            MaskOut::LowRes { logits, side, frame, width, height, score } => {
-                upsample_mask(&logits, side, frame, width, height, score)
+            MaskOut::LowRes { logits, side, frame, width, height, score, within } => {
+                upsample_mask(&logits, side, frame, width, height, score, within)
             }
         }
     }
@@ -138,9 +150,17 @@ fn resize_plane(src: &[f32], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<
 
 /// The mask of low-resolution logits, as `SamProcessor.post_process_masks` (padded frame: to the input side, the
 /// resized image cropped, to the original size) or SAM 2's predictor (stretched: straight to the original size)
-/// make it, thresholded at 0. The last resize is evaluated per pixel as the RLE is written, so no full-resolution
-/// float plane is held.
-fn upsample_mask(logits: &[f32], side: usize, frame: Frame, width: u32, height: u32, score: f32) -> Mask {
+/// make it, thresholded at 0, and kept inside `within` when given. The last resize is evaluated per pixel as the
+/// RLE is written, so no full-resolution float plane is held.
+fn upsample_mask(
+    logits: &[f32],
+    side: usize,
+    frame: Frame,
+    width: u32,
+    height: u32,
+    score: f32,
+    within: Option<[u32; 4]>,
+) -> Mask {
     let (w, h) = (width as usize, height as usize);
     let (plane, pw, ph) = match frame {
         Frame::Padded { resized, side: input } => {
@@ -156,8 +176,12 @@ fn upsample_mask(logits: &[f32], side: usize, frame: Frame, width: u32, height: 
         Frame::Stretched => (logits.to_vec(), side, side),
     };
     let (tx, ty) = (taps(pw, w), taps(ph, h));
+    let [x0, y0, x1, y1] = within.map_or([0, 0, w, h], |r| r.map(|v| v as usize));
     Mask::encode(width, height, score, |i| {
         let (x, y) = (i % w, i / w);
+        if x < x0 || x >= x1 || y < y0 || y >= y1 {
+            return false;
+        }
         let ((x0, x1, wx), (y0, y1, wy)) = (tx[x], ty[y]);
         let top = plane[y0 * pw + x0] * (1.0 - wx) + plane[y0 * pw + x1] * wx;
         let bottom = plane[y1 * pw + x0] * (1.0 - wx) + plane[y1 * pw + x1] * wx;
@@ -193,8 +217,16 @@ const SAM_DECODER: Contract = Contract {
     inputs: &["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"],
     outputs: &["masks", "iou_predictions", "low_res_masks"],
 };
+/// optimum's SAM export, as transformers.js ships SAM and SlimSAM: points only (optimum passes
+/// `input_boxes=None`, "not supported in the ONNX export").
 const HF_SAM_DECODER: Contract = Contract {
     key: "family = \"hf_sam\" (prompt_encoder_mask_decoder)",
+    inputs: &["image_embeddings", "image_positional_embeddings", "input_points", "input_labels"],
+    outputs: &["iou_scores", "pred_masks"],
+};
+/// The same modules exported with the prompt encoder's box input.
+const HF_SAM_DECODER_BOXES: Contract = Contract {
+    key: "family = \"hf_sam\" (prompt_encoder_mask_decoder with input_boxes)",
     inputs: &["image_embeddings", "input_boxes"],
     outputs: &["iou_scores", "pred_masks"],
 };
@@ -216,18 +248,28 @@ const SAM2_ENCODER: Contract = Contract {
     outputs: &["high_res_feats_0", "high_res_feats_1", "image_embed"],
 };
 const ENCODERS: [Contract; 3] = [SAM_ENCODER, HF_SAM_ENCODER, SAM2_ENCODER];
-const DECODERS: [Contract; 3] = [SAM_DECODER, HF_SAM_DECODER, SAM2_DECODER];
+const DECODERS: [Contract; 4] = [SAM_DECODER, HF_SAM_DECODER, HF_SAM_DECODER_BOXES, SAM2_DECODER];
 
 /// A loaded segmenter of any family, with its sessions.
 pub enum Segmenter {
     /// SAM's image encoder and official prompt decoder.
     Sam { encoder: OnnxModel, decoder: OnnxModel, encoder_input: String, raw: bool, single_mask: bool },
     /// transformers' SAM split: vision encoder and prompt encoder + mask decoder, many boxes per call.
-    HfSam { encoder: OnnxModel, decoder: OnnxModel, boxes_per_call: Option<usize>, points: bool },
+    HfSam { encoder: OnnxModel, decoder: OnnxModel, boxes_per_call: Option<usize>, prompt: HfSamPrompt },
     /// SAM 2: encoder and decoder, many boxes per call.
     Sam2 { encoder: OnnxModel, decoder: OnnxModel, boxes_per_call: Option<usize> },
     /// ISNet on each box's crop, with the crop margin and the foreground threshold.
     SalientCrop { model: OnnxModel, margin: f32, threshold: f32 },
+}
+
+/// How boxes reach an `hf_sam` decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HfSamPrompt {
+    /// `input_boxes` [1, boxes, 4]; `padded_points`: the graph also takes points, given one ignored point per box.
+    Boxes { padded_points: bool },
+    /// Points only (optimum's export): each box as its centre, a positive point (`input_points` [1, boxes, 1, 2],
+    /// `input_labels` 1), the best of the three masks kept inside the box.
+    Centres,
 }
 
 /// Whether a decoder's box dimension (`axis` of `input`) takes more than one box per call.
@@ -294,13 +336,17 @@ impl Segmenter {
             SegmenterFamily::HfSam => {
                 let (encoder, decoder) = pair("hf_sam")?;
                 check(&encoder, &HF_SAM_ENCODER, &ENCODERS)?;
-                check(&decoder, &HF_SAM_DECODER, &DECODERS)?;
-                let many = takes_many(&decoder, "input_boxes", 1);
+                let (prompt, many) = if HF_SAM_DECODER_BOXES.matches(&decoder) {
+                    let padded_points = decoder.input("input_points").is_some();
+                    (HfSamPrompt::Boxes { padded_points }, takes_many(&decoder, "input_boxes", 1))
+                } else {
+                    check(&decoder, &HF_SAM_DECODER, &DECODERS)?;
+                    (HfSamPrompt::Centres, takes_many(&decoder, "input_points", 1))
+                };
                 if !many {
                     refuse_batch("this prompt_encoder_mask_decoder")?;
                 }
-                let points = decoder.input("input_points").is_some();
-                Ok(Segmenter::HfSam { encoder, decoder, boxes_per_call: batch_of(config.batch_size, many), points })
+                Ok(Segmenter::HfSam { encoder, decoder, boxes_per_call: batch_of(config.batch_size, many), prompt })
             }
             SegmenterFamily::Sam2 => {
                 let (encoder, decoder) = pair("sam2")?;
@@ -439,12 +485,13 @@ impl Segmenter {
                                 width: ow,
                                 height: oh,
                                 score: ious.data[0],
+                                within: None,
                             })
                         })?
                     })
                     .collect()
             }
-            Segmenter::HfSam { encoder, decoder, boxes_per_call, points } => {
+            Segmenter::HfSam { encoder, decoder, boxes_per_call, prompt } => {
                 let prepared = prepared.ok_or_else(missing)?;
                 let mut out = encoder.run(
                     vec![("pixel_values", Input::F32(prepared.shape.clone(), &prepared.tensor))],
@@ -454,28 +501,44 @@ impl Segmenter {
                 let positional = out.remove("image_positional_embeddings").ok_or_else(missing)?;
                 let (sx, sy) = (nw as f32 / ow as f32, nh as f32 / oh as f32);
                 let frame = Frame::Padded { resized: (nw, nh), side: SAM_SIDE as u32 };
+                let prompt = *prompt;
                 in_box_batches(boxes, *boxes_per_call, |chunk| {
                     let n = chunk.len();
-                    let coords = scaled_corners(chunk, sx, sy);
-                    let (pad_points, pad_labels) = (vec![0f32; n * 2], vec![-10i64; n]);
-                    let mut inputs = vec![
-                        ("image_embeddings", Input::F32(embeddings.shape.clone(), &embeddings.data)),
-                        ("input_boxes", Input::F32(vec![1, n, 4], &coords)),
-                    ];
+                    let mut inputs =
+                        vec![("image_embeddings", Input::F32(embeddings.shape.clone(), &embeddings.data))];
                     if decoder.input("image_positional_embeddings").is_some() {
                         inputs.push((
                             "image_positional_embeddings",
                             Input::F32(positional.shape.clone(), &positional.data),
                         ));
                     }
-                    if *points {
-                        // Exports that also take points get one padding point per box (label −10: ignored).
-                        inputs.push(("input_points", Input::F32(vec![1, n, 1, 2], &pad_points)));
-                        inputs.push(("input_labels", Input::I64(vec![1, n, 1], &pad_labels)));
+                    let (coords, points, labels, within);
+                    match prompt {
+                        HfSamPrompt::Boxes { padded_points } => {
+                            coords = scaled_corners(chunk, sx, sy);
+                            inputs.push(("input_boxes", Input::F32(vec![1, n, 4], &coords)));
+                            if padded_points {
+                                // Exports that also take points get one padding point per box (label −10: ignored).
+                                (points, labels) = (vec![0f32; n * 2], vec![-10i64; n]);
+                                inputs.push(("input_points", Input::F32(vec![1, n, 1, 2], &points)));
+                                inputs.push(("input_labels", Input::I64(vec![1, n, 1], &labels)));
+                            }
+                            within = None;
+                        }
+                        HfSamPrompt::Centres => {
+                            points = chunk
+                                .iter()
+                                .flat_map(|b| [(b.0[0] + b.0[2]) / 2.0 * sx, (b.0[1] + b.0[3]) / 2.0 * sy])
+                                .collect();
+                            labels = vec![1i64; n];
+                            inputs.push(("input_points", Input::F32(vec![1, n, 1, 2], &points)));
+                            inputs.push(("input_labels", Input::I64(vec![1, n, 1], &labels)));
+                            within = Some(chunk.iter().map(|b| pixel_rect(b, ow, oh)).collect::<Vec<_>>());
+                        }
                     }
                     // Only each box's best plane is copied out of the session's buffer.
                     decoder.run_with(inputs, &["iou_scores", "pred_masks"], |out| {
-                        low_res_masks(&out[1], &out[0], n, frame, ow, oh, "pred_masks")
+                        low_res_masks(&out[1], &out[0], n, frame, ow, oh, "pred_masks", within.as_deref())
                     })?
                 })
             }
@@ -508,7 +571,7 @@ impl Segmenter {
                         ("has_mask_input", Input::F32(vec![1], &has_mask)),
                     ];
                     decoder.run_with(inputs, &["masks", "iou_predictions"], |out| {
-                        low_res_masks(&out[0], &out[1], n, Frame::Stretched, ow, oh, "masks")
+                        low_res_masks(&out[0], &out[1], n, Frame::Stretched, ow, oh, "masks", None)
                     })?
                 })
             }
@@ -557,8 +620,16 @@ fn batch_of(setting: Option<usize>, many: bool) -> Option<usize> {
     }
 }
 
+/// The pixels `[x0, y0, x1, y1)` that `bbox`, clamped to the image, covers at least in part.
+pub fn pixel_rect(bbox: &BoxXyxy, width: u32, height: u32) -> [u32; 4] {
+    let b = bbox.clamped(width as f32, height as f32).0;
+    let (x0, y0) = (b[0].floor() as u32, b[1].floor() as u32);
+    [x0, y0, (b[2].ceil() as u32).clamp(x0, width), (b[3].ceil() as u32).clamp(y0, height)]
+}
+
 /// For each of `n` boxes, the best-scoring of its low-resolution masks (`pred` [.., n, k, s, s] with `scores`
-/// [.., n, k]), handed on as logits for the CPU threads to upsample.
+/// [.., n, k]), handed on as logits for the CPU threads to upsample (kept inside `within[b]` where given).
+#[allow(clippy::too_many_arguments)]
 fn low_res_masks(
     pred: &super::runtime::View<'_>,
     scores: &super::runtime::View<'_>,
@@ -567,6 +638,7 @@ fn low_res_masks(
     width: u32,
     height: u32,
     name: &str,
+    within: Option<&[[u32; 4]]>,
 ) -> Result<Vec<MaskOut>, ModelError> {
     let k = scores.data.len() / n.max(1);
     let side = pred.shape.last().copied().unwrap_or(0);
@@ -590,6 +662,7 @@ fn low_res_masks(
                 width,
                 height,
                 score: row[best],
+                within: within.and_then(|w| w.get(b).copied()),
             }
         })
         .collect())
@@ -729,6 +802,25 @@ mod tests {
     }
 
     #[test]
+    fn a_mask_kept_within_a_rectangle_has_nothing_outside_it() {
+        let logits = vec![5.0f32; 16];
+        let whole = upsample_mask(&logits, 4, Frame::Stretched, 8, 6, 0.5, None);
+        assert_eq!(whole.area, 48);
+        let rect = pixel_rect(&BoxXyxy([1.2, 0.5, 4.0, 9.0]), 8, 6);
+        assert_eq!(rect, [1, 0, 4, 6], "floor of the start, ceil of the end, clamped to the image");
+        let kept = upsample_mask(&logits, 4, Frame::Stretched, 8, 6, 0.5, Some(rect));
+        let pixels = kept.pixels().unwrap();
+        assert_eq!(kept.area, 3 * 6);
+        for (i, p) in pixels.iter().enumerate() {
+            assert_eq!(*p, (1..4).contains(&(i % 8)), "pixel {i}");
+        }
+        // A box outside the image keeps nothing, and never a rectangle that ends before it starts.
+        let [x0, y0, x1, y1] = pixel_rect(&BoxXyxy([20.0, 20.0, 30.0, 30.0]), 8, 6);
+        assert!(x0 <= x1 && y0 <= y1);
+        assert_eq!(upsample_mask(&logits, 4, Frame::Stretched, 8, 6, 0.5, Some([x0, y0, x1, y1])).area, 0);
+    }
+
+    #[test]
     fn low_res_masks_map_through_the_padded_frame() {
         // A 4x4 low-res mask of a 16x16 padded input holding an 8x16 (w x h) image: the left half of the low-res
         // mask is the image; its top-left quarter is foreground.
@@ -738,7 +830,7 @@ mod tests {
                 logits[y * 4 + x] = 5.0;
             }
         }
-        let mask = upsample_mask(&logits, 4, Frame::Padded { resized: (8, 16), side: 16 }, 4, 8, 0.9);
+        let mask = upsample_mask(&logits, 4, Frame::Padded { resized: (8, 16), side: 16 }, 4, 8, 0.9, None);
         let pixels = mask.pixels().unwrap();
         // Foreground: the left half of the columns, the top half of the rows (edges blur by a pixel).
         assert!(pixels[0] && pixels[8], "{pixels:?}");
