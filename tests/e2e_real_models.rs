@@ -86,6 +86,28 @@ fn hf_sam_split_with_a_box_input() {
 }
 
 #[test]
+fn a_graph_that_runs_at_its_traced_size_only_runs_with_image_size() {
+    check_contract("hf_800.toml");
+    // Without the setting the images go in at their own aspect: the graph fails inside (the backbone's padding was
+    // frozen at 800x800), and each such photo is an error row naming the detector while the job goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let models = models_file(dir.path(), "hf_800.toml", |t| t.replace("image_size = [800, 800]\n", ""));
+    let out = dir.path().join("out");
+    let output = run_models(&models, &out);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let failed = errors(&out);
+    assert!(!failed.is_empty() && failed.len() < PHOTOS.len(), "{failed:#?}");
+    assert!(failed.iter().all(|e| e.error.contains("detector")), "{failed:#?}");
+    assert_eq!(samples(&out).len() + failed.len(), PHOTOS.len());
+    // On a graph that declares another static size the setting is refused at load.
+    let models =
+        models_file(dir.path(), "hf.toml", |t| t.replace("tokenizer = ", "image_size = [800, 800]\ntokenizer = "));
+    let output = run_models(&models, &dir.path().join("static"));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("detector.image_size = [800, 800]"), "{}", stderr(&output));
+}
+
+#[test]
 fn sam2_as_samexporter_exports_it() {
     check_contract("sam2.toml");
 }
@@ -331,4 +353,86 @@ fn the_caption_is_the_prompt_when_asked() {
         }
     }
     assert!(rows["tiny"].objects.as_ref().is_none_or(|o| o.is_empty()));
+}
+
+/// The public models files (`examples/models/public*.toml`) as written, with every source served by a stand-in of
+/// its host on 127.0.0.1 (the hub's `resolve` redirects for `hf://` files, GitHub's release redirects for the
+/// release assets) holding a real-tiny graph of the same contract at the same path and revision: the files parse,
+/// every source resolves and downloads, and each graph loads and runs under the keys the file gives it.
+#[test]
+fn the_public_models_files_pull_and_run_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("hosts");
+    let gdino = "onnx-community/grounding-dino-tiny-ONNX/ff690b0a8050566c290287545bd059350f3e9096";
+    let slimsam = "Xenova/slimsam-77-uniform/5850ab45f587c112167512ffef949107115e26a0";
+    let stand_ins = [
+        ("CVHub520/X-AnyLabeling/v2.4.0/releases/ram_plus_swin_large_14m.onnx", "ram_targets.onnx"),
+        (&format!("{gdino}/onnx/model.onnx") as &str, "gdino_hf_traced_800.onnx"),
+        (&format!("{gdino}/tokenizer.json"), "tokenizer.json"),
+        (&format!("{slimsam}/onnx/vision_encoder.onnx"), "hf_sam_vision_encoder.onnx"),
+        (&format!("{slimsam}/onnx/prompt_encoder_mask_decoder.onnx"), "hf_sam_prompt_encoder_mask_decoder.onnx"),
+        ("CVHub520/X-AnyLabeling/v0.2.0/releases/sam_vit_b_01ec64.encoder.onnx", "sam_encoder_preprocess.onnx"),
+        ("CVHub520/X-AnyLabeling/v0.2.0/releases/sam_vit_b_01ec64.decoder.onnx", "sam_decoder.onnx"),
+    ];
+    for (path, graph) in stand_ins {
+        let target = root.join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(real_tiny().join(graph), target).unwrap();
+    }
+    let log = dir.path().join("hosts.log");
+    let mut child = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/support/hub_server.py"))
+        .args(["--root", &s(&root), "--log", &s(&log)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let port: u16 = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
+    let _server = Server { child, port };
+    let env: Env = vec![
+        ("HF_ENDPOINT".into(), format!("http://127.0.0.1:{port}")),
+        ("HF_HOME".into(), s(&dir.path().join("hf-home"))),
+        ("LYRICS_CACHE".into(), s(&dir.path().join("cache"))),
+    ];
+    for name in ["public.toml", "public_sam_vit_b.toml"] {
+        let text = std::fs::read_to_string(repo_root().join("examples/models").join(name)).unwrap();
+        let text = text
+            .replace("https://github.com/", &format!("http://127.0.0.1:{port}/"))
+            .replace("\"real-tiny/", &format!("\"{}/", s(&real_tiny())));
+        assert!(!text.contains("https://"), "{name}: a source with no stand-in");
+        let models = dir.path().join(name);
+        std::fs::write(&models, text).unwrap();
+        let pulled = lyrics(&["models", "pull", "--models", &s(&models)], &env);
+        assert!(pulled.status.success(), "{name}: {}", stderr(&pulled));
+        let verified = lyrics(&["models", "verify", "--models", &s(&models)], &env);
+        let listing = String::from_utf8_lossy(&verified.stdout).into_owned();
+        assert!(verified.status.success(), "{name}: {listing}");
+        assert!(!listing.contains("CORRUPT") && !listing.contains("MISSING"), "{name}: {listing}");
+        let out = dir.path().join(name.trim_end_matches(".toml"));
+        let output = lyrics(
+            &[
+                "run",
+                "--input",
+                &s(&real_tiny().join("photos")),
+                "--format",
+                "images",
+                "--output",
+                &s(&out),
+                "--models",
+                &s(&models),
+                "--progress",
+                "off",
+            ],
+            &env,
+        );
+        assert!(output.status.success(), "{name}: {}", stderr(&output));
+        assert!(errors(&out).is_empty(), "{name}: {:#?}", errors(&out));
+        let rows = samples(&out);
+        assert_eq!(rows.len(), PHOTOS.len(), "{name}");
+        let objects: Vec<_> = rows.iter().flat_map(|r| r.objects.clone().unwrap_or_default()).collect();
+        assert!(!objects.is_empty() && objects.iter().all(|o| o.mask.is_some()), "{name}: {objects:#?}");
+    }
+    let requests = std::fs::read_to_string(&log).unwrap();
+    assert!(requests.contains("/releases/download/v2.4.0/") && requests.contains("GET /cdn/"), "{requests}");
 }

@@ -8,6 +8,8 @@ does for an LFS file: `302` to the file's blob on a CDN host (here a second port
 `X-Repo-Commit` (a 40-hex commit id derived from the revision), `X-Linked-Etag` (the SHA-256) and `X-Linked-Size`.
 `GET /cdn/{sha256}` serves the bytes, honouring `Range` (`206` with `Content-Range`). Every request's path and
 `Authorization` header are appended to the log file, so a test can tell that a token reached the server.
+`GET /{owner}/{repo}/releases/download/{tag}/{name}` of `DIR/{owner}/{repo}/{tag}/releases/{name}` answers as GitHub
+does for a release asset: a redirect to the same CDN.
 """
 import argparse
 import hashlib
@@ -43,8 +45,14 @@ def main():
         def do_GET(self, body=True):
             self.record()
             parts = self.path.split("?")[0].lstrip("/").split("/")
-            if len(parts) >= 5 and parts[2] == "resolve":
-                org, repo, _, revision, *rest = parts
+            # A GitHub release asset, `/{owner}/{repo}/releases/download/{tag}/{name}`: a redirect to the CDN too.
+            release = len(parts) == 6 and parts[2:4] == ["releases", "download"]
+            if release or (len(parts) >= 5 and parts[2] == "resolve"):
+                if release:
+                    org, repo, _, _, revision, name = parts
+                    rest = ["releases", name]
+                else:
+                    org, repo, _, revision, *rest = parts
                 file = root / org / repo / revision / "/".join(rest)
                 if not file.is_file():
                     self.send_response(404)

@@ -183,6 +183,11 @@ pub struct DetectorConfig {
     /// What the detector is prompted with.
     #[serde(default)]
     pub prompt: DetectorPrompt,
+    /// `[height, width]` every image is stretched to, for an export whose callers do so although its graph declares
+    /// any size (a graph traced at one size works at that size only). A graph that declares a static size is
+    /// stretched to that size without the setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<[u32; 2]>,
 }
 
 /// Which segmenter the `[segmenter]` section loads.

@@ -10,7 +10,8 @@
 //! longer at most 1333 (PIL bilinear), ImageNet normalization — or, for a graph that declares a static image size
 //! (X-AnyLabeling's IDEA export is traced at 1×3×800×1200, and tracing freezes transformers' multi-scale shapes at the
 //! traced size), the image stretched to that size, as that export's callers do (boxes are fractions of the input, so
-//! they map back unchanged); BERT tokenization from `tokenizer.json`; a query is
+//! they map back unchanged; `image_size` in the models file does the same for a graph declared dynamic that only
+//! works at the size it was traced at); BERT tokenization from `tokenizer.json`; a query is
 //! kept when its best token score (sigmoid) is above `box_threshold`, its phrase is the decoded tokens scoring above
 //! `text_threshold` (`get_phrases_from_posmap`, [CLS] and positions from 255 on excluded), its score the best token
 //! score; boxes go to pixel corners of the original image and through class-agnostic NMS.
@@ -98,9 +99,25 @@ impl Detector {
             return Err(refuse(&model, contract.key, &[IDEA, HF]));
         }
         let port = model.input(image).cloned().ok_or_else(|| refuse(&model, contract.key, &[IDEA, HF]))?;
-        let fixed_size = match (port.dim(3), port.dim(2)) {
+        let declared = match (port.dim(3), port.dim(2)) {
             (Some(w), Some(h)) => Some((w as u32, h as u32)),
             _ => None,
+        };
+        let fixed_size = match (config.image_size, declared) {
+            (Some([h, w]), Some(d)) if (w, h) != d => {
+                return Err(ModelError::Config(format!(
+                    "detector.image_size = [{h}, {w}]: the graph's input {port} takes {} x {} (height x width) only; \
+                     remove the setting",
+                    d.1, d.0
+                )));
+            }
+            (Some([h, w]), _) if h == 0 || w == 0 => {
+                return Err(ModelError::Config(format!(
+                    "detector.image_size = [{h}, {w}]: both sides must be > 0"
+                )));
+            }
+            (Some([h, w]), _) => Some((w, h)),
+            (None, declared) => declared,
         };
         if config.batch_size > 1 && port.dim(0).is_some_and(|b| b < config.batch_size) {
             return Err(ModelError::Config(format!(
