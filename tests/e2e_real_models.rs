@@ -380,16 +380,8 @@ fn the_public_models_files_pull_and_run_as_written() {
         std::fs::copy(real_tiny().join(graph), target).unwrap();
     }
     let log = dir.path().join("hosts.log");
-    let mut child = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/support/hub_server.py"))
-        .args(["--root", &s(&root), "--log", &s(&log)])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    let port: u16 = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
-    let _server = Server { child, port };
+    let _server = hub_server(&root, &log);
+    let port = _server.port;
     let env: Env = vec![
         ("HF_ENDPOINT".into(), format!("http://127.0.0.1:{port}")),
         ("HF_HOME".into(), s(&dir.path().join("hf-home"))),

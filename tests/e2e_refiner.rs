@@ -6,7 +6,6 @@ use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use lyrics_schemas::SampleRow;
 use support::scenes::{Kind, Scene, box_iou, decode_rle, encode_png, mask_iou};
@@ -207,7 +206,10 @@ fn python_reference_parity_for_both_detector_exports() {
 fn fixture_models_are_what_the_committed_script_generates() {
     let dir = tempfile::tempdir().unwrap();
     python_script("scripts/make_fixture_models.py", &[&s(dir.path())], &Env::new());
-    for entry in std::fs::read_dir(models_dir()).unwrap().flatten().filter(|e| e.path().is_file()) {
+    // The public models files beside the fixtures are written by hand (they name files on the hub).
+    let fixture =
+        |e: &std::fs::DirEntry| e.path().is_file() && !e.file_name().to_string_lossy().starts_with("public");
+    for entry in std::fs::read_dir(models_dir()).unwrap().flatten().filter(fixture) {
         let name = entry.file_name();
         let generated = std::fs::read(dir.path().join(&name)).unwrap_or_default();
         assert_eq!(
@@ -262,16 +264,8 @@ fn hub_sources_download_into_the_hugging_face_cache_with_checksums() {
         files.insert(name, sha256_hex(&std::fs::read(models_dir().join(name)).unwrap()));
     }
     let log = dir.path().join("hub.log");
-    let mut child = Command::new("python3")
-        .arg(repo_root().join("tests/support/hub_server.py"))
-        .args(["--root", &s(&hub), "--log", &s(&log)])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    let port: u16 = line.trim().strip_prefix("READY ").unwrap().parse().unwrap();
-    let _server = Server { child, port };
+    let _server = hub_server(&hub, &log);
+    let port = _server.port;
     let hf = |name: &str| format!("hf://lyrics/fixtures/models/{name}@v1");
     let toml = format!(
         "[tagger]\nfamily = \"ram\"\nmodel = {{ source = \"{}\", sha256 = \"{}\" }}\ntags = \"{}\"\n\

@@ -47,6 +47,25 @@ impl Drop for Server {
     }
 }
 
+/// `tests/support/hub_server.py` on 127.0.0.1: the hub's `resolve` layout and GitHub's release downloads over the
+/// files under `root`, with every request logged to `log`.
+pub fn hub_server(root: &Path, log: &Path) -> Server {
+    let mut child = Command::new("python3")
+        .arg(repo_root().join("tests/support/hub_server.py"))
+        .arg("--root")
+        .arg(root)
+        .arg("--log")
+        .arg(log)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 tests/support/hub_server.py");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("the server's stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("READY <port>");
+    let port = line.trim().strip_prefix("READY ").and_then(|p| p.parse().ok()).expect("READY <port>");
+    Server { child, port }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
