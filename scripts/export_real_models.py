@@ -420,14 +420,8 @@ def text_inputs(tokenizer, caption):
 def export_gdino(out, tiny, tokenizer):
     model = gdino_model(tiny)
     ids, types, mask = text_inputs(tokenizer, "red ball, blue box, green tree.")
-    h, w = GDINO_HF_SIZE
     with torch.no_grad(), exporter_stand_ins():
-        export(GdinoHf(model), (torch.randn(1, 3, h, w), ids, types, mask, torch.ones(1, h, w, dtype=torch.long)),
-               out / "gdino_hf.onnx", ["pixel_values", "input_ids", "token_type_ids", "attention_mask", "pixel_mask"],
-               ["logits", "pred_boxes"],
-               {"input_ids": {0: "batch", 1: "sequence"}, "token_type_ids": {0: "batch", 1: "sequence"},
-                "attention_mask": {0: "batch", 1: "sequence"}, "pixel_values": {0: "batch"},
-                "pixel_mask": {0: "batch"}, "logits": {0: "batch"}, "pred_boxes": {0: "batch"}})
+        export_gdino_hf(model, (ids, types, mask), GDINO_HF_SIZE, out / "gdino_hf.onnx", declare_any_size=False)
         from transformers.models.grounding_dino.modeling_grounding_dino import (
             generate_masks_with_special_tokens_and_transfer_map as masks_of,
         )
@@ -453,15 +447,24 @@ def export_gdino_traced_800(out, tiny, tokenizer):
     model = gdino_model(tiny)
     ids, types, mask = text_inputs(tokenizer, "red ball, blue box, green tree.")
     with torch.no_grad(), exporter_stand_ins():
-        export(GdinoHf(model), (torch.randn(1, 3, 800, 800), ids, types, mask, torch.ones(1, 800, 800, dtype=torch.long)),
-               out / "gdino_hf_traced_800.onnx",
-               ["pixel_values", "input_ids", "token_type_ids", "attention_mask", "pixel_mask"],
-               ["logits", "pred_boxes"],
-               {"input_ids": {0: "batch", 1: "sequence"}, "token_type_ids": {0: "batch", 1: "sequence"},
-                "attention_mask": {0: "batch", 1: "sequence"},
-                "pixel_values": {0: "batch", 2: "height", 3: "width"},
-                "pixel_mask": {0: "batch", 1: "height", 2: "width"}, "logits": {0: "batch"},
-                "pred_boxes": {0: "batch"}})
+        export_gdino_hf(model, (ids, types, mask), (800, 800), out / "gdino_hf_traced_800.onnx",
+                        declare_any_size=True)
+
+
+def export_gdino_hf(model, text, size, path, declare_any_size):
+    """The HF contract traced at `size` (height, width): declared static there, or with `declare_any_size` declared
+    dynamic in height and width (which the trace does not make true)."""
+    ids, types, mask = text
+    h, w = size
+    image_axes = ({"pixel_values": {0: "batch", 2: "height", 3: "width"},
+                   "pixel_mask": {0: "batch", 1: "height", 2: "width"}} if declare_any_size
+                  else {"pixel_values": {0: "batch"}, "pixel_mask": {0: "batch"}})
+    export(GdinoHf(model), (torch.randn(1, 3, h, w), ids, types, mask, torch.ones(1, h, w, dtype=torch.long)),
+           path, ["pixel_values", "input_ids", "token_type_ids", "attention_mask", "pixel_mask"],
+           ["logits", "pred_boxes"],
+           {"input_ids": {0: "batch", 1: "sequence"}, "token_type_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "sequence"}, **image_axes, "logits": {0: "batch"},
+            "pred_boxes": {0: "batch"}})
 
 
 def dino_input(img, size):
@@ -694,9 +697,13 @@ def export_hf_sam(out, tiny):
     return model
 
 
-def hf_sam_reference(model, photos, detections):
-    """transformers' SamProcessor: preprocessing, the boxes in the resized frame, and `post_process_masks`; of the
-    three masks the one with the best predicted IoU."""
+def hf_sam_reference(model, photos, detections, points=False):
+    """transformers' SamProcessor: preprocessing, the prompts in the resized frame, and `post_process_masks`; of the
+    three masks the one with the best predicted IoU. The prompts are the boxes, or with `points` (what a transformers
+    user gets from a points-only SAM with a detector's boxes) each box's centre as a positive point, the mask then
+    kept inside the box's pixels (floor of its start, ceil of its end)."""
+    import math
+
     from transformers import SamProcessor
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
@@ -710,55 +717,29 @@ def hf_sam_reference(model, photos, detections):
                 continue
             boxes = [[max(0.0, min(v, lim)) for v, lim in zip(d["box"], [img.width, img.height] * 2)]
                      for d in detections[name][:MASKS_PER_PHOTO]]
-            inputs = processor(images=img, input_boxes=[boxes], return_tensors="pt")
-            outputs = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["input_boxes"],
-                            multimask_output=True)
-            masks = processor.image_processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"],
-                                                 inputs["reshaped_input_sizes"])[0]
-            scores = outputs.iou_scores[0]
-            found = []
-            for k in range(len(boxes)):
-                best = int(torch.argmax(scores[k]))
-                found.append({"rle": rle(masks[k, best].numpy()), "score": float(scores[k, best])})
-            result[name] = found
-    return result
-
-
-def hf_sam_points_reference(model, photos, detections):
-    """What a transformers user gets from a points-only SAM with a detector's boxes: each box's centre as a positive
-    point through SamProcessor, the best of the three masks by predicted IoU, `post_process_masks`, then kept inside
-    the box's pixels (floor of its start, ceil of its end)."""
-    import math
-
-    from transformers import SamProcessor
-    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
-
-    processor = SamProcessor(image_processor=SamImageProcessorPil())
-    result = {}
-    with torch.no_grad():
-        for name, img in photos.items():
-            if not detections[name]:
-                result[name] = []
-                continue
-            boxes = [[max(0.0, min(v, lim)) for v, lim in zip(d["box"], [img.width, img.height] * 2)]
-                     for d in detections[name][:MASKS_PER_PHOTO]]
-            centres = [[[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2]] for b in boxes]
-            inputs = processor(images=img, input_points=[centres], input_labels=[[[1]] * len(boxes)],
-                               return_tensors="pt")
-            outputs = model(pixel_values=inputs["pixel_values"], input_points=inputs["input_points"],
-                            input_labels=inputs["input_labels"], multimask_output=True)
+            if points:
+                centres = [[[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2]] for b in boxes]
+                inputs = processor(images=img, input_points=[centres], input_labels=[[[1]] * len(boxes)],
+                                   return_tensors="pt")
+                prompt = {"input_points": inputs["input_points"], "input_labels": inputs["input_labels"]}
+            else:
+                inputs = processor(images=img, input_boxes=[boxes], return_tensors="pt")
+                prompt = {"input_boxes": inputs["input_boxes"]}
+            outputs = model(pixel_values=inputs["pixel_values"], multimask_output=True, **prompt)
             masks = processor.image_processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"],
                                                  inputs["reshaped_input_sizes"])[0]
             scores = outputs.iou_scores[0]
             found = []
             for k, b in enumerate(boxes):
                 best = int(torch.argmax(scores[k]))
-                mask = masks[k, best].numpy().copy()
-                x0, y0 = math.floor(b[0]), math.floor(b[1])
-                x1, y1 = max(x0, math.ceil(b[2])), max(y0, math.ceil(b[3]))
-                kept = np.zeros_like(mask)
-                kept[y0:y1, x0:x1] = mask[y0:y1, x0:x1]
-                found.append({"rle": rle(kept), "score": float(scores[k, best])})
+                mask = masks[k, best].numpy()
+                if points:
+                    x0, y0 = math.floor(b[0]), math.floor(b[1])
+                    x1, y1 = max(x0, math.ceil(b[2])), max(y0, math.ceil(b[3]))
+                    kept = np.zeros_like(mask)
+                    kept[y0:y1, x0:x1] = mask[y0:y1, x0:x1]
+                    mask = kept
+                found.append({"rle": rle(mask), "score": float(scores[k, best])})
             result[name] = found
     return result
 
@@ -882,8 +863,8 @@ def main():
         export_hf_sam(out, tiny)
         if not args.no_reference:
             reference["hf_sam"] = hf_sam_reference(hf_sam_model(tiny), photos, reference["detections"])
-            reference["hf_sam_points"] = hf_sam_points_reference(hf_sam_model(tiny), photos,
-                                                                 reference["detections"])
+            reference["hf_sam_points"] = hf_sam_reference(hf_sam_model(tiny), photos, reference["detections"],
+                                                          points=True)
     if "sam2" in only:
         export_sam2(out, tiny)
     if not args.no_reference:

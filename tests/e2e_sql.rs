@@ -291,18 +291,23 @@ fn statements_piped_into_the_prompt_run_one_by_one() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let demo = demo_in(dir.path());
-    let mut child = std::process::Command::new(bin())
-        .args(["sql", "--output", &s(&demo.join("output")), "--format", "csv"])
-        .env("HOME", dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     let script =
         "SELECT count(*) AS n\n  FROM samples;\nSELECT nope FROM samples;\nSELECT count(*) AS t FROM tags;\n";
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    let result = child.wait_with_output().unwrap();
+    // `sql` on the demo's output with `script` on its standard input.
+    let piped = |extra: &[&str]| {
+        let mut child = std::process::Command::new(bin())
+            .args(["sql", "--output", &s(&demo.join("output")), "--format", "csv"])
+            .args(extra)
+            .env("HOME", dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let result = piped(&[]);
     let printed = String::from_utf8_lossy(&result.stdout);
     assert_eq!(printed, "n\n16\nt\n28\n", "a multi-line statement, then one after the failing one");
     assert!(String::from_utf8_lossy(&result.stderr).contains("No field named nope"));
@@ -310,16 +315,7 @@ fn statements_piped_into_the_prompt_run_one_by_one() {
     assert!(!dir.path().join(".cache/lyrics-prep/sql_history").exists(), "no history for piped statements");
 
     // `--timing`: one `time:` line on stderr for each statement, the failing one included; stdout is unchanged.
-    let mut child = std::process::Command::new(bin())
-        .args(["sql", "--output", &s(&demo.join("output")), "--format", "csv", "--timing"])
-        .env("HOME", dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    let timed = child.wait_with_output().unwrap();
+    let timed = piped(&["--timing"]);
     assert_eq!(String::from_utf8_lossy(&timed.stdout), printed);
     let stderr = String::from_utf8_lossy(&timed.stderr);
     let times: Vec<f64> =
