@@ -5,12 +5,11 @@
 
 use std::io::Read;
 
-use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStoreExt};
 use serde_json::{Map, Value};
-use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use super::body::Body;
 use super::fetch::{ImageRefItem, fetch_all, parent};
 use super::parquet::{check_columns, missing, pick};
 use super::{CAPTION_COLUMNS, Emitter, IMAGE_COLUMNS, KEY_COLUMNS, Source, SourceContext, file_stem};
@@ -103,8 +102,7 @@ pub(crate) async fn split(
     let uri = at.uri();
     let per = rows_per_unit.max(1);
     let result = at.store.get(&at.path).await.map_err(|e| PipelineError::store(&uri, e))?;
-    let stream = result.into_stream().map_err(std::io::Error::other);
-    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let reader = Body::new(result);
     let delimiter = delimiter_of(&uri);
     let uri_for_thread = uri.clone();
     tokio::task::spawn_blocking(move || -> Result<Vec<([u64; 2], u64)>, PipelineError> {

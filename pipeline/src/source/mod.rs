@@ -27,6 +27,7 @@
 //!
 //! One module per format; [`open`] is the one place that maps a format to its source.
 
+mod body;
 pub(crate) mod coco;
 mod fetch;
 mod files;

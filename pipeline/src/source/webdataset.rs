@@ -1,6 +1,6 @@
-//! WebDataset tar shards, streamed: the tar is parsed on a blocking thread straight from the GET response body,
-//! members grouped into samples by key (the member path up to the first `.` of its file name), as the
-//! `webdataset` library groups them.
+//! WebDataset tar shards, streamed: the tar is parsed on a blocking thread straight from the GET response body (or
+//! the local file, see [`super::body`]), members grouped into samples by key (the member path up to the first `.`
+//! of its file name), as the `webdataset` library groups them.
 //!
 //! Hostile members become error rows, never files: nothing is ever written to disk, but a member whose path climbs
 //! out (`../`) or is absolute is refused by name all the same, as are links, devices and members above the size
@@ -11,13 +11,11 @@
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::Component;
-use std::sync::{Arc, Mutex};
 
-use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use object_store::{ObjectMeta, ObjectStoreExt};
-use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use super::body::Body;
 use super::{Emitter, Source, SourceContext, whole_object};
 use crate::PipelineError;
 use crate::item::{ItemError, RawItem, SourceRecord};
@@ -52,17 +50,10 @@ async fn read(ctx: &SourceContext, unit: &WorkUnit, emitter: &mut Emitter) -> Re
     let location = ctx.input.at(object_store::path::Path::from(unit.object.as_str()));
     let uri = location.uri();
     let result = location.store.get(&location.path).await.map_err(|e| PipelineError::store(&uri, e))?;
+    let reader = Body::new(result);
     // Remember the store's own failure, so a parse error caused by a broken connection fails the unit (and is
     // retried by a rerun) instead of being blamed on the shard.
-    let store_failure: Arc<Mutex<Option<String>>> = Arc::default();
-    let failure = store_failure.clone();
-    let stream = result.into_stream().map_err(move |e| {
-        if let Ok(mut slot) = failure.lock() {
-            slot.get_or_insert_with(|| e.to_string());
-        }
-        std::io::Error::other(e)
-    });
-    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let store_failure = reader.failure();
     let max_bytes = ctx.options.max_image_bytes;
     let mut shard = ShardReader { uri: uri.clone(), max_bytes, current: None, last_rejected: None };
     let batch_emitter = std::mem::replace(emitter, emitter.detached());
