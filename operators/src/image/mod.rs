@@ -6,6 +6,8 @@ mod decode;
 mod encode;
 mod error;
 mod jpeg;
+#[cfg(feature = "turbojpeg")]
+mod plane;
 mod resize;
 #[cfg(feature = "turbojpeg")]
 mod yuv;

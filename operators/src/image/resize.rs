@@ -209,6 +209,18 @@ fn convolve(image: &RgbImage, g: Geometry, scale: f64, spec: &ResizeSpec) -> Res
     Ok(canvas)
 }
 
+/// `crop` (x, y, width, height) cut to the `size` image.
+pub(crate) fn clamp_crop([x, y, w, h]: [f64; 4], size: (u32, u32)) -> [f64; 4] {
+    let (x, y) = (x.min(f64::from(size.0)), y.min(f64::from(size.1)));
+    [x, y, w.min(f64::from(size.0) - x), h.min(f64::from(size.1) - y)]
+}
+
+thread_local! {
+    /// This thread's resizer: it keeps its working buffers from one image to the next instead of allocating and
+    /// zeroing them per plane.
+    static RESIZER: std::cell::RefCell<Resizer> = std::cell::RefCell::new(Resizer::new());
+}
+
 /// Resamples the `crop` (x, y, width, height; fractional) of the `size` image `src` of `pixel` type to `out`, with
 /// `filter` widened to the scale (antialiased). The crop is clamped to the image: a DCT-scaled image is
 /// ceil(side × scale) wide, so a scaled crop can overshoot it by a fraction of a pixel.
@@ -230,15 +242,10 @@ pub(crate) fn resample(
         ResizeFilter::CatmullRom => FilterType::CatmullRom,
         ResizeFilter::Lanczos3 => FilterType::Lanczos3,
     };
-    let [x, y, w, h] = crop;
-    let (x, y) = (x.min(f64::from(size.0)), y.min(f64::from(size.1)));
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)).crop(
-        x,
-        y,
-        w.min(f64::from(size.0) - x),
-        h.min(f64::from(size.1) - y),
-    );
-    Resizer::new().resize(&image, &mut dst, &options).map_err(|e| corrupt(&e))?;
+    let [x, y, w, h] = clamp_crop(crop, size);
+    // Four channels are four samples of one plane (see plane.rs), never colour and alpha.
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)).crop(x, y, w, h).use_alpha(false);
+    RESIZER.with_borrow_mut(|resizer| resizer.resize(&image, &mut dst, &options)).map_err(|e| corrupt(&e))?;
     Ok(dst.into_vec())
 }
 

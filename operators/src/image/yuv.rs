@@ -14,14 +14,14 @@
 //! PSNR against the RGB path up to 4× (41.0 dB at 640 → 160) and falls under it past 6× (38.7 dB at 640 → 96);
 //! BENCHMARKS.md has the table.
 
-use fast_image_resize::PixelType;
 use std::borrow::Cow;
 
 use turbojpeg::{Colorspace, ScalingFactor, Subsamp, YuvImage, YuvPlanesImage};
 
 use super::ImageError;
 use super::decode::{Resized, with_decompressor};
-use super::resize::{Geometry, ResizeSpec, geometry, resample};
+use super::plane::resample_plane;
+use super::resize::{Geometry, ResizeSpec, geometry};
 
 /// One plane: its samples, row by row (`width` per row), and its size; borrowed from the decoder's buffer, or
 /// owned once resized or extended.
@@ -59,13 +59,31 @@ pub(crate) fn resize_jpeg(
     }))
 }
 
-/// The decoder's Y, Cb and Cr planes, one after another in `pixels`, with their sizes and the chroma subsampling
-/// factors.
+/// The decoder's Y, Cb and Cr planes, one after another at the start of `pixels`, with their sizes and the
+/// chroma subsampling factors. `pixels` is this thread's decode buffer, handed back when the planes are dropped.
 struct DecodedPlanes {
     pixels: Vec<u8>,
     luma: (usize, usize),
     chroma: (usize, usize),
     subsampling: (usize, usize),
+}
+
+thread_local! {
+    /// The planes buffer of this thread's last decode. Reused, it costs no allocation, no zeroing and no page
+    /// faults per image (the profile's `memset` and page-fault shares).
+    static PLANES: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A decode buffer larger than this (a 4:2:0 image of about 11 megapixels) is freed after use, not kept.
+const KEEP_PLANES_BYTES: usize = 16 << 20;
+
+impl Drop for DecodedPlanes {
+    fn drop(&mut self) {
+        let pixels = std::mem::take(&mut self.pixels);
+        if pixels.len() <= KEEP_PLANES_BYTES {
+            PLANES.set(pixels);
+        }
+    }
 }
 
 impl DecodedPlanes {
@@ -95,19 +113,29 @@ fn decode_planes(data: &[u8], full: (u32, u32)) -> Option<DecodedPlanes> {
         // The thread's decompressor keeps the scale of its last RGB decode.
         decompressor.set_scaling_factor(ScalingFactor::ONE).ok()?;
         let len = turbojpeg::yuv_pixels_len(header.width, 1, header.height, header.subsamp).ok()?;
-        let mut yuv = YuvImage {
-            pixels: vec![0u8; len],
+        let mut planes = DecodedPlanes {
+            pixels: PLANES.take(),
+            luma: (0, 0),
+            chroma: (0, 0),
+            subsampling: header.subsamp.size(),
+        };
+        if planes.pixels.len() < len {
+            planes.pixels.resize(len, 0);
+        }
+        let yuv = YuvImage {
+            pixels: &mut planes.pixels[..len],
             width: header.width,
             align: 1,
             height: header.height,
             subsamp: header.subsamp,
         };
-        decompressor.decompress_to_yuv(data, yuv.as_deref_mut()).ok()?;
         let (luma, chroma) = (yuv.y_size(), yuv.uv_size());
-        if yuv.pixels.len() < luma.0 * luma.1 + 2 * chroma.0 * chroma.1 {
+        decompressor.decompress_to_yuv(data, yuv).ok()?;
+        if len < luma.0 * luma.1 + 2 * chroma.0 * chroma.1 {
             return None;
         }
-        Some(DecodedPlanes { pixels: yuv.pixels, luma, chroma, subsampling: header.subsamp.size() })
+        (planes.luma, planes.chroma) = (luma, chroma);
+        Some(planes)
     })
 }
 
@@ -145,7 +173,7 @@ fn resize_planes(
         let source = padded.as_ref().unwrap_or(plane);
         let size = (source.width as u32, source.height as u32);
         let target32 = (target.0 as u32, target.1 as u32);
-        let samples = resample(&source.samples, size, PixelType::U8, crop, target32, spec.filter)?;
+        let samples = resample_plane(&source.samples, size, crop, target32, spec.filter)?;
         out.push(Plane { samples: Cow::Owned(samples), width: target.0, height: target.1 });
     }
     out.try_into().map_err(|_| ImageError::Corrupt("three planes expected".into()))
