@@ -11,7 +11,7 @@
 use fast_image_resize::PixelType;
 
 use super::ImageError;
-use super::resize::{ResizeFilter, clamp_crop, resample};
+use super::resize::{KEEP_BUFFER_BYTES, ResizeFilter, clamp_crop, resample, resample_into};
 
 /// `src` (one sample per pixel, `size`) resampled from `crop` to `out`, as [`resample`] with [`PixelType::U8`].
 pub(crate) fn resample_plane(
@@ -28,22 +28,37 @@ pub(crate) fn resample_plane(
     if !(horizontal && vertical) || out.0 == 0 || out.1 == 0 {
         return resample(src, size, PixelType::U8, crop, out, filter);
     }
-    // Every column, so that this pass needs no horizontal one.
-    let tall = resample(src, size, PixelType::U8, [0.0, y, f64::from(size.0), h], (size.0, out.1), filter)?;
-    let groups = out.1.div_ceil(4);
-    let packed = interleave4(&tall, size.0 as usize, out.1 as usize);
-    let crop = [x, 0.0, w, f64::from(groups)];
-    let wide = resample(&packed, (size.0, groups), PixelType::U8x4, crop, (out.0, groups), filter)?;
-    Ok(deinterleave4(&wide, out.0 as usize, out.1 as usize))
+    SCRATCH.with_borrow_mut(|[tall, packed, wide]| {
+        // Every column, so that this pass needs no horizontal one.
+        let rows = [0.0, y, f64::from(size.0), h];
+        resample_into(src, size, PixelType::U8, rows, (size.0, out.1), filter, tall)?;
+        let groups = out.1.div_ceil(4);
+        interleave4(tall, size.0 as usize, out.1 as usize, packed);
+        let crop = [x, 0.0, w, f64::from(groups)];
+        resample_into(packed, (size.0, groups), PixelType::U8x4, crop, (out.0, groups), filter, wide)?;
+        let plane = deinterleave4(wide, out.0 as usize, out.1 as usize);
+        for buffer in [tall, packed, wide] {
+            if buffer.capacity() > KEEP_BUFFER_BYTES {
+                *buffer = Vec::new();
+            }
+        }
+        Ok(plane)
+    })
+}
+
+thread_local! {
+    /// The intermediate planes of this thread's last call, reused: they cost no allocation and no zeroing.
+    static SCRATCH: std::cell::RefCell<[Vec<u8>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
 /// Rows `4g .. 4g + 4` of the `width`×`height` plane as the four channels of row `g`; the last group repeats the
 /// plane's last row where it runs past it (those samples are dropped again by [`deinterleave4`]).
-fn interleave4(plane: &[u8], width: usize, height: usize) -> Vec<u8> {
+fn interleave4(plane: &[u8], width: usize, height: usize, out: &mut Vec<u8>) {
     let groups = height.div_ceil(4);
-    let mut out = vec![0u8; groups * width * 4];
+    // Every sample is written below: only growth is zeroed.
+    out.resize(groups * width * 4, 0);
     if width == 0 || height == 0 {
-        return out;
+        return;
     }
     for (g, pixels) in out.chunks_exact_mut(width * 4).enumerate() {
         let row = |k: usize| {
@@ -55,7 +70,6 @@ fn interleave4(plane: &[u8], width: usize, height: usize) -> Vec<u8> {
             pixel.copy_from_slice(&[*a, *b, *c, *d]);
         }
     }
-    out
 }
 
 /// The inverse of [`interleave4`]: a `width`×`height` plane from rows of four-channel pixels.
@@ -104,7 +118,9 @@ mod tests {
     fn interleaving_round_trips_every_height() {
         for (w, h) in [(1, 1), (3, 2), (5, 4), (7, 9), (640, 383)] {
             let p = plane(w, h, 7);
-            let back = deinterleave4(&interleave4(&p, w as usize, h as usize), w as usize, h as usize);
+            let mut packed = vec![9; 3];
+            interleave4(&p, w as usize, h as usize, &mut packed);
+            let back = deinterleave4(&packed, w as usize, h as usize);
             assert_eq!(back, p, "{w}x{h}");
         }
     }

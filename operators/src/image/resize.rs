@@ -215,6 +215,10 @@ pub(crate) fn clamp_crop([x, y, w, h]: [f64; 4], size: (u32, u32)) -> [f64; 4] {
     [x, y, w.min(f64::from(size.0) - x), h.min(f64::from(size.1) - y)]
 }
 
+/// Working buffers kept by a thread from one image to the next are freed when larger than this (a huge image's
+/// must not stay with every thread of the pool).
+pub(crate) const KEEP_BUFFER_BYTES: usize = 8 << 20;
+
 thread_local! {
     /// This thread's resizer: it keeps its working buffers from one image to the next instead of allocating and
     /// zeroing them per plane.
@@ -232,9 +236,26 @@ pub(crate) fn resample(
     out: (u32, u32),
     filter: ResizeFilter,
 ) -> Result<Vec<u8>, ImageError> {
+    let mut samples = Vec::new();
+    resample_into(src, size, pixel, crop, out, filter, &mut samples)?;
+    Ok(samples)
+}
+
+/// [`resample`] into `samples`, whose allocation is reused (and only its growth zeroed).
+pub(crate) fn resample_into(
+    src: &[u8],
+    size: (u32, u32),
+    pixel: PixelType,
+    crop: [f64; 4],
+    out: (u32, u32),
+    filter: ResizeFilter,
+    samples: &mut Vec<u8>,
+) -> Result<(), ImageError> {
     let corrupt = |e: &dyn std::fmt::Display| ImageError::Corrupt(format!("resize failed: {e}"));
     let image = ImageRef::new(size.0, size.1, src, pixel).map_err(|e| corrupt(&e))?;
-    let mut dst = Image::new(out.0, out.1, pixel);
+    let mut buffer = std::mem::take(samples);
+    buffer.resize(out.0 as usize * out.1 as usize * pixel.size(), 0);
+    let mut dst = Image::from_vec_u8(out.0, out.1, buffer, pixel).map_err(|e| corrupt(&e))?;
     let filter = match filter {
         ResizeFilter::Box => FilterType::Box,
         ResizeFilter::Bilinear => FilterType::Bilinear,
@@ -245,8 +266,17 @@ pub(crate) fn resample(
     let [x, y, w, h] = clamp_crop(crop, size);
     // Four channels are four samples of one plane (see plane.rs), never colour and alpha.
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)).crop(x, y, w, h).use_alpha(false);
-    RESIZER.with_borrow_mut(|resizer| resizer.resize(&image, &mut dst, &options)).map_err(|e| corrupt(&e))?;
-    Ok(dst.into_vec())
+    RESIZER
+        .with_borrow_mut(|resizer| {
+            let resized = resizer.resize(&image, &mut dst, &options);
+            if resizer.size_of_internal_buffers() > KEEP_BUFFER_BYTES {
+                resizer.reset_internal_buffers();
+            }
+            resized
+        })
+        .map_err(|e| corrupt(&e))?;
+    *samples = dst.into_vec();
+    Ok(())
 }
 
 #[cfg(test)]

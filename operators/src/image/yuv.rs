@@ -21,7 +21,7 @@ use turbojpeg::{Colorspace, ScalingFactor, Subsamp, YuvImage, YuvPlanesImage};
 use super::ImageError;
 use super::decode::{Resized, with_decompressor};
 use super::plane::resample_plane;
-use super::resize::{Geometry, ResizeSpec, geometry};
+use super::resize::{Geometry, KEEP_BUFFER_BYTES, ResizeSpec, geometry};
 
 /// One plane: its samples, row by row (`width` per row), and its size; borrowed from the decoder's buffer, or
 /// owned once resized or extended.
@@ -74,13 +74,10 @@ thread_local! {
     static PLANES: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// A decode buffer larger than this (a 4:2:0 image of about 11 megapixels) is freed after use, not kept.
-const KEEP_PLANES_BYTES: usize = 16 << 20;
-
 impl Drop for DecodedPlanes {
     fn drop(&mut self) {
         let pixels = std::mem::take(&mut self.pixels);
-        if pixels.len() <= KEEP_PLANES_BYTES {
+        if pixels.len() <= KEEP_BUFFER_BYTES {
             PLANES.set(pixels);
         }
     }
