@@ -27,7 +27,7 @@ import ingest  # noqa: E402  (the corpus and the job spec are the ingest benchma
 # First match wins; patterns are matched against "dso symbol".
 STEPS = [
     ("SHA-256", r"sha256|Sha256|ring_core.*sha|sha2_"),
-    ("resize", r"fast_image_resize|resample|convolution"),
+    ("resize", r"fast_image_resize|resample|convolution|interleave4"),
     (
         "JPEG decode",
         r"decode_mcu|idct|ycc_rgb|upsample|fill_bit_buffer|huff_decode|jdhuff|decompress|process_data|"
