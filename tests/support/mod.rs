@@ -50,19 +50,27 @@ impl Drop for Server {
 /// `tests/support/hub_server.py` on 127.0.0.1: the hub's `resolve` layout and GitHub's release downloads over the
 /// files under `root`, with every request logged to `log`.
 pub fn hub_server(root: &Path, log: &Path) -> Server {
+    let args = [std::ffi::OsStr::new("--root"), root.as_os_str(), std::ffi::OsStr::new("--log"), log.as_os_str()];
+    python_server("tests/support/hub_server.py", &args)
+}
+
+/// A server script of `tests/support` started with `args`; it prints `READY <port>` once it listens.
+fn python_server<A: AsRef<std::ffi::OsStr>>(script: &str, args: &[A]) -> Server {
     let mut child = Command::new("python3")
-        .arg(repo_root().join("tests/support/hub_server.py"))
-        .arg("--root")
-        .arg(root)
-        .arg("--log")
-        .arg(log)
-        .stdout(std::process::Stdio::piped())
+        .arg(repo_root().join(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
         .spawn()
-        .expect("python3 tests/support/hub_server.py");
-    let mut line = String::new();
+        .unwrap_or_else(|e| panic!("start python3 {script}: {e}"));
     let stdout = child.stdout.take().expect("the server's stdout");
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("READY <port>");
-    let port = line.trim().strip_prefix("READY ").and_then(|p| p.parse().ok()).expect("READY <port>");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("the server's READY line");
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{script} said {line:?}"));
     Server { child, port }
 }
 
@@ -180,23 +188,8 @@ pub fn create_container(port: u16, container: &str) {
 
 /// The fault-injecting proxy of `tests/support/fault_proxy.py` in front of `upstream_port`.
 pub fn fault_proxy(upstream_port: u16) -> Server {
-    let script = repo_root().join("tests/support/fault_proxy.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .args(["--port", "0", "--upstream", &format!("http://127.0.0.1:{upstream_port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the fault proxy");
-    let stdout = child.stdout.take().expect("proxy stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("proxy READY line");
-    let port = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("proxy said {line:?}"));
-    Server { child, port }
+    let upstream = format!("http://127.0.0.1:{upstream_port}");
+    python_server("tests/support/fault_proxy.py", &["--port", "0", "--upstream", &upstream])
 }
 
 /// Replaces the proxy's fault rules.
