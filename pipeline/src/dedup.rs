@@ -378,7 +378,7 @@ async fn write(
 ) -> Result<u64, PipelineError> {
     let path = output.child(relative);
     let uri = output.uri_of(&path);
-    let upload = BufWriter::new(Arc::clone(&output.store), path);
+    let upload = crate::sink::Upload(BufWriter::new(Arc::clone(&output.store), path));
     let mut writer = AsyncArrowWriter::try_new(upload, table.schema(), Some(properties(table, sink)?))
         .map_err(|e| PipelineError::sink(&uri, e))?;
     let mut batches = std::pin::pin!(batches);
@@ -386,7 +386,7 @@ async fn write(
         match batch {
             Ok(batch) => writer.write(&batch).await.map_err(|e| PipelineError::sink(&uri, e))?,
             Err(e) => {
-                let _ = writer.into_inner().abort().await;
+                let _ = writer.into_inner().0.abort().await;
                 return Err(e);
             }
         }

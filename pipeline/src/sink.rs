@@ -9,16 +9,21 @@
 use std::any::Any;
 
 use arrow::array::RecordBatch;
+use bytes::Bytes;
+use futures::future::BoxFuture;
 use lyrics_schemas::{Table, col};
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
+use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::arrow::{ArrowSchemaConverter, AsyncArrowWriter};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
 
 use crate::PipelineError;
 use crate::claims::Claim;
@@ -104,8 +109,23 @@ pub(crate) fn properties(table: Table, options: &SinkOptions) -> Result<WriterPr
         .build())
 }
 
+/// A shard's upload, as the Parquet writer's output. The writer hands over each encoded row group as one buffer
+/// of its own; `BufWriter::put` makes it part of the upload as it is, where the upload as an `AsyncWrite` (the
+/// writer's generic path) would copy every byte into parts of its own.
+pub(crate) struct Upload(pub(crate) BufWriter);
+
+impl AsyncFileWriter for Upload {
+    fn write(&mut self, bytes: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move { self.0.put(bytes).await.map_err(|e| ParquetError::External(Box::new(e))) })
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move { self.0.shutdown().await.map_err(|e| ParquetError::External(Box::new(e))) })
+    }
+}
+
 struct OpenShard {
-    writer: AsyncArrowWriter<BufWriter>,
+    writer: AsyncArrowWriter<Upload>,
     path: Path,
     relative: String,
     rows: u64,
@@ -186,7 +206,8 @@ impl TableWriter {
         let relative = shard_path(self.table, self.unit, self.next_seq);
         self.next_seq += 1;
         let path = self.output.child(&relative);
-        let upload = BufWriter::with_capacity(self.output.store.clone(), path.clone(), self.part_bytes.max(1));
+        let upload =
+            Upload(BufWriter::with_capacity(self.output.store.clone(), path.clone(), self.part_bytes.max(1)));
         let writer = AsyncArrowWriter::try_new(upload, self.table.schema(), Some(self.properties.clone()))
             .map_err(|e| PipelineError::sink(self.output.uri_of(&path), e))?;
         self.open = Some(OpenShard { writer, path, relative, rows: 0, bytes: 0 });
@@ -276,7 +297,7 @@ impl TableWriter {
     /// with `keep_finished` (another worker took the unit over, and may have written the same paths) they stay.
     async fn abort(mut self, keep_finished: bool) {
         if let Some(shard) = self.open.take() {
-            let _ = shard.writer.into_inner().abort().await;
+            let _ = shard.writer.into_inner().0.abort().await;
         }
         if keep_finished {
             return;
