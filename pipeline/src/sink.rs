@@ -375,3 +375,56 @@ impl UnitWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, BinaryArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStore, ObjectStoreExt};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    /// Rows of `len` bytes each, every row's bytes its own.
+    fn rows(n: usize, len: usize) -> Vec<Vec<u8>> {
+        (0..n).map(|i| (0..len).map(|j| (i * 31 + j * 7) as u8).collect()).collect()
+    }
+
+    /// Writes `rows` through [`Upload`] with upload parts of `part` bytes and row groups of `group` rows; returns
+    /// what the store holds, read back by the Parquet reader.
+    async fn round_trip(rows: &[Vec<u8>], part: usize, group: usize) -> Vec<Vec<u8>> {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let path = Path::from("t/part-0.parquet");
+        let schema = Arc::new(Schema::new(vec![Field::new("b", DataType::Binary, false)]));
+        let props = WriterProperties::builder().set_max_row_group_row_count(Some(group)).build();
+        let upload = Upload(BufWriter::with_capacity(Arc::clone(&store), path.clone(), part));
+        let mut writer = AsyncArrowWriter::try_new(upload, Arc::clone(&schema), Some(props)).unwrap();
+        for chunk in rows.chunks(7) {
+            let column = BinaryArray::from_iter_values(chunk.iter().map(Vec::as_slice));
+            writer
+                .write(&RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(column)]).unwrap())
+                .await
+                .unwrap();
+        }
+        writer.finish().await.unwrap();
+        let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(bytes.len(), writer.bytes_written(), "the store holds every byte the writer wrote");
+        let mut read = Vec::new();
+        for batch in ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap() {
+            let batch = batch.unwrap();
+            let column = batch.column(0).as_any().downcast_ref::<BinaryArray>().unwrap();
+            read.extend((0..column.len()).map(|i| column.value(i).to_vec()));
+        }
+        read
+    }
+
+    #[tokio::test]
+    async fn row_groups_reach_the_store_whole_in_multipart_uploads_and_single_puts() {
+        let many = rows(200, 1000);
+        // Row groups of 30 rows (~30 KB) across 8 KiB parts: each group is split over several parts.
+        assert_eq!(round_trip(&many, 8 << 10, 30).await, many);
+        // Everything below one part: the upload is one PUT at the end.
+        let few = rows(5, 100);
+        assert_eq!(round_trip(&few, 1 << 20, 30).await, few);
+    }
+}
