@@ -34,7 +34,8 @@ pub type Record = lyrics_pipeline::Record<State>;
 /// Items are shared out one at a time (`with_max_len(1)`, here and in [`map_samples`]). Rayon's default splits a
 /// batch into runs of items that a thread works through alone, so at the end of every batch one thread could be
 /// left with a run of up to 16 images while the others waited for the next batch. In a 2,000-image ingest on two
-/// cores the decode threads ran 80–84% of the wall time, and 86.5% each one at a time (BENCHMARKS.md).
+/// cores the two decode threads ran 84% and 80% of the wall time that way, 86.5% each with items shared out one
+/// at a time (BENCHMARKS.md).
 pub struct DecodeStage {
     operator: ImageOperator,
     pool: Arc<rayon::ThreadPool>,
