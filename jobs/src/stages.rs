@@ -22,9 +22,14 @@ pub enum State {
     Pixels(image::RgbImage),
     /// The pixels and every model input that depends on them alone.
     Prepared(image::RgbImage, Prepared),
-    /// The models' outputs, waiting to be post-processed.
-    Inferred(Inferred),
+    /// The models' outputs, waiting to be post-processed, and the pixels and model inputs they were made from,
+    /// handed on to be freed on the CPU threads: freeing them on the inference thread (tens of MB an image,
+    /// unmapped page by page) kept the sessions waiting.
+    Inferred(Inferred, Spent),
 }
+
+/// An image's pixels and model inputs, once the sessions are done with them.
+pub type Spent = Box<(image::RgbImage, Prepared)>;
 
 /// A record of this job.
 pub type Record = lyrics_pipeline::Record<State>;
@@ -235,17 +240,13 @@ impl Stage<State> for RefineInferStage {
             }
         }
         let (before, _) = refiner.session_time();
-        let results = {
-            let refs: Vec<(&image::RgbImage, Prepared)> =
-                inputs.iter_mut().map(|(p, prep)| (&*p, std::mem::take(prep))).collect();
-            refiner.infer(refs)
-        };
+        let results = refiner.infer(inputs.iter().map(|(pixels, prepared)| (pixels, prepared)).collect());
         let (after, _) = refiner.session_time();
         metrics.add_busy("refine.session_run", after.saturating_sub(before));
-        for (slot, result) in slots.into_iter().zip(results) {
+        for ((slot, result), spent) in slots.into_iter().zip(results).zip(inputs) {
             let Record::Sample(sample) = &mut batch[slot] else { continue };
             match result {
-                Ok(inferred) => sample.state = State::Inferred(inferred),
+                Ok(inferred) => sample.state = State::Inferred(inferred, Box::new(spent)),
                 Err(e) => {
                     let error = refine_error(sample, &e);
                     batch[slot] = error;
@@ -259,10 +260,12 @@ impl Stage<State> for RefineInferStage {
 /// Encodes masks and fills the refined columns, in parallel.
 pub fn refine_finish(description: Arc<str>, pool: Arc<rayon::ThreadPool>) -> PerSample {
     PerSample::new("refine.finish", pool, move |mut sample| {
-        let State::Inferred(inferred) = std::mem::take(&mut sample.state) else {
+        let State::Inferred(inferred, spent) = std::mem::take(&mut sample.state) else {
             let error = ModelError::Postprocess("the refiner produced nothing for this image".into());
             return refine_error(&sample, &error);
         };
+        // Freed here, on a CPU thread, not on the inference thread.
+        drop(spent);
         match finish(inferred) {
             Ok(refined) => {
                 sample.row.tags =

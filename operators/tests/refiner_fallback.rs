@@ -22,7 +22,7 @@ fn an_image_that_cannot_be_prepared_for_the_detector_is_an_error_not_an_empty_re
     let mut refiner = Refiner::load(&config, &files, Device::Cpu, 1).unwrap();
     let empty = image::RgbImage::new(0, 0);
     let fine = image::open(real_tiny().join("photos/tiny.png")).unwrap().to_rgb8();
-    let results = refiner.infer(vec![(&empty, Prepared::default()), (&fine, Prepared::default())]);
+    let results = refiner.infer(vec![(&empty, &Prepared::default()), (&fine, &Prepared::default())]);
     let err = results[0].as_ref().expect_err("the empty image fails").to_string();
     assert!(err.contains("preprocessing"), "{err}");
     assert!(!results[1].as_ref().unwrap().objects.is_empty(), "the other image is detected in");

@@ -57,10 +57,19 @@ pub fn iou(a: &BoxXyxy, b: &BoxXyxy) -> f32 {
 /// Class-agnostic non-maximum suppression, as torchvision's `nms`: indices of the boxes kept, by decreasing score
 /// (ties keep input order); a box is dropped when its IoU with a kept box exceeds `threshold`.
 pub fn nms(boxes: &[BoxXyxy], scores: &[f32], threshold: f32) -> Vec<usize> {
+    nms_at_most(boxes, scores, threshold, usize::MAX)
+}
+
+/// The first `max` boxes [`nms`] keeps, without comparing the rest: a detector with random or loose weights passes
+/// hundreds of queries, and suppressing all of them against each other only to keep ten is most of the work.
+pub fn nms_at_most(boxes: &[BoxXyxy], scores: &[f32], threshold: f32, max: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..boxes.len().min(scores.len())).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let mut keep: Vec<usize> = Vec::new();
     for i in order {
+        if keep.len() >= max {
+            break;
+        }
         if keep.iter().all(|&k| iou(&boxes[k], &boxes[i]) <= threshold) {
             keep.push(i);
         }
@@ -106,6 +115,18 @@ mod tests {
             let (x, y) = (iou(&a, &b), iou(&b, &a));
             prop_assert!((x - y).abs() < 1e-6);
             prop_assert!((0.0..=1.0 + 1e-6).contains(&x));
+        }
+
+        #[test]
+        fn nms_at_most_is_the_head_of_nms(
+            boxes in proptest::collection::vec(any_box(), 0..40),
+            scores in proptest::collection::vec(0.0f32..1.0, 40),
+            threshold in 0.0f32..1.0,
+            max in 0usize..50,
+        ) {
+            let mut all = nms(&boxes, &scores[..boxes.len()], threshold);
+            all.truncate(max);
+            prop_assert_eq!(nms_at_most(&boxes, &scores[..boxes.len()], threshold, max), all);
         }
 
         #[test]

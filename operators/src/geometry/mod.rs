@@ -3,5 +3,5 @@
 mod boxes;
 mod rle;
 
-pub use boxes::{BoxXyxy, cxcywh_to_xyxy, iou, nms};
+pub use boxes::{BoxXyxy, cxcywh_to_xyxy, iou, nms, nms_at_most};
 pub use rle::{Rle, RleError};

@@ -22,7 +22,7 @@ use tokenizers::Tokenizer;
 use super::preprocess::{IMAGENET_MEAN, IMAGENET_STD, dino_size, resize_bilinear, sigmoid, to_planar};
 use super::runtime::{Contract, Device, Input, OnnxModel, refuse};
 use super::{DetectorConfig, DetectorExport, ModelError};
-use crate::geometry::{BoxXyxy, cxcywh_to_xyxy, nms};
+use crate::geometry::{BoxXyxy, cxcywh_to_xyxy, nms_at_most};
 
 /// One detection, in pixels of the original image.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +68,11 @@ pub struct Detector {
     iou_threshold: f32,
     max_text_len: usize,
     max_detections: usize,
+    /// The HF export's `pixel_mask` buffer, kept from one call to the next: at 800×1066 it is 6.8 MB of `i64` that
+    /// a fresh allocation would page-fault in and fill on the inference thread for every image.
+    pixel_mask: Vec<i64>,
+    /// Whether `pixel_mask` holds ones only (one unpadded image's mask).
+    pixel_mask_ones: bool,
 }
 
 const IDEA: Contract = Contract {
@@ -143,6 +148,8 @@ impl Detector {
             iou_threshold: config.iou_threshold,
             max_text_len: config.max_text_len,
             max_detections: config.max_detections,
+            pixel_mask: Vec::new(),
+            pixel_mask_ones: false,
         })
     }
 
@@ -248,7 +255,6 @@ impl Detector {
         }
         let one_image = b == 1 && (first.0.width, first.0.height) == (w, h);
         let mut padded = Vec::new();
-        let mut pixel_mask = Vec::new();
         if !one_image {
             padded = vec![0f32; b * 3 * h * w];
             for (k, (image, ..)) in items.iter().enumerate() {
@@ -262,13 +268,22 @@ impl Detector {
                 }
             }
         }
+        let mut pixel_mask = std::mem::take(&mut self.pixel_mask);
         if self.export == DetectorExport::Hf {
-            pixel_mask = vec![0i64; b * h * w];
-            for (k, (image, ..)) in items.iter().enumerate() {
-                for y in 0..image.height {
-                    pixel_mask[(k * h + y) * w..(k * h + y) * w + image.width].fill(1);
+            // One unpadded image: every pixel is real, and the buffer of the last such call can be used as it is.
+            let all_ones = one_image;
+            if !(all_ones && self.pixel_mask_ones && pixel_mask.len() == h * w) {
+                pixel_mask.clear();
+                pixel_mask.resize(b * h * w, i64::from(all_ones));
+                if !all_ones {
+                    for (k, (image, ..)) in items.iter().enumerate() {
+                        for y in 0..image.height {
+                            pixel_mask[(k * h + y) * w..(k * h + y) * w + image.width].fill(1);
+                        }
+                    }
                 }
             }
+            self.pixel_mask_ones = all_ones;
         }
         let pixel_data: &[f32] = if one_image { &first.0.tensor } else { &padded };
         let pixels = Input::F32(vec![b, 3, h, w], pixel_data);
@@ -296,31 +311,58 @@ impl Detector {
                 "pred_boxes",
             ),
         };
-        let outputs = self.model.run(inputs, &["logits", boxes_name])?;
-        let (logits, boxes) = (&outputs["logits"], &outputs[boxes_name]);
-        let queries = boxes.data.len() / (4 * b);
-        let width = logits.data.len() / (queries * b).max(1);
-        if queries == 0 || logits.data.len() != b * queries * width || boxes.data.len() != b * queries * 4 {
-            return Err(ModelError::Contract {
-                model: "detector".into(),
-                message: format!(
-                    "logits {:?} and boxes {:?} disagree for a batch of {b}",
-                    logits.shape, boxes.shape
-                ),
-            });
-        }
-        items
-            .iter()
-            .zip(&texts)
-            .enumerate()
-            .map(|(k, ((_, _, orig_w, orig_h), text))| {
-                let logits = &logits.data[k * queries * width..(k + 1) * queries * width];
-                let boxes = &boxes.data[k * queries * 4..(k + 1) * queries * 4];
-                self.detections(logits, boxes, queries, width, &text.input_ids, *orig_w, *orig_h)
-            })
-            .collect()
+        let post = Post {
+            tokenizer: &self.tokenizer,
+            box_threshold: self.box_threshold,
+            text_threshold: self.text_threshold,
+            iou_threshold: self.iou_threshold,
+            max_detections: self.max_detections,
+        };
+        // Read where the session left them: a copy of the logits would be ~1 MB an image on the inference thread.
+        let found = self.model.run_with(inputs, &["logits", boxes_name], |out| {
+            let (logits, boxes) = (&out[0], &out[1]);
+            let queries = boxes.data.len() / (4 * b);
+            let width = logits.data.len() / (queries * b).max(1);
+            if queries == 0 || logits.data.len() != b * queries * width || boxes.data.len() != b * queries * 4 {
+                return Err(ModelError::Contract {
+                    model: "detector".into(),
+                    message: format!(
+                        "logits {:?} and boxes {:?} disagree for a batch of {b}",
+                        logits.shape, boxes.shape
+                    ),
+                });
+            }
+            items
+                .iter()
+                .zip(&texts)
+                .enumerate()
+                .map(|(k, ((_, _, orig_w, orig_h), text))| {
+                    let logits = &logits.data[k * queries * width..(k + 1) * queries * width];
+                    let boxes = &boxes.data[k * queries * 4..(k + 1) * queries * 4];
+                    post.detections(logits, boxes, queries, width, &text.input_ids, *orig_w, *orig_h)
+                })
+                .collect()
+        });
+        self.pixel_mask = pixel_mask;
+        found?
     }
 
+    /// The session, for its run statistics.
+    pub fn model(&self) -> &OnnxModel {
+        &self.model
+    }
+}
+
+/// What turns a detector's outputs into detections.
+struct Post<'a> {
+    tokenizer: &'a Tokenizer,
+    box_threshold: f32,
+    text_threshold: f32,
+    iou_threshold: f32,
+    max_detections: usize,
+}
+
+impl Post<'_> {
     /// The kept detections of one image's `logits` [queries, width] and `boxes` [queries, 4] (cxcywh, fractions).
     #[allow(clippy::too_many_arguments)]
     fn detections(
@@ -372,20 +414,13 @@ impl Detector {
             .collect();
         self.tokenizer.decode(&ids, true).map_err(|e| ModelError::Postprocess(format!("decode phrase: {e}")))
     }
-
-    /// The session, for its run statistics.
-    pub fn model(&self) -> &OnnxModel {
-        &self.model
-    }
 }
 
 /// The indices of the boxes kept: class-agnostic NMS, then at most `max` of them, by score (highest first, ties
 /// in query order, so the choice is the same on every run).
 pub fn best_boxes(boxes: &[BoxXyxy], scores: &[f32], iou_threshold: f32, max: usize) -> Vec<usize> {
-    // `nms` returns the kept boxes best first, ties in index order.
-    let mut keep = nms(boxes, scores, iou_threshold);
-    keep.truncate(max);
-    keep
+    // `nms` keeps boxes best first, ties in index order: its first `max` are the `max` best kept.
+    nms_at_most(boxes, scores, iou_threshold, max)
 }
 
 /// Grounding DINO's `generate_masks_with_special_tokens_and_transfer_map` for one prompt, cut to its first `keep`

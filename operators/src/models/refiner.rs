@@ -236,7 +236,9 @@ impl Refiner {
     }
 
     /// Runs the models on a micro-batch; one result per image. A failure on one image does not fail the others.
-    pub fn infer(&mut self, batch: Vec<(&RgbImage, Prepared)>) -> Vec<Result<Inferred, ModelError>> {
+    /// The images' inputs are borrowed: the caller frees them off this thread (tens of MB an image, whose unmapping
+    /// would otherwise keep the sessions waiting).
+    pub fn infer(&mut self, batch: Vec<(&RgbImage, &Prepared)>) -> Vec<Result<Inferred, ModelError>> {
         let mut results: Vec<Result<Inferred, ModelError>> = batch
             .iter()
             .map(|(image, _)| Ok(Inferred { width: image.width(), height: image.height(), ..Inferred::default() }))

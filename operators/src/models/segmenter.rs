@@ -438,142 +438,143 @@ impl Segmenter {
         match self {
             Segmenter::Sam { encoder, decoder, encoder_input, single_mask, .. } => {
                 let prepared = prepared.ok_or_else(missing)?;
-                let out = encoder.run(
-                    vec![(encoder_input.as_str(), Input::F32(prepared.shape.clone(), &prepared.tensor))],
-                    &["image_embeddings"],
-                )?;
-                let embeddings = &out["image_embeddings"];
-                let (sx, sy) = (nw as f32 / ow as f32, nh as f32 / oh as f32);
-                let no_mask = vec![0f32; LOW_RES_SIDE * LOW_RES_SIDE];
-                let orig_size = [oh as f32, ow as f32];
-                // A single-mask export picks the box mask only with three or more points: the padding point.
-                let labels: &[f32] = if *single_mask { &[2.0, 3.0, -1.0] } else { &[2.0, 3.0] };
-                boxes
-                    .iter()
-                    .map(|b| {
-                        let [x1, y1, x2, y2] = b.0;
-                        let coords = [x1 * sx, y1 * sy, x2 * sx, y2 * sy, 0.0, 0.0];
-                        let n = labels.len();
-                        let inputs = vec![
-                            ("image_embeddings", Input::F32(embeddings.shape.clone(), &embeddings.data)),
-                            ("point_coords", Input::F32(vec![1, n, 2], &coords[..n * 2])),
-                            ("point_labels", Input::F32(vec![1, n], labels)),
-                            ("mask_input", Input::F32(vec![1, 1, LOW_RES_SIDE, LOW_RES_SIDE], &no_mask)),
-                            ("has_mask_input", Input::F32(vec![1], &[0.0])),
-                            ("orig_im_size", Input::F32(vec![2], &orig_size)),
-                        ];
-                        // The first low-resolution mask, upsampled on the CPU threads as SamPredictor does: the
-                        // graph's own full-resolution `masks` crop the padded frame one row off on some sizes (the
-                        // pre-padding size is computed in float32 inside the graph), and four full-resolution planes
-                        // per box would be copied out of the session.
-                        decoder.run_with(inputs, &["low_res_masks", "iou_predictions"], |out| {
-                            let (low, ious) = (&out[0], &out[1]);
-                            let side = low.shape.last().copied().unwrap_or(0);
-                            if side == 0 || low.data.len() < side * side || ious.data.is_empty() {
-                                return Err(ModelError::Contract {
-                                    model: "segmenter.decoder".into(),
-                                    message: format!(
-                                        "low_res_masks {:?}, iou_predictions {:?}",
-                                        low.shape, ious.shape
-                                    ),
-                                });
-                            }
-                            Ok(MaskOut::LowRes {
-                                logits: low.data[..side * side].to_vec(),
-                                side,
-                                frame: Frame::Padded { resized: (nw, nh), side: SAM_SIDE as u32 },
-                                width: ow,
-                                height: oh,
-                                score: ious.data[0],
-                                within: None,
-                            })
-                        })?
-                    })
-                    .collect()
+                // The decoder reads the embeddings where the encoder's session left them: a copy would be 4 MiB an
+                // image on the inference thread.
+                let image_input =
+                    vec![(encoder_input.as_str(), Input::F32(prepared.shape.clone(), &prepared.tensor))];
+                encoder.run_with(image_input, &["image_embeddings"], |out| {
+                    let embeddings = &out[0];
+                    let (sx, sy) = (nw as f32 / ow as f32, nh as f32 / oh as f32);
+                    let no_mask = vec![0f32; LOW_RES_SIDE * LOW_RES_SIDE];
+                    let orig_size = [oh as f32, ow as f32];
+                    // A single-mask export picks the box mask only with three or more points: the padding point.
+                    let labels: &[f32] = if *single_mask { &[2.0, 3.0, -1.0] } else { &[2.0, 3.0] };
+                    boxes
+                        .iter()
+                        .map(|b| {
+                            let [x1, y1, x2, y2] = b.0;
+                            let coords = [x1 * sx, y1 * sy, x2 * sx, y2 * sy, 0.0, 0.0];
+                            let n = labels.len();
+                            let inputs = vec![
+                                ("image_embeddings", Input::F32(embeddings.shape.clone(), &embeddings.data)),
+                                ("point_coords", Input::F32(vec![1, n, 2], &coords[..n * 2])),
+                                ("point_labels", Input::F32(vec![1, n], labels)),
+                                ("mask_input", Input::F32(vec![1, 1, LOW_RES_SIDE, LOW_RES_SIDE], &no_mask)),
+                                ("has_mask_input", Input::F32(vec![1], &[0.0])),
+                                ("orig_im_size", Input::F32(vec![2], &orig_size)),
+                            ];
+                            // The first low-resolution mask, upsampled on the CPU threads as SamPredictor does: the
+                            // graph's own full-resolution `masks` crop the padded frame one row off on some sizes (the
+                            // pre-padding size is computed in float32 inside the graph), and four full-resolution planes
+                            // per box would be copied out of the session.
+                            decoder.run_with(inputs, &["low_res_masks", "iou_predictions"], |out| {
+                                let (low, ious) = (&out[0], &out[1]);
+                                let side = low.shape.last().copied().unwrap_or(0);
+                                if side == 0 || low.data.len() < side * side || ious.data.is_empty() {
+                                    return Err(ModelError::Contract {
+                                        model: "segmenter.decoder".into(),
+                                        message: format!(
+                                            "low_res_masks {:?}, iou_predictions {:?}",
+                                            low.shape, ious.shape
+                                        ),
+                                    });
+                                }
+                                Ok(MaskOut::LowRes {
+                                    logits: low.data[..side * side].to_vec(),
+                                    side,
+                                    frame: Frame::Padded { resized: (nw, nh), side: SAM_SIDE as u32 },
+                                    width: ow,
+                                    height: oh,
+                                    score: ious.data[0],
+                                    within: None,
+                                })
+                            })?
+                        })
+                        .collect()
+                })?
             }
             Segmenter::HfSam { encoder, decoder, boxes_per_call, prompt } => {
                 let prepared = prepared.ok_or_else(missing)?;
-                let mut out = encoder.run(
-                    vec![("pixel_values", Input::F32(prepared.shape.clone(), &prepared.tensor))],
-                    &["image_embeddings", "image_positional_embeddings"],
-                )?;
-                let embeddings = out.remove("image_embeddings").ok_or_else(missing)?;
-                let positional = out.remove("image_positional_embeddings").ok_or_else(missing)?;
-                let (sx, sy) = (nw as f32 / ow as f32, nh as f32 / oh as f32);
-                let frame = Frame::Padded { resized: (nw, nh), side: SAM_SIDE as u32 };
-                let prompt = *prompt;
-                in_box_batches(boxes, *boxes_per_call, |chunk| {
-                    let n = chunk.len();
-                    let mut inputs =
-                        vec![("image_embeddings", Input::F32(embeddings.shape.clone(), &embeddings.data))];
-                    if decoder.input("image_positional_embeddings").is_some() {
-                        inputs.push((
-                            "image_positional_embeddings",
-                            Input::F32(positional.shape.clone(), &positional.data),
-                        ));
-                    }
-                    let (coords, points, labels, within);
-                    match prompt {
-                        HfSamPrompt::Boxes { padded_points } => {
-                            coords = scaled_corners(chunk, sx, sy);
-                            inputs.push(("input_boxes", Input::F32(vec![1, n, 4], &coords)));
-                            if padded_points {
-                                // Exports that also take points get one padding point per box (label −10: ignored).
-                                (points, labels) = (vec![0f32; n * 2], vec![-10i64; n]);
+                let image_input = vec![("pixel_values", Input::F32(prepared.shape.clone(), &prepared.tensor))];
+                encoder.run_with(image_input, &["image_embeddings", "image_positional_embeddings"], |out| {
+                    let (embeddings, positional) = (&out[0], &out[1]);
+                    let (sx, sy) = (nw as f32 / ow as f32, nh as f32 / oh as f32);
+                    let frame = Frame::Padded { resized: (nw, nh), side: SAM_SIDE as u32 };
+                    let prompt = *prompt;
+                    in_box_batches(boxes, *boxes_per_call, |chunk| {
+                        let n = chunk.len();
+                        let mut inputs =
+                            vec![("image_embeddings", Input::F32(embeddings.shape.clone(), &embeddings.data))];
+                        if decoder.input("image_positional_embeddings").is_some() {
+                            inputs.push((
+                                "image_positional_embeddings",
+                                Input::F32(positional.shape.clone(), &positional.data),
+                            ));
+                        }
+                        let (coords, points, labels, within);
+                        match prompt {
+                            HfSamPrompt::Boxes { padded_points } => {
+                                coords = scaled_corners(chunk, sx, sy);
+                                inputs.push(("input_boxes", Input::F32(vec![1, n, 4], &coords)));
+                                if padded_points {
+                                    // Exports that also take points get one padding point per box (label −10: ignored).
+                                    (points, labels) = (vec![0f32; n * 2], vec![-10i64; n]);
+                                    inputs.push(("input_points", Input::F32(vec![1, n, 1, 2], &points)));
+                                    inputs.push(("input_labels", Input::I64(vec![1, n, 1], &labels)));
+                                }
+                                within = None;
+                            }
+                            HfSamPrompt::Centres => {
+                                points = chunk
+                                    .iter()
+                                    .flat_map(|b| [(b.0[0] + b.0[2]) / 2.0 * sx, (b.0[1] + b.0[3]) / 2.0 * sy])
+                                    .collect();
+                                labels = vec![1i64; n];
                                 inputs.push(("input_points", Input::F32(vec![1, n, 1, 2], &points)));
                                 inputs.push(("input_labels", Input::I64(vec![1, n, 1], &labels)));
+                                within = Some(chunk.iter().map(|b| pixel_rect(b, ow, oh)).collect::<Vec<_>>());
                             }
-                            within = None;
                         }
-                        HfSamPrompt::Centres => {
-                            points = chunk
-                                .iter()
-                                .flat_map(|b| [(b.0[0] + b.0[2]) / 2.0 * sx, (b.0[1] + b.0[3]) / 2.0 * sy])
-                                .collect();
-                            labels = vec![1i64; n];
-                            inputs.push(("input_points", Input::F32(vec![1, n, 1, 2], &points)));
-                            inputs.push(("input_labels", Input::I64(vec![1, n, 1], &labels)));
-                            within = Some(chunk.iter().map(|b| pixel_rect(b, ow, oh)).collect::<Vec<_>>());
-                        }
-                    }
-                    // Only each box's best plane is copied out of the session's buffer.
-                    decoder.run_with(inputs, &["iou_scores", "pred_masks"], |out| {
-                        low_res_masks(&out[1], &out[0], n, frame, ow, oh, "pred_masks", within.as_deref())
-                    })?
-                })
+                        // Only each box's best plane is copied out of the session's buffer.
+                        decoder.run_with(inputs, &["iou_scores", "pred_masks"], |out| {
+                            low_res_masks(&out[1], &out[0], n, frame, ow, oh, "pred_masks", within.as_deref())
+                        })?
+                    })
+                })?
             }
             Segmenter::Sam2 { encoder, decoder, boxes_per_call } => {
                 let prepared = prepared.ok_or_else(missing)?;
-                let mut feats = encoder.run(
-                    vec![("image", Input::F32(prepared.shape.clone(), &prepared.tensor))],
+                let image_input = vec![("image", Input::F32(prepared.shape.clone(), &prepared.tensor))];
+                encoder.run_with(
+                    image_input,
                     &["high_res_feats_0", "high_res_feats_1", "image_embed"],
-                )?;
-                let f0 = feats.remove("high_res_feats_0").ok_or_else(missing)?;
-                let f1 = feats.remove("high_res_feats_1").ok_or_else(missing)?;
-                let embed = feats.remove("image_embed").ok_or_else(missing)?;
-                let side = SAM_SIDE as f32;
-                let (sx, sy) = (side / ow as f32, side / oh as f32);
-                in_box_batches(boxes, *boxes_per_call, |chunk| {
-                    let n = chunk.len();
-                    let coords = scaled_corners(chunk, sx, sy);
-                    let labels: Vec<f32> = (0..n).flat_map(|_| [2.0, 3.0]).collect();
-                    let no_mask = vec![0f32; n * LOW_RES_SIDE * LOW_RES_SIDE];
-                    // One value for every box: the export multiplies `has_mask_input` [k] into the mask embeddings
-                    // [k, 256, 64, 64], which broadcasts only when k is 1.
-                    let has_mask = [0f32];
-                    let inputs = vec![
-                        ("image_embed", Input::F32(embed.shape.clone(), &embed.data)),
-                        ("high_res_feats_0", Input::F32(f0.shape.clone(), &f0.data)),
-                        ("high_res_feats_1", Input::F32(f1.shape.clone(), &f1.data)),
-                        ("point_coords", Input::F32(vec![n, 2, 2], &coords)),
-                        ("point_labels", Input::F32(vec![n, 2], &labels)),
-                        ("mask_input", Input::F32(vec![n, 1, LOW_RES_SIDE, LOW_RES_SIDE], &no_mask)),
-                        ("has_mask_input", Input::F32(vec![1], &has_mask)),
-                    ];
-                    decoder.run_with(inputs, &["masks", "iou_predictions"], |out| {
-                        low_res_masks(&out[0], &out[1], n, Frame::Stretched, ow, oh, "masks", None)
-                    })?
-                })
+                    |feats| {
+                        let (f0, f1, embed) = (&feats[0], &feats[1], &feats[2]);
+                        let side = SAM_SIDE as f32;
+                        let (sx, sy) = (side / ow as f32, side / oh as f32);
+                        in_box_batches(boxes, *boxes_per_call, |chunk| {
+                            let n = chunk.len();
+                            let coords = scaled_corners(chunk, sx, sy);
+                            let labels: Vec<f32> = (0..n).flat_map(|_| [2.0, 3.0]).collect();
+                            let no_mask = vec![0f32; n * LOW_RES_SIDE * LOW_RES_SIDE];
+                            // One value for every box: the export multiplies `has_mask_input` [k] into the mask embeddings
+                            // [k, 256, 64, 64], which broadcasts only when k is 1.
+                            let has_mask = [0f32];
+                            let inputs = vec![
+                                ("image_embed", Input::F32(embed.shape.clone(), &embed.data)),
+                                ("high_res_feats_0", Input::F32(f0.shape.clone(), &f0.data)),
+                                ("high_res_feats_1", Input::F32(f1.shape.clone(), &f1.data)),
+                                ("point_coords", Input::F32(vec![n, 2, 2], &coords)),
+                                ("point_labels", Input::F32(vec![n, 2], &labels)),
+                                ("mask_input", Input::F32(vec![n, 1, LOW_RES_SIDE, LOW_RES_SIDE], &no_mask)),
+                                ("has_mask_input", Input::F32(vec![1], &has_mask)),
+                            ];
+                            decoder.run_with(inputs, &["masks", "iou_predictions"], |out| {
+                                low_res_masks(&out[0], &out[1], n, Frame::Stretched, ow, oh, "masks", None)
+                            })?
+                        })
+                    },
+                )?
             }
             Segmenter::SalientCrop { model, margin, threshold } => {
                 Ok(salient_masks(model, image, boxes, *margin, *threshold)?
