@@ -456,7 +456,7 @@ impl Segmenter {
                             let coords = [x1 * sx, y1 * sy, x2 * sx, y2 * sy, 0.0, 0.0];
                             let n = labels.len();
                             let inputs = vec![
-                                ("image_embeddings", Input::F32(embeddings.shape.clone(), &embeddings.data)),
+                                ("image_embeddings", Input::F32(embeddings.shape.clone(), embeddings.data)),
                                 ("point_coords", Input::F32(vec![1, n, 2], &coords[..n * 2])),
                                 ("point_labels", Input::F32(vec![1, n], labels)),
                                 ("mask_input", Input::F32(vec![1, 1, LOW_RES_SIDE, LOW_RES_SIDE], &no_mask)),
@@ -504,11 +504,11 @@ impl Segmenter {
                     in_box_batches(boxes, *boxes_per_call, |chunk| {
                         let n = chunk.len();
                         let mut inputs =
-                            vec![("image_embeddings", Input::F32(embeddings.shape.clone(), &embeddings.data))];
+                            vec![("image_embeddings", Input::F32(embeddings.shape.clone(), embeddings.data))];
                         if decoder.input("image_positional_embeddings").is_some() {
                             inputs.push((
                                 "image_positional_embeddings",
-                                Input::F32(positional.shape.clone(), &positional.data),
+                                Input::F32(positional.shape.clone(), positional.data),
                             ));
                         }
                         let (coords, points, labels, within);
@@ -561,9 +561,9 @@ impl Segmenter {
                             // [k, 256, 64, 64], which broadcasts only when k is 1.
                             let has_mask = [0f32];
                             let inputs = vec![
-                                ("image_embed", Input::F32(embed.shape.clone(), &embed.data)),
-                                ("high_res_feats_0", Input::F32(f0.shape.clone(), &f0.data)),
-                                ("high_res_feats_1", Input::F32(f1.shape.clone(), &f1.data)),
+                                ("image_embed", Input::F32(embed.shape.clone(), embed.data)),
+                                ("high_res_feats_0", Input::F32(f0.shape.clone(), f0.data)),
+                                ("high_res_feats_1", Input::F32(f1.shape.clone(), f1.data)),
                                 ("point_coords", Input::F32(vec![n, 2, 2], &coords)),
                                 ("point_labels", Input::F32(vec![n, 2], &labels)),
                                 ("mask_input", Input::F32(vec![n, 1, LOW_RES_SIDE, LOW_RES_SIDE], &no_mask)),
