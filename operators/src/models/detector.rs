@@ -68,11 +68,10 @@ pub struct Detector {
     iou_threshold: f32,
     max_text_len: usize,
     max_detections: usize,
-    /// The HF export's `pixel_mask` buffer, kept from one call to the next: at 800×1066 it is 6.8 MB of `i64` that
-    /// a fresh allocation would page-fault in and fill on the inference thread for every image.
-    pixel_mask: Vec<i64>,
-    /// Whether `pixel_mask` holds ones only (one unpadded image's mask).
-    pixel_mask_ones: bool,
+    /// The HF export's `pixel_mask` of one unpadded image, all ones, kept from one call to the next: at 800×1066
+    /// it is 6.8 MB of `i64` that a fresh allocation would page-fault in and fill on the inference thread for
+    /// every image.
+    ones: Vec<i64>,
 }
 
 const IDEA: Contract = Contract {
@@ -148,8 +147,7 @@ impl Detector {
             iou_threshold: config.iou_threshold,
             max_text_len: config.max_text_len,
             max_detections: config.max_detections,
-            pixel_mask: Vec::new(),
-            pixel_mask_ones: false,
+            ones: Vec::new(),
         })
     }
 
@@ -268,23 +266,23 @@ impl Detector {
                 }
             }
         }
-        let mut pixel_mask = std::mem::take(&mut self.pixel_mask);
+        let mut padded_mask = Vec::new();
         if self.export == DetectorExport::Hf {
-            // One unpadded image: every pixel is real, and the buffer of the last such call can be used as it is.
-            let all_ones = one_image;
-            if !(all_ones && self.pixel_mask_ones && pixel_mask.len() == h * w) {
-                pixel_mask.clear();
-                pixel_mask.resize(b * h * w, i64::from(all_ones));
-                if !all_ones {
-                    for (k, (image, ..)) in items.iter().enumerate() {
-                        for y in 0..image.height {
-                            pixel_mask[(k * h + y) * w..(k * h + y) * w + image.width].fill(1);
-                        }
+            if one_image {
+                // Every pixel is real: the ones of the last image of this size serve again.
+                if self.ones.len() != h * w {
+                    self.ones = vec![1; h * w];
+                }
+            } else {
+                padded_mask = vec![0i64; b * h * w];
+                for (k, (image, ..)) in items.iter().enumerate() {
+                    for y in 0..image.height {
+                        padded_mask[(k * h + y) * w..(k * h + y) * w + image.width].fill(1);
                     }
                 }
             }
-            self.pixel_mask_ones = all_ones;
         }
+        let pixel_mask: &[i64] = if one_image { &self.ones } else { &padded_mask };
         let pixel_data: &[f32] = if one_image { &first.0.tensor } else { &padded };
         let pixels = Input::F32(vec![b, 3, h, w], pixel_data);
         let attention_bool: Vec<bool> = attention.iter().map(|m| *m != 0).collect();
@@ -306,7 +304,7 @@ impl Detector {
                     ("input_ids", Input::I64(vec![b, l], &input_ids)),
                     ("token_type_ids", Input::I64(vec![b, l], &token_types)),
                     ("attention_mask", Input::I64(vec![b, l], &attention)),
-                    ("pixel_mask", Input::I64(vec![b, h, w], &pixel_mask)),
+                    ("pixel_mask", Input::I64(vec![b, h, w], pixel_mask)),
                 ],
                 "pred_boxes",
             ),
@@ -319,7 +317,7 @@ impl Detector {
             max_detections: self.max_detections,
         };
         // Read where the session left them: a copy of the logits would be ~1 MB an image on the inference thread.
-        let found = self.model.run_with(inputs, &["logits", boxes_name], |out| {
+        self.model.run_with(inputs, &["logits", boxes_name], |out| {
             let (logits, boxes) = (&out[0], &out[1]);
             let queries = boxes.data.len() / (4 * b);
             let width = logits.data.len() / (queries * b).max(1);
@@ -342,9 +340,7 @@ impl Detector {
                     post.detections(logits, boxes, queries, width, &text.input_ids, *orig_w, *orig_h)
                 })
                 .collect()
-        });
-        self.pixel_mask = pixel_mask;
-        found?
+        })?
     }
 
     /// The session, for its run statistics.
