@@ -282,16 +282,32 @@ fn parse_format(text: &str) -> Result<InputFormat, String> {
 
 /// Keeps peak memory independent of corpus size under glibc. Buffers here are allocated on one thread and freed on
 /// another (decode threads, I/O threads, the writer moving between runtime workers), and glibc's per-thread arenas
-/// plus its self-raising mmap threshold let that fragment the heap: peak RSS grew 3.4x from 1,000 to 10,000 images.
-/// One arena, and a fixed 1 MiB mmap threshold (so row groups and upload buffers go back to the system when freed),
-/// keep it flat (+2%) for about 6% of throughput; the per-image buffers stay below the threshold.
+/// (eight a core) plus its self-raising mmap threshold let that fragment the heap: peak RSS grew 3.4x from 1,000
+/// to 10,000 images. Two arenas and a fixed 1 MiB mmap threshold (so row groups and upload buffers go back to the
+/// system when freed) keep it flat: 125 MiB at 2,000 images, 127 at 20,000 in the ingest benchmark. One arena was
+/// flatter still (96 and 98 MiB), but it serialised the two decode threads on its lock: two gave 0.92-0.96x the
+/// wall time, half the page faults and a third of the context switches (BENCHMARKS.md). The per-image buffers stay
+/// below the threshold. A setting given to glibc in the environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`,
+/// or `GLIBC_TUNABLES`) is kept.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it runs before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    for (param, value, env, tunable) in [
+        (libc::M_ARENA_MAX, 2, "MALLOC_ARENA_MAX", "glibc.malloc.arena_max"),
+        (libc::M_MMAP_THRESHOLD, 1 << 20, "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold"),
+    ] {
+        if !glibc_setting_given(env, tunable) {
+            // SAFETY: mallopt only sets allocator parameters; it runs before any other thread exists.
+            unsafe { libc::mallopt(param, value) };
+        }
     }
+}
+
+/// Whether the environment sets this glibc malloc parameter, by its own variable or in `GLIBC_TUNABLES`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn glibc_setting_given(env: &str, tunable: &str) -> bool {
+    std::env::var_os(env).is_some()
+        || std::env::var("GLIBC_TUNABLES")
+            .is_ok_and(|list| list.split(':').any(|item| item.split('=').next() == Some(tunable)))
 }
 
 /// Switches ONNX Runtime's telemetry off before the library is loaded. Microsoft's builds open an event database
