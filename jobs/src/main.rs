@@ -285,8 +285,9 @@ fn parse_format(text: &str) -> Result<InputFormat, String> {
 /// (eight a core) plus its self-raising mmap threshold let that fragment the heap: peak RSS grew 3.4x from 1,000
 /// to 10,000 images. Two arenas and a fixed 1 MiB mmap threshold (so row groups and upload buffers go back to the
 /// system when freed) keep it flat: 125 MiB at 2,000 images, 127 at 20,000 in the ingest benchmark. One arena was
-/// flatter still (96 and 98 MiB), but it serialised the two decode threads on its lock: two gave 0.92-0.96x the
-/// wall time, half the page faults and a third of the context switches (BENCHMARKS.md). The per-image buffers stay
+/// flatter still (96 and 98 MiB), but it serialised the two decode threads on its lock: in alternating runs two
+/// gave 0.92-0.95x the wall time at the medians and fewer context switches, though one full benchmark run at
+/// 20,000 images did not show the gain (BENCHMARKS.md). The per-image buffers stay
 /// below the threshold. A setting given to glibc in the environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`,
 /// or `GLIBC_TUNABLES`) is kept.
 fn tune_malloc() {
@@ -306,8 +307,13 @@ fn tune_malloc() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn glibc_setting_given(env: &str, tunable: &str) -> bool {
     std::env::var_os(env).is_some()
-        || std::env::var("GLIBC_TUNABLES")
-            .is_ok_and(|list| list.split(':').any(|item| item.split('=').next() == Some(tunable)))
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|list| lists_tunable(&list, tunable))
+}
+
+/// Whether a `GLIBC_TUNABLES` value (`name=value:name=value`) names `tunable`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn lists_tunable(list: &str, tunable: &str) -> bool {
+    list.split(':').any(|item| item.split('=').next() == Some(tunable))
 }
 
 /// Switches ONNX Runtime's telemetry off before the library is loaded. Microsoft's builds open an event database
@@ -344,5 +350,20 @@ fn main() -> ExitCode {
             eprintln!("error: {text}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::lists_tunable;
+
+    #[test]
+    fn a_tunable_counts_only_by_its_whole_name() {
+        let list = "glibc.malloc.tcache_count=4096:glibc.malloc.arena_max=4";
+        assert!(lists_tunable(list, "glibc.malloc.arena_max"));
+        assert!(lists_tunable(list, "glibc.malloc.tcache_count"));
+        assert!(!lists_tunable(list, "glibc.malloc.mmap_threshold"));
+        assert!(!lists_tunable("glibc.malloc.arena_max_x=1", "glibc.malloc.arena_max"));
+        assert!(!lists_tunable("", "glibc.malloc.arena_max"));
     }
 }
