@@ -6,7 +6,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use lyrics_operators::image::ImageOperator;
-use lyrics_operators::models::{Inferred, Layout, ModelError, Prepared, RefinedObject, Refiner, finish, prepare};
+use lyrics_operators::models::{
+    Inferred, Layout, ModelError, Prepared, RefinedObject, Refiner, finish, prepare, thread_cpu_time,
+};
 use lyrics_operators::text::{TextOptions, texts};
 use lyrics_pipeline::{ItemError, Metrics, RawItem, Sample, Stage, StageError, TableHandle, panic_row};
 use lyrics_schemas::{ImageRef, InstructRow, MaskRow, ObjectRow, PretrainRow, SampleRow, TagRow};
@@ -223,6 +225,7 @@ impl Stage<State> for RefineInferStage {
     fn process(&mut self, mut batch: Vec<Record>) -> Result<Vec<Record>, StageError> {
         let metrics = self.metrics.clone();
         let refiner = self.sessions()?;
+        let cpu_before = thread_cpu_time();
         for record in &batch {
             lyrics_pipeline::panic_point("refine.infer", record.identity().0);
         }
@@ -239,10 +242,10 @@ impl Stage<State> for RefineInferStage {
                 }
             }
         }
-        let (before, _) = refiner.session_time();
+        let before = refiner.session_time();
         let results = refiner.infer(inputs.iter().map(|(pixels, prepared)| (pixels, prepared)).collect());
-        let (after, _) = refiner.session_time();
-        metrics.add_busy("refine.session_run", after.saturating_sub(before));
+        let after = refiner.session_time();
+        metrics.add_busy("refine.session_run", after.wall.saturating_sub(before.wall));
         for ((slot, result), spent) in slots.into_iter().zip(results).zip(inputs) {
             let Record::Sample(sample) = &mut batch[slot] else { continue };
             match result {
@@ -253,6 +256,10 @@ impl Stage<State> for RefineInferStage {
                 }
             }
         }
+        // This thread's CPU time outside the sessions is the work that keeps a device waiting; the rest of its time
+        // outside them is waiting for a core, which it shares with the other stages' threads.
+        let cpu = thread_cpu_time().saturating_sub(cpu_before);
+        metrics.add_busy("refine.infer_cpu_outside_run", cpu.saturating_sub(after.cpu.saturating_sub(before.cpu)));
         Ok(batch)
     }
 }

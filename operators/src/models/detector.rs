@@ -17,6 +17,8 @@
 //! score; boxes go to pixel corners of the original image and through class-agnostic NMS.
 
 use image::RgbImage;
+use std::sync::Arc;
+
 use tokenizers::Tokenizer;
 
 use super::preprocess::{IMAGENET_MEAN, IMAGENET_STD, dino_size, resize_bilinear, sigmoid, to_planar};
@@ -27,8 +29,11 @@ use crate::geometry::{BoxXyxy, cxcywh_to_xyxy, nms_at_most};
 /// One detection, in pixels of the original image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Detection {
-    /// The decoded tokens scoring above `text_threshold`.
+    /// The tokens scoring above `text_threshold`, decoded: empty until [`Phrases::decode`] fills it on a CPU
+    /// thread (decoding is not the inference thread's work).
     pub phrase: String,
+    /// The ids of those tokens.
+    pub tokens: Vec<u32>,
     /// The best token score (sigmoid) of the query.
     pub score: f32,
     /// Corners in pixels of the original image (not clamped).
@@ -58,7 +63,7 @@ pub struct TextInputs {
 /// A loaded Grounding DINO: its session, tokenizer and thresholds.
 pub struct Detector {
     model: OnnxModel,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     export: DetectorExport,
     /// The static (width, height) the graph declares for its image, if any.
     fixed_size: Option<(u32, u32)>,
@@ -138,7 +143,7 @@ impl Detector {
         let special = ["[CLS]", "[SEP]", ".", "?"].iter().filter_map(|t| tokenizer.token_to_id(t)).collect();
         Ok(Detector {
             model,
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             export: config.export,
             fixed_size,
             special,
@@ -310,7 +315,6 @@ impl Detector {
             ),
         };
         let post = Post {
-            tokenizer: &self.tokenizer,
             box_threshold: self.box_threshold,
             text_threshold: self.text_threshold,
             iou_threshold: self.iou_threshold,
@@ -347,18 +351,22 @@ impl Detector {
     pub fn model(&self) -> &OnnxModel {
         &self.model
     }
+
+    /// What decodes the phrases of this detector's detections.
+    pub fn phrases(&self) -> Phrases {
+        Phrases(self.tokenizer.clone())
+    }
 }
 
 /// What turns a detector's outputs into detections.
-struct Post<'a> {
-    tokenizer: &'a Tokenizer,
+struct Post {
     box_threshold: f32,
     text_threshold: f32,
     iou_threshold: f32,
     max_detections: usize,
 }
 
-impl Post<'_> {
+impl Post {
     /// The kept detections of one image's `logits` [queries, width] and `boxes` [queries, 4] (cxcywh, fractions).
     #[allow(clippy::too_many_arguments)]
     fn detections(
@@ -392,23 +400,42 @@ impl Post<'_> {
             .into_iter()
             .map(|i| {
                 let (q, score, bbox) = passing[i];
-                let token_scores: Vec<f32> =
-                    logits[q * width..(q + 1) * width].iter().map(|v| sigmoid(*v)).collect();
-                Ok(Detection { phrase: self.phrase(&token_scores, input_ids)?, score, bbox })
+                let tokens = self.phrase_tokens(&logits[q * width..(q + 1) * width], input_ids);
+                Ok(Detection { phrase: String::new(), tokens, score, bbox })
             })
             .collect()
     }
 
     /// `get_phrases_from_posmap`: the tokens scoring above the text threshold, [CLS] (position 0) and positions
-    /// from 255 on left out, decoded without special tokens.
-    fn phrase(&self, scores: &[f32], input_ids: &[i64]) -> Result<String, ModelError> {
-        let ids: Vec<u32> = scores
+    /// from 255 on left out (decoded without special tokens by [`Phrases::decode`]).
+    fn phrase_tokens(&self, logits: &[f32], input_ids: &[i64]) -> Vec<u32> {
+        logits
             .iter()
             .enumerate()
-            .filter(|(i, s)| *i > 0 && *i < 255 && **s > self.text_threshold)
+            .filter(|(i, v)| *i > 0 && *i < 255 && sigmoid(**v) > self.text_threshold)
             .filter_map(|(i, _)| input_ids.get(i).and_then(|id| u32::try_from(*id).ok()))
-            .collect();
-        self.tokenizer.decode(&ids, true).map_err(|e| ModelError::Postprocess(format!("decode phrase: {e}")))
+            .collect()
+    }
+}
+
+/// What decodes detections' phrases: the detector's tokenizer, shared with the CPU threads.
+#[derive(Clone)]
+pub struct Phrases(Arc<Tokenizer>);
+
+impl Phrases {
+    /// Fills `detection.phrase` from its tokens, without special tokens, as the reference decodes them.
+    pub fn decode(&self, detection: &mut Detection) -> Result<(), ModelError> {
+        detection.phrase = self
+            .0
+            .decode(&detection.tokens, true)
+            .map_err(|e| ModelError::Postprocess(format!("decode phrase: {e}")))?;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Phrases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Phrases")
     }
 }
 

@@ -10,6 +10,7 @@
 mod batching;
 mod config;
 mod detector;
+mod planes;
 pub mod preprocess;
 mod refiner;
 pub mod runtime;
@@ -22,9 +23,10 @@ pub use config::{
 };
 pub use detector::{Detection, Detector, DetectorImage, TextInputs, best_boxes, sub_sentence_masks};
 pub use refiner::{
-    Inferred, Layout, ModelPaths, Prepared, Refined, RefinedObject, Refiner, describe, finish, label_of, prepare,
+    Inferred, Layout, ModelPaths, Prepared, Refined, RefinedObject, Refiner, SessionTime, describe, finish,
+    label_of, prepare,
 };
-pub use runtime::{Contract, Device, Element, OnnxModel, Port};
+pub use runtime::{Contract, Device, Element, OnnxModel, Port, thread_cpu_time};
 pub use segmenter::{
     Frame, Mask, MaskOut, Segmenter, SegmenterImage, SegmenterInput, crop_region, salient_input, salient_output,
 };

@@ -7,6 +7,7 @@ use image::RgbImage;
 use serde_json::json;
 
 use super::batching::in_chunks;
+use super::detector::Phrases;
 use super::runtime::Device;
 use super::segmenter::{MaskOut, SegmenterImage, SegmenterInput};
 use super::{
@@ -81,8 +82,11 @@ pub struct Inferred {
     pub tags: Vec<Tag>,
     /// Each kept detection, with its mask when a segmenter runs (finished on the CPU threads by [`finish`]).
     pub objects: Vec<(super::Detection, Option<MaskOut>)>,
-    /// What phrases map back to as labels: the tags, or the prompt's classes.
-    pub vocabulary: Vec<String>,
+    /// What phrases map back to as labels: the prompt's classes, or `None` for the tags (listed in [`finish`], on a
+    /// CPU thread: thousands of tags can pass).
+    pub vocabulary: Option<Vec<String>>,
+    /// What decodes the detections' phrases, in [`finish`] (present whenever there are detections).
+    pub phrases: Option<Phrases>,
 }
 
 /// One refined object, as stored: box normalized to `[0, 1]` of the displayed image.
@@ -127,9 +131,20 @@ pub fn label_of<'a>(phrase: &str, tags: &'a [String]) -> Option<&'a str> {
 /// Encodes masks and normalizes boxes (pure CPU; safe to run on many threads).
 pub fn finish(inferred: Inferred) -> Result<Refined, ModelError> {
     let (w, h) = (inferred.width as f32, inferred.height as f32);
+    let tags: Vec<String>;
+    let vocabulary = match &inferred.vocabulary {
+        Some(classes) => classes,
+        None => {
+            tags = inferred.tags.iter().map(|t| t.tag.clone()).collect();
+            &tags
+        }
+    };
     let mut objects = Vec::with_capacity(inferred.objects.len());
-    for (detection, mask) in inferred.objects {
-        let label = label_of(&detection.phrase, &inferred.vocabulary).unwrap_or(&detection.phrase).to_string();
+    for (mut detection, mask) in inferred.objects {
+        if let Some(phrases) = &inferred.phrases {
+            phrases.decode(&mut detection)?;
+        }
+        let label = label_of(&detection.phrase, vocabulary).unwrap_or(&detection.phrase).to_string();
         let b = detection.bbox.clamped(w, h).scaled(1.0 / w.max(1.0), 1.0 / h.max(1.0)).0;
         let (rle, area, score) = match mask.map(MaskOut::finish) {
             Some(mask) => (Some(mask.rle), Some(mask.area), Some(mask.score)),
@@ -146,6 +161,17 @@ pub fn finish(inferred: Inferred) -> Result<Refined, ModelError> {
         });
     }
     Ok(Refined { tags: inferred.tags, objects })
+}
+
+/// Time inside `Session::run`, summed over the sessions of a refiner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionTime {
+    /// Wall time.
+    pub wall: std::time::Duration,
+    /// CPU time of the calling thread (see [`super::OnnxModel::run_cpu`]).
+    pub cpu: std::time::Duration,
+    /// Number of runs.
+    pub runs: u64,
 }
 
 /// The loaded models of a run. One per process and device; the thread that owns it runs every session.
@@ -224,15 +250,19 @@ impl Refiner {
         &self.description
     }
 
-    /// Total time spent inside `Session::run`, and the number of runs.
-    pub fn session_time(&self) -> (std::time::Duration, u64) {
+    /// Time spent inside `Session::run` so far, over every session.
+    pub fn session_time(&self) -> SessionTime {
         let mut models: Vec<&super::OnnxModel> = Vec::new();
         models.extend(self.tagger.as_ref().map(Tagger::model));
         models.extend(self.detector.as_ref().map(Detector::model));
         if let Some(s) = &self.segmenter {
             models.extend(s.models());
         }
-        (models.iter().map(|m| m.run_time).sum(), models.iter().map(|m| m.runs).sum())
+        SessionTime {
+            wall: models.iter().map(|m| m.run_time).sum(),
+            cpu: models.iter().map(|m| m.run_cpu).sum(),
+            runs: models.iter().map(|m| m.runs).sum(),
+        }
     }
 
     /// Runs the models on a micro-batch; one result per image. A failure on one image does not fail the others.
@@ -313,9 +343,10 @@ impl Refiner {
         for (i, ((image, prepared), detections)) in batch.iter().zip(detected).enumerate() {
             let Ok(current) = results[i].as_mut() else { continue };
             current.vocabulary = match &prompt {
-                DetectorPrompt::Classes(classes) => classes.clone(),
-                _ => current.tags.iter().map(|t| t.tag.clone()).collect(),
+                DetectorPrompt::Classes(classes) => Some(classes.clone()),
+                _ => None,
             };
+            current.phrases = Some(detector.phrases());
             let Some(detections) = detections else { continue };
             let outcome = (|| -> Result<(), ModelError> {
                 let detections = detections?;

@@ -36,6 +36,7 @@
 use image::{GrayImage, RgbImage};
 
 use super::batching::in_chunks;
+use super::planes::Plane;
 use super::preprocess::{
     IMAGENET_MEAN, IMAGENET_STD, SAM_MEAN, SAM_STD, longest_side_size, resize_bilinear, to_planar,
 };
@@ -49,6 +50,10 @@ pub const SAM_SIDE: usize = 1024;
 pub const ISNET_SIDE: usize = 1024;
 /// Side of the low-resolution masks SAM's decoders give.
 pub const LOW_RES_SIDE: usize = 256;
+
+/// The empty `mask_input` of a box prompt. A static: zero pages, mapped once, instead of 256 KiB allocated,
+/// zeroed and faulted in for every image on the inference thread.
+static NO_MASK: [f32; LOW_RES_SIDE * LOW_RES_SIDE] = [0.0; LOW_RES_SIDE * LOW_RES_SIDE];
 
 /// A mask at the original image's resolution, COCO RLE-encoded as soon as it is made (a full-resolution mask of
 /// every object of a batch would otherwise be held until the batch is done), with the model's confidence.
@@ -92,7 +97,7 @@ pub enum Frame {
 pub enum MaskOut {
     Done(Mask),
     LowRes {
-        logits: Vec<f32>,
+        logits: Plane,
         side: usize,
         frame: Frame,
         width: u32,
@@ -445,7 +450,6 @@ impl Segmenter {
                 encoder.run_with(image_input, &["image_embeddings"], |out| {
                     let embeddings = &out[0];
                     let (sx, sy) = (nw as f32 / ow as f32, nh as f32 / oh as f32);
-                    let no_mask = vec![0f32; LOW_RES_SIDE * LOW_RES_SIDE];
                     let orig_size = [oh as f32, ow as f32];
                     // A single-mask export picks the box mask only with three or more points: the padding point.
                     let labels: &[f32] = if *single_mask { &[2.0, 3.0, -1.0] } else { &[2.0, 3.0] };
@@ -459,7 +463,7 @@ impl Segmenter {
                                 ("image_embeddings", Input::F32(embeddings.shape.clone(), embeddings.data)),
                                 ("point_coords", Input::F32(vec![1, n, 2], &coords[..n * 2])),
                                 ("point_labels", Input::F32(vec![1, n], labels)),
-                                ("mask_input", Input::F32(vec![1, 1, LOW_RES_SIDE, LOW_RES_SIDE], &no_mask)),
+                                ("mask_input", Input::F32(vec![1, 1, LOW_RES_SIDE, LOW_RES_SIDE], &NO_MASK)),
                                 ("has_mask_input", Input::F32(vec![1], &[0.0])),
                                 ("orig_im_size", Input::F32(vec![2], &orig_size)),
                             ];
@@ -480,7 +484,7 @@ impl Segmenter {
                                     });
                                 }
                                 Ok(MaskOut::LowRes {
-                                    logits: low.data[..side * side].to_vec(),
+                                    logits: Plane::copy_of(&low.data[..side * side]),
                                     side,
                                     frame: Frame::Padded { resized: (nw, nh), side: SAM_SIDE as u32 },
                                     width: ow,
@@ -657,7 +661,7 @@ fn low_res_masks(
             let best = (0..k).fold(0, |best, j| if row[j] > row[best] { j } else { best });
             let start = (b * k + best) * plane;
             MaskOut::LowRes {
-                logits: pred.data[start..start + plane].to_vec(),
+                logits: Plane::copy_of(&pred.data[start..start + plane]),
                 side,
                 frame,
                 width,
