@@ -132,8 +132,10 @@ pub fn label_of<'a>(phrase: &str, tags: &'a [String]) -> Option<&'a str> {
 pub fn finish(inferred: Inferred) -> Result<Refined, ModelError> {
     let (w, h) = (inferred.width as f32, inferred.height as f32);
     let tags: Vec<String>;
-    let vocabulary = match &inferred.vocabulary {
+    let vocabulary: &[String] = match &inferred.vocabulary {
         Some(classes) => classes,
+        // Listed only where a phrase needs a label: thousands of tags can pass in an image with no objects.
+        None if inferred.objects.is_empty() => &[],
         None => {
             tags = inferred.tags.iter().map(|t| t.tag.clone()).collect();
             &tags
