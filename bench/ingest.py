@@ -723,6 +723,29 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def against_fastest_peer(rows: list, n: int, runs: int, rounds: int) -> list[str]:
+    """The first lyrics-prep binary against the fastest peer (by median): the ratio of the medians and, round by
+    round, the ratio of the two tools' median rates within that round. On a machine whose speed drifts over
+    minutes, a round's ratio compares runs made close together; the median of those is the steadier figure."""
+    measured = [(name, res) for name, res in rows if not isinstance(res, str)]
+    ours = next(((name, res) for name, res in measured if name.startswith("lyrics-prep")), None)
+    peers = [(name, res) for name, res in measured if not name.startswith("lyrics-prep")]
+    if ours is None or not peers:
+        return []
+
+    def per_round(res: dict) -> list[float]:
+        times = res["times"]
+        return [statistics.median(n / t for t in times[r * runs : (r + 1) * runs]) for r in range(rounds)]
+
+    peer, peer_res = max(peers, key=lambda p: statistics.median(n / t for t in p[1]["times"]))
+    ratio = statistics.median(n / t for t in ours[1]["times"]) / statistics.median(n / t for t in peer_res["times"])
+    line = f"- {ours[0]} against the fastest peer ({peer}): **{ratio:.2f}x** at the medians"
+    if rounds > 1 and all(len(res["times"]) == runs * rounds for res in (ours[1], peer_res)):
+        each = [a / b for a, b in zip(per_round(ours[1]), per_round(peer_res))]
+        line += f"; round by round {', '.join(f'{r:.2f}' for r in each)} (median **{statistics.median(each):.2f}x**)"
+    return [line]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000, help="corpus size (default 2000)")
@@ -757,7 +780,8 @@ def main() -> int:
     ap.add_argument(
         "--skip",
         default="",
-        help="comma-separated tools to leave out: lyrics-prep,pillow,img2dataset,daft,rss,quality,limit",
+        help="comma-separated tools to leave out: lyrics-prep,pillow (both; pillow1 or pillow2 for one),img2dataset,"
+        "daft,rss,quality,limit",
     )
     args = ap.parse_args()
     if args.images < 1 or args.runs < 1 or args.rounds < 1:
@@ -821,8 +845,9 @@ def main() -> int:
                     variant_cfg.write_text(JOB_SPEC + extra.replace("\\n", "\n") + "\n")
                     name = f"{args.binaries[0][0]}, {label}"
                     measure(name, bench_lyrics, args, work, variant_cfg, n, args.binaries[0][1])
-            if "pillow" not in skip:
+            if not {"pillow", "pillow1"} & skip:
                 measure("Pillow, 1 process", bench_pillow, args, work, n, 1)
+            if not {"pillow", "pillow2"} & skip:
                 measure("Pillow, 2 processes", bench_pillow, args, work, n, 2)
             if "img2dataset" not in skip:
                 measure("img2dataset", bench_img2dataset, args, work, n, venv_problems)
@@ -880,6 +905,7 @@ def main() -> int:
             f"{res['quality']} | {res['notes'].replace('|', '/')} |"
         )
     out.append("")
+    out.extend(against_fastest_peer(rows, n, args.runs, args.rounds))
     out.extend(rss_lines)
     if limit:
         ratio = f"; lyrics-prep reaches **{lyrics_rate / limit['limit']:.0%}** of it" if lyrics_rate else ""
