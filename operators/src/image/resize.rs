@@ -219,6 +219,15 @@ pub(crate) fn clamp_crop([x, y, w, h]: [f64; 4], size: (u32, u32)) -> [f64; 4] {
 /// must not stay with every thread of the pool).
 pub(crate) const KEEP_BUFFER_BYTES: usize = 8 << 20;
 
+/// Frees each of a thread's kept buffers that has grown above [`KEEP_BUFFER_BYTES`].
+pub(crate) fn shed_large(buffers: &mut [Vec<u8>]) {
+    for buffer in buffers {
+        if buffer.capacity() > KEEP_BUFFER_BYTES {
+            *buffer = Vec::new();
+        }
+    }
+}
+
 thread_local! {
     /// This thread's resizer: it keeps its working buffers from one image to the next instead of allocating and
     /// zeroing them per plane.
