@@ -305,12 +305,19 @@ class RamTargets(nn.Module):
         return targets, torch.tensor([img.shape[0]])
 
 
+def imagenet_tensor(img):
+    """torchvision's `ToTensor` + `Normalize` with ImageNet's mean and std, as RAM's `ram/transform.py` and Grounding
+    DINO's transforms apply them: float32 throughout, each byte divided by 255, the mean subtracted, divided by the
+    std. Random-weight graphs turn a last-bit difference in their input into other boxes now and then, so the
+    references take their input exactly as the public code computes it."""
+    from torchvision.transforms import functional as tf
+
+    return tf.normalize(tf.to_tensor(img), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])[None]
+
+
 def ram_input(img):
     """`ram/transform.py`: resize to 384x384 (bilinear), ImageNet normalization."""
-    resized = img.resize((384, 384), Image.BILINEAR)
-    x = np.asarray(resized, dtype=np.float32) / 255.0
-    x = (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-    return torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32))
+    return imagenet_tensor(img.resize((384, 384), Image.BILINEAR))
 
 
 def ram_model(tiny, photos, thresholds):
@@ -470,9 +477,7 @@ def export_gdino_hf(model, text, size, path, declare_any_size):
 def dino_input(img, size):
     """Stretch to the graph's static (height, width), as the callers of a static export do; ImageNet normalization."""
     h, w = size
-    x = np.asarray(img.resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
-    x = (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-    return torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32))
+    return imagenet_tensor(img.resize((w, h), Image.BILINEAR))
 
 
 def prompt_of(tags):

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use tokenizers::Tokenizer;
 
-use super::preprocess::{IMAGENET_MEAN, IMAGENET_STD, dino_size, resize_bilinear, sigmoid, to_planar};
+use super::preprocess::{IMAGENET, dino_size, resize_bilinear, sigmoid, to_planar};
 use super::runtime::{Contract, Device, Input, OnnxModel, refuse};
 use super::{DetectorConfig, DetectorExport, ModelError};
 use crate::geometry::{BoxXyxy, cxcywh_to_xyxy, nms_at_most};
@@ -172,11 +172,7 @@ impl Detector {
         let (w, h) = fixed_size.unwrap_or_else(|| dino_size(image.width(), image.height(), 800, 1333));
         let resized = resize_bilinear(image, w, h)?;
         let (w, h) = (w as usize, h as usize);
-        Ok(DetectorImage {
-            tensor: to_planar(&resized, 1.0 / 255.0, IMAGENET_MEAN, IMAGENET_STD, w, h),
-            width: w,
-            height: h,
-        })
+        Ok(DetectorImage { tensor: to_planar(&resized, &IMAGENET, w, h), width: w, height: h })
     }
 
     /// Tokenizes `caption` and builds the sub-sentence mask and position ids, truncated to `max_text_len`.

@@ -10,14 +10,46 @@ use image::RgbImage;
 
 use super::ModelError;
 
-/// ImageNet mean and std, on 0..1 values (RAM, Grounding DINO).
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// ImageNet standard deviation of RGB in `[0, 1]`.
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// SAM's pixel mean and std, on 0..255 values.
-pub const SAM_MEAN: [f32; 3] = [123.675, 116.28, 103.53];
-/// SAM's `pixel_std`, of RGB in `0..=255`.
-pub const SAM_STD: [f32; 3] = [58.395, 57.12, 57.375];
+/// How a family's reference code turns a pixel byte into a model input: `(byte / divisor - mean) / std` per
+/// channel, each step an f32 operation in that order, as torchvision's `ToTensor` + `Normalize`, transformers' image
+/// processors and segment-anything's `Sam.preprocess` compute it. The last bit matters: a graph whose query
+/// selection sits on a near-tie picks other boxes when its input differs by one unit in the last place (multiplying
+/// by `1 / 255` instead of dividing by 255 does so for about one byte value in three).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalization {
+    /// What each byte is divided by first: 255 for models that take `0..=1`, 1 for models that take `0..=255`.
+    pub divisor: f32,
+    /// Per-channel mean, subtracted after the division.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation, divided by last.
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// The input value of `byte` in `channel`.
+    pub fn apply(&self, channel: usize, byte: u8) -> f32 {
+        (f32::from(byte) / self.divisor - self.mean[channel]) / self.std[channel]
+    }
+
+    /// Every byte's value per channel: a lookup per pixel instead of a division and a subtraction, with the very
+    /// same results.
+    fn table(&self) -> [[f32; 256]; 3] {
+        let mut table = [[0f32; 256]; 3];
+        for (channel, row) in table.iter_mut().enumerate() {
+            for (byte, value) in row.iter_mut().enumerate() {
+                *value = self.apply(channel, byte as u8);
+            }
+        }
+        table
+    }
+}
+
+/// ImageNet normalization of `0..=1` values (RAM, Grounding DINO, transformers' SAM processor, SAM 2).
+pub const IMAGENET: Normalization =
+    Normalization { divisor: 255.0, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+/// segment-anything's `pixel_mean` / `pixel_std`, on `0..=255` values.
+pub const SAM_PIXELS: Normalization =
+    Normalization { divisor: 1.0, mean: [123.675, 116.28, 103.53], std: [58.395, 57.12, 57.375] };
 
 /// Fixed-point precision of Pillow's 8-bit resampling (`PRECISION_BITS`).
 const PRECISION_BITS: u32 = 32 - 8 - 2;
@@ -113,26 +145,20 @@ pub fn resize_bilinear(image: &RgbImage, w: u32, h: u32) -> Result<RgbImage, Mod
     RgbImage::from_raw(w, h, out).ok_or_else(|| ModelError::Preprocess(format!("resize to {w}x{h}: short buffer")))
 }
 
-/// Planar `[3, out_h, out_w]` values `(pixel * scale - mean) / std` of `image` placed at the top left, zeros
-/// elsewhere (padding after normalization, as SAM pads).
-pub fn to_planar(
-    image: &RgbImage,
-    scale: f32,
-    mean: [f32; 3],
-    std: [f32; 3],
-    out_w: usize,
-    out_h: usize,
-) -> Vec<f32> {
+/// Planar `[3, out_h, out_w]` values of `image` under `normalization`, placed at the top left, zeros elsewhere
+/// (padding after normalization, as SAM pads).
+pub fn to_planar(image: &RgbImage, normalization: &Normalization, out_w: usize, out_h: usize) -> Vec<f32> {
     let (w, h) = (image.width() as usize, image.height() as usize);
     let plane = out_w * out_h;
     let mut out = vec![0f32; 3 * plane];
+    let table = normalization.table();
     let raw = image.as_raw();
     for y in 0..h.min(out_h) {
         for x in 0..w.min(out_w) {
             let p = (y * w + x) * 3;
             let o = y * out_w + x;
             for c in 0..3 {
-                out[c * plane + o] = (f32::from(raw[p + c]) * scale - mean[c]) / std[c];
+                out[c * plane + o] = table[c][usize::from(raw[p + c])];
             }
         }
     }
@@ -204,9 +230,30 @@ mod tests {
     }
 
     #[test]
+    fn normalization_is_torchvision_arithmetic_to_the_bit() {
+        // numpy in float32, as torchvision's ToTensor + Normalize compute it:
+        // ((np.arange(256, dtype=np.float32) / 255)[:, None] - MEAN) / STD, MEAN and STD float32 arrays, and
+        // (np.arange(256, dtype=np.float32)[:, None] - SAM_MEAN) / SAM_STD. Multiplying by 1 / 255 instead
+        // gives one unit in the last place less on the first two.
+        assert_eq!(IMAGENET.apply(1, 24).to_bits(), 3_218_000_440);
+        assert_eq!(IMAGENET.apply(2, 26).to_bits(), 3_215_783_660);
+        assert_eq!(SAM_PIXELS.apply(0, 0).to_bits(), 0xc007_8bbd);
+        assert_eq!(SAM_PIXELS.apply(1, 200).to_bits(), 0x3fbb_9b9c);
+        assert_eq!(SAM_PIXELS.apply(2, 255).to_bits(), 0x4028_f5c3);
+        let img = RgbImage::from_fn(256, 1, |x, _| image::Rgb([x as u8, 255 - x as u8, (x as u8).wrapping_mul(7)]));
+        let out = to_planar(&img, &IMAGENET, 256, 1);
+        for (x, pixel) in img.pixels().enumerate() {
+            for c in 0..3 {
+                assert_eq!(out[c * 256 + x].to_bits(), IMAGENET.apply(c, pixel[c]).to_bits());
+            }
+        }
+    }
+
+    #[test]
     fn planar_normalizes_and_pads() {
         let img = RgbImage::from_pixel(2, 1, image::Rgb([255, 0, 51]));
-        let out = to_planar(&img, 1.0 / 255.0, [0.0; 3], [1.0; 3], 3, 2);
+        let unit = Normalization { divisor: 255.0, mean: [0.0; 3], std: [1.0; 3] };
+        let out = to_planar(&img, &unit, 3, 2);
         assert_eq!(out.len(), 18);
         assert_eq!(out[0], 1.0);
         assert_eq!(out[2], 0.0, "padding");

@@ -37,9 +37,7 @@ use image::{GrayImage, RgbImage};
 
 use super::batching::in_chunks;
 use super::planes::Plane;
-use super::preprocess::{
-    IMAGENET_MEAN, IMAGENET_STD, SAM_MEAN, SAM_STD, longest_side_size, resize_bilinear, to_planar,
-};
+use super::preprocess::{IMAGENET, Normalization, SAM_PIXELS, longest_side_size, resize_bilinear, to_planar};
 use super::runtime::{Contract, Device, Input, OnnxModel, refuse};
 use super::{ModelError, SegmenterConfig, SegmenterFamily};
 use crate::geometry::{BoxXyxy, Rle};
@@ -389,18 +387,18 @@ impl Segmenter {
     /// What can be computed from the image alone, before boxes are known: the encoder's input.
     pub fn prepare(input: SegmenterInput, image: &RgbImage) -> Result<Option<SegmenterImage>, ModelError> {
         let side = SAM_SIDE;
-        let padded = |mean, std, scale| -> Result<SegmenterImage, ModelError> {
+        let padded = |normalization: &Normalization| -> Result<SegmenterImage, ModelError> {
             let (w, h) = longest_side_size(image.width(), image.height(), side as u32);
             let resized = resize_bilinear(image, w, h)?;
             Ok(SegmenterImage {
                 shape: vec![1, 3, side, side],
-                tensor: to_planar(&resized, scale, mean, std, side, side),
+                tensor: to_planar(&resized, normalization, side, side),
             })
         };
         Ok(match input {
             SegmenterInput::None => None,
-            SegmenterInput::SamPlanar => Some(padded(SAM_MEAN, SAM_STD, 1.0)?),
-            SegmenterInput::HfSam => Some(padded(IMAGENET_MEAN, IMAGENET_STD, 1.0 / 255.0)?),
+            SegmenterInput::SamPlanar => Some(padded(&SAM_PIXELS)?),
+            SegmenterInput::HfSam => Some(padded(&IMAGENET)?),
             SegmenterInput::SamRaw => {
                 let (w, h) = longest_side_size(image.width(), image.height(), side as u32);
                 let resized = resize_bilinear(image, w, h)?;
@@ -413,7 +411,7 @@ impl Segmenter {
                 let resized = resize_bilinear(image, side as u32, side as u32)?;
                 Some(SegmenterImage {
                     shape: vec![1, 3, side, side],
-                    tensor: to_planar(&resized, 1.0 / 255.0, IMAGENET_MEAN, IMAGENET_STD, side, side),
+                    tensor: to_planar(&resized, &IMAGENET, side, side),
                 })
             }
         })
@@ -685,12 +683,15 @@ pub fn crop_region(bbox: &BoxXyxy, margin: f32, width: u32, height: u32) -> (u32
     (x0.min(width - 1), y0.min(height - 1), x1 - x0.min(width - 1), y1 - y0.min(height - 1))
 }
 
+/// ISNet's input: RGB / 255 − 0.5.
+const ISNET: Normalization = Normalization { divisor: 255.0, mean: [0.5; 3], std: [1.0; 3] };
+
 /// ISNet's input for a crop: resized to 1024², RGB/255 − 0.5.
 pub fn salient_input(image: &RgbImage, crop: (u32, u32, u32, u32)) -> Result<Vec<f32>, ModelError> {
     let (x0, y0, w, h) = crop;
     let cropped = image::imageops::crop_imm(image, x0, y0, w, h).to_image();
     let resized = resize_bilinear(&cropped, ISNET_SIDE as u32, ISNET_SIDE as u32)?;
-    Ok(to_planar(&resized, 1.0 / 255.0, [0.5; 3], [1.0; 3], ISNET_SIDE, ISNET_SIDE))
+    Ok(to_planar(&resized, &ISNET, ISNET_SIDE, ISNET_SIDE))
 }
 
 /// The full-image mask from ISNet's probability map of a crop: resized back to the crop, thresholded, and kept

@@ -16,7 +16,7 @@
 
 use image::RgbImage;
 
-use super::preprocess::{IMAGENET_MEAN, IMAGENET_STD, resize_bilinear, sigmoid, to_planar};
+use super::preprocess::{IMAGENET, resize_bilinear, sigmoid, to_planar};
 use super::runtime::{Device, Input, OnnxModel};
 use super::{ModelError, TaggerConfig, TaggerScores};
 
@@ -158,7 +158,7 @@ impl Tagger {
     /// The model input of one image at the graph's `(width, height)`: `[3, height, width]`.
     pub fn prepare(image: &RgbImage, (w, h): (u32, u32)) -> Result<Vec<f32>, ModelError> {
         let resized = resize_bilinear(image, w, h)?;
-        Ok(to_planar(&resized, 1.0 / 255.0, IMAGENET_MEAN, IMAGENET_STD, w as usize, h as usize))
+        Ok(to_planar(&resized, &IMAGENET, w as usize, h as usize))
     }
 
     /// Tags of a batch of prepared images.
