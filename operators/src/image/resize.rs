@@ -219,7 +219,8 @@ pub(crate) fn clamp_crop([x, y, w, h]: [f64; 4], size: (u32, u32)) -> [f64; 4] {
 /// must not stay with every thread of the pool).
 pub(crate) const KEEP_BUFFER_BYTES: usize = 8 << 20;
 
-/// Frees each of a thread's kept buffers that has grown above [`KEEP_BUFFER_BYTES`].
+/// Frees each of a thread's kept buffers that has grown above [`KEEP_BUFFER_BYTES`] (the YCbCr path's planes).
+#[cfg(feature = "turbojpeg")]
 pub(crate) fn shed_large(buffers: &mut [Vec<u8>]) {
     for buffer in buffers {
         if buffer.capacity() > KEEP_BUFFER_BYTES {
