@@ -13,8 +13,8 @@ use fast_image_resize::PixelType;
 use super::ImageError;
 use super::resize::{ResizeFilter, clamp_crop, resample_into, shed_large};
 
-/// `src` (one sample per pixel, `size`) resampled from `crop` to `out`, as [`super::resize::resample`] with [`PixelType::U8`],
-/// into `plane` (its allocation reused, only its growth zeroed: every sample is written).
+/// `src` (one sample per pixel, `size`) resampled from `crop` to `out`, as [`super::resize::resample`] with
+/// [`PixelType::U8`], into `plane` (its allocation reused, only its growth zeroed: every sample is written).
 pub(crate) fn resample_plane(
     src: &[u8],
     size: (u32, u32),
@@ -34,20 +34,24 @@ pub(crate) fn resample_plane(
         let [tall, packed, wide] = &mut *scratch;
         // Every column, so that this pass needs no horizontal one.
         let rows = [0.0, y, f64::from(size.0), h];
-        resample_into(src, size, PixelType::U8, rows, (size.0, out.1), filter, tall)?;
-        let groups = out.1.div_ceil(4);
-        interleave4(tall, size.0 as usize, out.1 as usize, packed);
-        let crop = [x, 0.0, w, f64::from(groups)];
-        resample_into(packed, (size.0, groups), PixelType::U8x4, crop, (out.0, groups), filter, wide)?;
-        deinterleave4(wide, out.0 as usize, out.1 as usize, plane);
+        let result = resample_into(src, size, PixelType::U8, rows, (size.0, out.1), filter, tall).and_then(|()| {
+            let groups = out.1.div_ceil(4);
+            interleave4(tall, size.0 as usize, out.1 as usize, packed);
+            let crop = [x, 0.0, w, f64::from(groups)];
+            resample_into(packed, (size.0, groups), PixelType::U8x4, crop, (out.0, groups), filter, wide)?;
+            deinterleave4(wide, out.0 as usize, out.1 as usize, plane);
+            Ok(())
+        });
+        // Also after a failure: an intermediate plane that grew for a large image is not kept by this thread.
         shed_large(scratch);
-        Ok(())
+        result
     })
 }
 
 thread_local! {
     /// The intermediate planes of this thread's last call, reused: they cost no allocation and no zeroing.
-    static SCRATCH: std::cell::RefCell<[Vec<u8>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+    static SCRATCH: std::cell::RefCell<[Vec<u8>; 3]> =
+        const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
 /// Rows `4g .. 4g + 4` of the `width`×`height` plane as the four channels of row `g`; the last group repeats the

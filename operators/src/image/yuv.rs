@@ -50,18 +50,20 @@ pub(crate) fn resize_jpeg(
     }
     let decoded = decode_planes(data, full)?;
     Some(OUTPUT.with_borrow_mut(|outputs| {
-        let out = resize_planes(&decoded.planes(), decoded.subsampling, g, spec, outputs)?;
         let (tw, th) = g.scaled;
-        let bytes = encode_planes(out, (tw as usize, th as usize), quality)?;
+        let bytes = resize_planes(&decoded.planes(), decoded.subsampling, g, spec, outputs)
+            .and_then(|out| encode_planes(out, (tw as usize, th as usize), quality));
+        // Also after a failure: a plane that grew for a large image is not kept by this thread.
         shed_large(outputs);
-        Ok(Resized { bytes, width: tw, height: th })
+        Ok(Resized { bytes: bytes?, width: tw, height: th })
     }))
 }
 
 thread_local! {
     /// This thread's resized planes, reused from one image to the next: a fresh plane cost an allocation, its
     /// zeroing and its page faults (2.5% of an ingest run's CPU time).
-    static OUTPUT: std::cell::RefCell<[Vec<u8>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+    static OUTPUT: std::cell::RefCell<[Vec<u8>; 3]> =
+        const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
 /// The decoder's Y, Cb and Cr planes, one after another at the start of `pixels`, with their sizes and the
