@@ -18,12 +18,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use futures::{StreamExt, TryStreamExt};
 use lyrics_schemas::{ErrorRow, Table, col};
-use object_store::buffered::BufWriter;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 // Deprecated upstream, yet the adapter parquet keeps tested against object_store (as in `source::parquet`).
 #[allow(deprecated)]
@@ -378,7 +376,8 @@ async fn write(
 ) -> Result<u64, PipelineError> {
     let path = output.child(relative);
     let uri = output.uri_of(&path);
-    let upload = crate::sink::Upload(BufWriter::new(Arc::clone(&output.store), path));
+    let upload =
+        crate::sink::Upload::open(output, &path, crate::store::StorageOptions::default().upload_part_bytes);
     let mut writer = AsyncArrowWriter::try_new(upload, table.schema(), Some(properties(table, sink)?))
         .map_err(|e| PipelineError::sink(&uri, e))?;
     let mut batches = std::pin::pin!(batches);
@@ -386,7 +385,7 @@ async fn write(
         match batch {
             Ok(batch) => writer.write(&batch).await.map_err(|e| PipelineError::sink(&uri, e))?,
             Err(e) => {
-                let _ = writer.into_inner().0.abort().await;
+                writer.into_inner().abort().await;
                 return Err(e);
             }
         }

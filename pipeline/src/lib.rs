@@ -20,6 +20,7 @@
 pub mod claims;
 pub mod commit;
 pub mod dedup;
+mod direct;
 mod error;
 mod failpoint;
 pub mod item;

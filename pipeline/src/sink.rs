@@ -27,6 +27,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::PipelineError;
 use crate::claims::Claim;
+use crate::direct::DirectFile;
 use crate::order::{Added, KeyOrder, key_index};
 use crate::store::Location;
 use crate::table::{RowBuffer, TableId, Tables};
@@ -109,18 +110,56 @@ pub(crate) fn properties(table: Table, options: &SinkOptions) -> Result<WriterPr
         .build())
 }
 
-/// A shard's upload, as the Parquet writer's output. The writer hands over each encoded row group as one buffer
-/// of its own; `BufWriter::put` makes it part of the upload as it is, where the upload as an `AsyncWrite` (the
-/// writer's generic path) would copy every byte into parts of its own.
-pub(crate) struct Upload(pub(crate) BufWriter);
+/// A shard's upload, as the Parquet writer's output. To an object store, the writer hands over each encoded row
+/// group as one buffer of its own; `BufWriter::put` makes it part of the upload as it is, where the upload as an
+/// `AsyncWrite` (the writer's generic path) would copy every byte into parts of its own. To a local disk, the
+/// shard is written past the page cache and renamed into place when whole (see [`crate::direct`]).
+pub(crate) enum Upload {
+    Store(BufWriter),
+    Local(DirectFile),
+}
+
+impl Upload {
+    /// The upload of `path` under `output`, in parts of `part_bytes` where it goes to an object store.
+    pub(crate) fn open(output: &Location, path: &Path, part_bytes: usize) -> Upload {
+        match output.local_path(path) {
+            Some(file) => Upload::Local(DirectFile::new(file)),
+            None => Upload::Store(BufWriter::with_capacity(output.store.clone(), path.clone(), part_bytes.max(1))),
+        }
+    }
+
+    /// Abandons the upload: nothing of it becomes visible.
+    pub(crate) async fn abort(self) {
+        match self {
+            Upload::Store(mut upload) => {
+                let _ = upload.abort().await;
+            }
+            Upload::Local(file) => file.abort().await,
+        }
+    }
+}
+
+fn external(e: impl std::error::Error + Send + Sync + 'static) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
 
 impl AsyncFileWriter for Upload {
     fn write(&mut self, bytes: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        Box::pin(async move { self.0.put(bytes).await.map_err(|e| ParquetError::External(Box::new(e))) })
+        Box::pin(async move {
+            match self {
+                Upload::Store(upload) => upload.put(bytes).await.map_err(external),
+                Upload::Local(file) => file.write(&bytes).await.map_err(external),
+            }
+        })
     }
 
     fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        Box::pin(async move { self.0.shutdown().await.map_err(|e| ParquetError::External(Box::new(e))) })
+        Box::pin(async move {
+            match self {
+                Upload::Store(upload) => upload.shutdown().await.map_err(external),
+                Upload::Local(file) => file.complete().await.map_err(external),
+            }
+        })
     }
 }
 
@@ -206,8 +245,7 @@ impl TableWriter {
         let relative = shard_path(self.table, self.unit, self.next_seq);
         self.next_seq += 1;
         let path = self.output.child(&relative);
-        let upload =
-            Upload(BufWriter::with_capacity(self.output.store.clone(), path.clone(), self.part_bytes.max(1)));
+        let upload = Upload::open(&self.output, &path, self.part_bytes);
         let writer = AsyncArrowWriter::try_new(upload, self.table.schema(), Some(self.properties.clone()))
             .map_err(|e| PipelineError::sink(self.output.uri_of(&path), e))?;
         self.open = Some(OpenShard { writer, path, relative, rows: 0, bytes: 0 });
@@ -297,7 +335,7 @@ impl TableWriter {
     /// with `keep_finished` (another worker took the unit over, and may have written the same paths) they stay.
     async fn abort(mut self, keep_finished: bool) {
         if let Some(shard) = self.open.take() {
-            let _ = shard.writer.into_inner().0.abort().await;
+            shard.writer.into_inner().abort().await;
         }
         if keep_finished {
             return;
@@ -397,7 +435,7 @@ mod tests {
         let path = Path::from("t/part-0.parquet");
         let schema = Arc::new(Schema::new(vec![Field::new("b", DataType::Binary, false)]));
         let props = WriterProperties::builder().set_max_row_group_row_count(Some(group)).build();
-        let upload = Upload(BufWriter::with_capacity(Arc::clone(&store), path.clone(), part));
+        let upload = Upload::Store(BufWriter::with_capacity(Arc::clone(&store), path.clone(), part));
         let mut writer = AsyncArrowWriter::try_new(upload, Arc::clone(&schema), Some(props)).unwrap();
         for chunk in rows.chunks(7) {
             let column = BinaryArray::from_iter_values(chunk.iter().map(Vec::as_slice));
