@@ -303,15 +303,15 @@ mod tests {
 
     #[tokio::test]
     async fn the_file_is_every_byte_in_order_across_chunks_and_a_partial_tail() {
-        let dir = tempfile::tempdir().unwrap();
         // Around the chunk and block edges: a tail under one block, whole blocks only, several chunks.
         for pieces in [vec![], vec![1], vec![ALIGN], vec![CHUNK - 1, 2, ALIGN + 3], vec![3 * CHUNK + 5, 7]] {
+            let dir = tempfile::tempdir().unwrap();
             let (target, expected) = write_in_pieces(dir.path(), &pieces).await;
             assert_eq!(std::fs::read(&target).unwrap(), expected, "pieces {pieces:?}");
+            let left: Vec<_> =
+                std::fs::read_dir(dir.path().join("sub/dir")).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(left.len(), 1, "no staging file stays: {left:?}");
         }
-        let left: Vec<_> =
-            std::fs::read_dir(dir.path().join("sub/dir")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left.len(), 1, "no staging file stays: {left:?}");
     }
 
     #[tokio::test]
