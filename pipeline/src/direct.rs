@@ -3,8 +3,9 @@
 //! Written through the page cache, every byte of a shard is copied into freshly allocated cache pages that nothing
 //! reads again soon. On a virtual machine whose host backs guest memory on first touch and takes freed pages back,
 //! every such page costs a fault on the host as well: on the benchmark machine, writing 100 MB that way took
-//! 1.3 s of kernel CPU, against 0.06 s with `O_DIRECT` (BENCHMARKS.md), a fifth of an ingest run's CPU time. On any
-//! machine, a job that writes terabytes no longer pushes its inputs out of the cache.
+//! 1.3 s of kernel CPU, against 0.06 s with `O_DIRECT`, and an ingest run's system time fell from 0.6–1.0 s to
+//! 0.2–0.3 s of its 4.5–5 s (BENCHMARKS.md). On any machine, a job that writes terabytes no longer pushes its inputs
+//! out of the cache.
 //!
 //! A shard goes to a staging file beside it (`NAME#DIGITS`, the staging name of `object_store`'s local store,
 //! which its listings skip) and is renamed into place once whole, so no reader ever sees half a shard. Data leaves
