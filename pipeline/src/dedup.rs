@@ -376,8 +376,8 @@ async fn write(
 ) -> Result<u64, PipelineError> {
     let path = output.child(relative);
     let uri = output.uri_of(&path);
-    let upload =
-        crate::sink::Upload::open(output, &path, crate::store::StorageOptions::default().upload_part_bytes);
+    // Parts of 10 MiB to an object store: `BufWriter::new`'s capacity, which this used before.
+    let upload = crate::sink::Upload::open(output, &path, 10 << 20);
     let mut writer = AsyncArrowWriter::try_new(upload, table.schema(), Some(properties(table, sink)?))
         .map_err(|e| PipelineError::sink(&uri, e))?;
     let mut batches = std::pin::pin!(batches);

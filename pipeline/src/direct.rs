@@ -89,9 +89,10 @@ impl Aligned {
     }
 }
 
-/// The staging file, once opened.
+/// The staging file, once created.
 struct Staged {
     file: File,
+    path: PathBuf,
     /// Opened with `O_DIRECT`: writes must be aligned in address, offset and length.
     direct: bool,
     written: u64,
@@ -100,19 +101,16 @@ struct Staged {
 /// One shard file being written: bytes in, a whole file at `target` on [`DirectFile::complete`].
 pub(crate) struct DirectFile {
     target: PathBuf,
-    staging: PathBuf,
+    /// The staging file's path from its creation until it is renamed or removed: while it is set, the file is
+    /// this writer's to clean up.
+    staging: Option<PathBuf>,
     staged: Option<Staged>,
     buffer: Option<Aligned>,
-    done: bool,
 }
 
 impl DirectFile {
     pub(crate) fn new(target: PathBuf) -> DirectFile {
-        let suffix = format!("{}{:06}", std::process::id(), STAGED.fetch_add(1, Ordering::Relaxed) % 1_000_000);
-        let mut staging = target.clone().into_os_string();
-        staging.push("#");
-        staging.push(suffix);
-        DirectFile { target, staging: PathBuf::from(staging), staged: None, buffer: None, done: false }
+        DirectFile { target, staging: None, staged: None, buffer: None }
     }
 
     /// Takes `data`; whole chunks go to the file as the buffer fills.
@@ -131,7 +129,9 @@ impl DirectFile {
     /// Writes what is left and renames the staging file into place.
     pub(crate) async fn complete(&mut self) -> io::Result<()> {
         self.flush(true).await?;
-        let (staging, target) = (self.staging.clone(), self.target.clone());
+        let (Some(staging), target) = (self.staging.clone(), self.target.clone()) else {
+            return Err(io::Error::other(format!("{}: no staging file to complete", self.target.display())));
+        };
         let staged = self.staged.take();
         blocking(move || {
             drop(staged);
@@ -139,7 +139,7 @@ impl DirectFile {
                 .map_err(|e| named(e, &format!("cannot rename {} to {}", staging.display(), target.display())))
         })
         .await?;
-        self.done = true;
+        self.staging = None;
         if let Some(buffer) = self.buffer.take() {
             buffer.give_back();
         }
@@ -149,29 +149,28 @@ impl DirectFile {
     /// Removes the staging file: nothing of the shard stays.
     pub(crate) async fn abort(mut self) {
         self.staged = None;
-        let staging = std::mem::take(&mut self.staging);
-        self.done = true;
-        let _ = blocking(move || remove_staging(&staging)).await;
+        if let Some(staging) = self.staging.take() {
+            let _ = blocking(move || remove_staging(&staging)).await;
+        }
     }
 
-    /// Writes the buffer out: its whole aligned blocks, and with `last` the tail too.
+    /// Writes the buffer out: its whole aligned blocks, and with `last` the tail too. Creates the staging file
+    /// first (on the last flush even with nothing to write: an empty shard is still a file).
     async fn flush(&mut self, last: bool) -> io::Result<()> {
-        let Some(buffer) = self.buffer.take() else {
-            if last && self.staged.is_none() {
-                // An empty file still becomes a file.
-                self.staged = Some(open_staging(&self.staging)?);
-            }
-            return Ok(());
-        };
         let staged = match self.staged.take() {
             Some(staged) => staged,
             None => {
-                let staging = self.staging.clone();
-                blocking(move || open_staging(&staging)).await?
+                let target = self.target.clone();
+                let (staging, staged) = blocking(move || open_staging(&target)).await?;
+                self.staging = Some(staging);
+                staged
             }
         };
-        let staging = self.staging.clone();
-        let (staged, buffer) = blocking(move || write_out(staged, buffer, last, &staging)).await?;
+        let Some(buffer) = self.buffer.take() else {
+            self.staged = Some(staged);
+            return Ok(());
+        };
+        let (staged, buffer) = blocking(move || write_out(staged, buffer, last)).await?;
         self.staged = Some(staged);
         self.buffer = Some(buffer);
         Ok(())
@@ -179,11 +178,11 @@ impl DirectFile {
 }
 
 impl Drop for DirectFile {
-    /// A shard dropped unfinished (its unit failed or the job stopped) leaves no staging file behind.
+    /// A shard dropped unfinished (its unit failed, a write failed, or the job stopped) leaves no staging file.
     fn drop(&mut self) {
-        if !self.done && (self.staged.is_some() || self.staging.exists()) {
-            self.staged = None;
-            let _ = remove_staging(&self.staging);
+        self.staged = None;
+        if let Some(staging) = self.staging.take() {
+            let _ = remove_staging(&staging);
         }
     }
 }
@@ -203,40 +202,56 @@ fn named(e: io::Error, what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-/// Creates the staging file (and the directories above it), with `O_DIRECT` where the filesystem takes it.
-fn open_staging(staging: &Path) -> io::Result<Staged> {
-    if let Some(dir) = staging.parent() {
+/// Names tried for one staging file before giving up.
+const STAGING_TRIES: u32 = 100;
+
+/// Creates a staging file beside `target` (and the directories above it) under a name no other writer holds
+/// (created exclusively, as `object_store`'s local store does), with `O_DIRECT` where the filesystem takes it.
+fn open_staging(target: &Path) -> io::Result<(PathBuf, Staged)> {
+    if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir).map_err(|e| named(e, &format!("cannot create {}", dir.display())))?;
     }
-    let open = |direct: bool| {
+    let open = |path: &Path, first: bool| {
         let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(target_os = "linux")]
-        if direct {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.custom_flags(libc::O_DIRECT);
+        options.write(true);
+        if first {
+            options.create_new(true);
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.custom_flags(libc::O_DIRECT);
+            }
+        } else {
+            // After a refused O_DIRECT the name is ours already: the exclusive create came first.
+            options.create(true).truncate(true);
         }
-        options.open(staging)
+        options.open(path)
     };
     let direct = cfg!(target_os = "linux");
-    match open(direct) {
-        Ok(file) => Ok(Staged { file, direct, written: 0 }),
-        // tmpfs and others refuse the flag itself.
-        Err(e) if direct && e.raw_os_error() == Some(EINVAL) => open(false)
-            .map(|file| Staged { file, direct: false, written: 0 })
-            .map_err(|e| named(e, &format!("cannot create {}", staging.display()))),
-        Err(e) => Err(named(e, &format!("cannot create {}", staging.display()))),
+    for _ in 0..STAGING_TRIES {
+        let mut staging = target.as_os_str().to_owned();
+        staging.push(format!("#{}{:06}", std::process::id(), STAGED.fetch_add(1, Ordering::Relaxed) % 1_000_000));
+        let staging = PathBuf::from(staging);
+        let created = match open(&staging, true) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            // tmpfs and others refuse the flag itself.
+            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => open(&staging, false).map(|f| (f, false)),
+            other => other.map(|f| (f, direct)),
+        };
+        return match created {
+            Ok((file, direct)) => Ok((staging.clone(), Staged { file, path: staging, direct, written: 0 })),
+            Err(e) => Err(named(e, &format!("cannot create {}", staging.display()))),
+        };
     }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("cannot create a staging file beside {}: {STAGING_TRIES} names taken", target.display()),
+    ))
 }
-
-#[cfg(target_os = "linux")]
-const EINVAL: i32 = libc::EINVAL;
-#[cfg(not(target_os = "linux"))]
-const EINVAL: i32 = 22;
 
 /// Writes the buffer's whole blocks (all of it with `last`) at the end of the staging file; the buffer keeps the
 /// unwritten rest.
-fn write_out(mut staged: Staged, mut buffer: Aligned, last: bool, staging: &Path) -> io::Result<(Staged, Aligned)> {
+fn write_out(mut staged: Staged, mut buffer: Aligned, last: bool) -> io::Result<(Staged, Aligned)> {
     let whole = buffer.len / ALIGN * ALIGN;
     if staged.direct && buffer.aligned() && whole > 0 {
         match staged.file.write_all(&buffer.filled()[..whole]) {
@@ -245,38 +260,39 @@ fn write_out(mut staged: Staged, mut buffer: Aligned, last: bool, staging: &Path
                 buffer.consume(whole);
             }
             // Some filesystems take the flag at open and refuse the writes: go on through the cache.
-            Err(e) if e.raw_os_error() == Some(EINVAL) && staged.written == 0 => {
-                staged = reopen_buffered(staging, 0)?;
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && staged.written == 0 => {
+                staged = reopen_buffered(staged)?;
             }
-            Err(e) => return Err(named(e, &format!("cannot write {}", staging.display()))),
+            Err(e) => return Err(named(e, &format!("cannot write {}", staged.path.display()))),
         }
     }
     if !staged.direct || !buffer.aligned() || last {
         if staged.direct && buffer.len > 0 {
             // The tail is not a whole block: through an ordinary handle, at the end of what was written.
-            staged = reopen_buffered(staging, staged.written)?;
+            staged = reopen_buffered(staged)?;
         }
         let rest = buffer.len;
         staged
             .file
             .write_all(buffer.filled())
-            .map_err(|e| named(e, &format!("cannot write {}", staging.display())))?;
+            .map_err(|e| named(e, &format!("cannot write {}", staged.path.display())))?;
         staged.written += rest as u64;
         buffer.consume(rest);
     }
     Ok((staged, buffer))
 }
 
-/// The staging file opened again without `O_DIRECT`, positioned at `at`.
-fn reopen_buffered(staging: &Path, at: u64) -> io::Result<Staged> {
+/// The staging file opened again without `O_DIRECT`, positioned at the end of what was written.
+fn reopen_buffered(staged: Staged) -> io::Result<Staged> {
+    let Staged { path, written, .. } = staged;
     let mut file = OpenOptions::new()
         .write(true)
-        .open(staging)
-        .map_err(|e| named(e, &format!("cannot open {}", staging.display())))?;
-    file.set_len(at)
-        .and_then(|()| file.seek(SeekFrom::Start(at)))
-        .map_err(|e| named(e, &format!("cannot write {}", staging.display())))?;
-    Ok(Staged { file, direct: false, written: at })
+        .open(&path)
+        .map_err(|e| named(e, &format!("cannot open {}", path.display())))?;
+    file.set_len(written)
+        .and_then(|()| file.seek(SeekFrom::Start(written)))
+        .map_err(|e| named(e, &format!("cannot write {}", path.display())))?;
+    Ok(Staged { file, path, direct: false, written })
 }
 
 #[cfg(test)]
@@ -336,6 +352,24 @@ mod tests {
         file.write(b"abc").await.unwrap();
         let e = file.complete().await.unwrap_err();
         assert!(e.to_string().contains("file"), "{e}");
+    }
+
+    #[test]
+    fn a_staging_name_another_writer_holds_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("part.parquet");
+        let next = STAGED.load(Ordering::Relaxed);
+        let held: Vec<PathBuf> = (next..next + 5)
+            .map(|n| PathBuf::from(format!("{}#{}{:06}", target.display(), std::process::id(), n % 1_000_000)))
+            .collect();
+        for path in &held {
+            std::fs::write(path, b"another writer's").unwrap();
+        }
+        let (staging, _staged) = open_staging(&target).unwrap();
+        assert!(!held.contains(&staging), "{} was taken", staging.display());
+        for path in &held {
+            assert_eq!(std::fs::read(path).unwrap(), b"another writer's");
+        }
     }
 
     #[tokio::test]
