@@ -297,6 +297,50 @@ impl Finalized {
     }
 }
 
+/// The staging files that killed writers left in a local output's table folders (and `_lyrics/`), with the file
+/// each stands for (`samples/part-000028-001.parquet`). Object stores have none: their uploads are invisible
+/// until whole.
+pub(crate) fn staging_files(
+    output: &Location,
+    tables: &[String],
+) -> Result<Vec<(String, std::path::PathBuf)>, PipelineError> {
+    let mut found = Vec::new();
+    for dir in tables.iter().map(String::as_str).chain([STATE_DIR, DONE_DIR]) {
+        let Some(local) = output.local_path(&output.child(dir)) else { return Ok(Vec::new()) };
+        let files = crate::direct::staging_files(&local)
+            .map_err(|e| PipelineError::sink(output.uri_of(&output.child(dir)), e))?;
+        found.extend(files.into_iter().map(|(name, path)| (format!("{dir}/{name}"), path)));
+    }
+    Ok(found)
+}
+
+/// Removes the staging files left in a local output: every one once the job is complete (`units` `None`: no
+/// writer should be at work), else those of the committed `units` only (a unit still to do may be in a writer's
+/// hands; its next writer removes them). A writer still at work on a committed unit (one whose lease was taken
+/// over) fails its rename and leaves the unit to the other. Returns how many were removed.
+pub async fn sweep_staging(
+    output: &Location,
+    tables: &[String],
+    units: Option<&BTreeSet<u64>>,
+) -> Result<u64, PipelineError> {
+    let output = output.clone();
+    let tables = tables.to_vec();
+    let units = units.cloned();
+    tokio::task::spawn_blocking(move || {
+        let paths: Vec<_> = staging_files(&output, &tables)?
+            .into_iter()
+            .filter(|(name, _)| match &units {
+                None => true,
+                Some(units) => crate::sink::unit_of_shard(name).is_some_and(|u| units.contains(&u)),
+            })
+            .map(|(_, path)| path)
+            .collect();
+        crate::direct::remove_stale(&paths).map_err(|e| PipelineError::sink(output.uri(), e))
+    })
+    .await
+    .map_err(|e| PipelineError::Internal(format!("the staging sweep failed: {e}")))?
+}
+
 /// When every unit of the plan is committed: makes keys unique across units, then writes the manifest and
 /// `_SUCCESS`. `None` while units remain.
 pub async fn finalize(output: &Location, record: &PlanRecord) -> Result<Option<Finalized>, PipelineError> {
@@ -338,6 +382,10 @@ pub async fn finalize(output: &Location, record: &PlanRecord) -> Result<Option<F
         }
     }
     manifest.shards.sort_by(|a, b| a.path.cmp(&b.path));
+    let swept = sweep_staging(output, &record.tables, None).await?;
+    if swept > 0 {
+        tracing::info!(files = swept, "removed staging files that killed writers left behind");
+    }
     put_json(output, MANIFEST_FILE, &manifest).await?;
     let success = output.child(SUCCESS_FILE);
     output

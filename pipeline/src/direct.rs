@@ -7,8 +7,10 @@
 //! 0.2–0.3 s of its 4.5–5 s (BENCHMARKS.md). On any machine, a job that writes terabytes no longer pushes its inputs
 //! out of the cache.
 //!
-//! A shard goes to a staging file beside it (`NAME#DIGITS`, the staging name of `object_store`'s local store,
-//! which its listings skip) and is renamed into place once whole, so no reader ever sees half a shard. Data leaves
+//! A shard goes to a hidden staging file beside it (`.NAME#DIGITS`: the dot hides it from readers that open the
+//! folder, the `#` suffix from `object_store`'s listings) and is renamed into place once whole, so no reader ever
+//! sees half a shard. A process killed mid-shard leaves its staging file: the next writer of that unit removes it,
+//! and so does the job's finalization ([`staging_files`]). Data leaves
 //! in aligned chunks from an aligned buffer; the last partial block goes through a second, ordinary handle. Where
 //! the filesystem refuses `O_DIRECT` (tmpfs, some network filesystems), or off Linux, the same file is written
 //! through the cache.
@@ -132,6 +134,9 @@ impl DirectFile {
         let (Some(staging), target) = (self.staging.clone(), self.target.clone()) else {
             return Err(io::Error::other(format!("{}: no staging file to complete", self.target.display())));
         };
+        if let Some(unit) = crate::sink::unit_of_shard(&target.to_string_lossy()) {
+            crate::failpoint::hit("before-rename", unit);
+        }
         let staged = self.staged.take();
         blocking(move || {
             drop(staged);
@@ -229,9 +234,7 @@ fn open_staging(target: &Path) -> io::Result<(PathBuf, Staged)> {
     };
     let direct = cfg!(target_os = "linux");
     for _ in 0..STAGING_TRIES {
-        let mut staging = target.as_os_str().to_owned();
-        staging.push(format!("#{}{:06}", std::process::id(), STAGED.fetch_add(1, Ordering::Relaxed) % 1_000_000));
-        let staging = PathBuf::from(staging);
+        let staging = staging_path(target, std::process::id(), STAGED.fetch_add(1, Ordering::Relaxed) % 1_000_000);
         let created = match open(&staging, true) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             // tmpfs and others refuse the flag itself.
@@ -247,6 +250,55 @@ fn open_staging(target: &Path) -> io::Result<(PathBuf, Staged)> {
         io::ErrorKind::AlreadyExists,
         format!("cannot create a staging file beside {}: {STAGING_TRIES} names taken", target.display()),
     ))
+}
+
+/// The staging file of `target`: `.NAME#DIGITS` beside it. The leading dot hides it from every reader that opens
+/// the table's folder (pyarrow, Hugging Face `datasets` and polars skip names starting with `.` or `_`), and the
+/// `#` suffix from `object_store`'s listings and `*.parquet` globs, so a staging file a killed process left behind
+/// breaks no reader of the finished output.
+fn staging_path(target: &Path, pid: u32, n: u64) -> PathBuf {
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    target.with_file_name(format!(".{name}#{pid}{n:06}"))
+}
+
+/// The name of the file a staging file stands for, when `name` is one: this module's `.NAME#DIGITS`, or
+/// `NAME#DIGITS`, the staging name of `object_store`'s local store (its multipart uploads, and this module's own
+/// before it hid them).
+pub(crate) fn staged_name(name: &str) -> Option<&str> {
+    let (stem, digits) = name.rsplit_once('#')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let stem = stem.strip_prefix('.').unwrap_or(stem);
+    (!stem.is_empty()).then_some(stem)
+}
+
+/// The staging files left in `dir` (none when it does not exist), with the names of the files they stand for.
+pub(crate) fn staging_files(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(named(e, &format!("cannot list {}", dir.display()))),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| named(e, &format!("cannot list {}", dir.display())))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(stands_for) = staged_name(&name) {
+            found.push((stands_for.to_string(), entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Removes staging files a killed process left behind; returns how many were removed.
+pub(crate) fn remove_stale(paths: &[PathBuf]) -> io::Result<u64> {
+    for path in paths {
+        remove_staging(path)
+            .map_err(|e| named(e, &format!("cannot remove the stale staging file {}", path.display())))?;
+    }
+    Ok(paths.len() as u64)
 }
 
 /// Writes the buffer's whole blocks (all of it with `last`) at the end of the staging file; the buffer keeps the
@@ -359,9 +411,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("part.parquet");
         let next = STAGED.load(Ordering::Relaxed);
-        let held: Vec<PathBuf> = (next..next + 5)
-            .map(|n| PathBuf::from(format!("{}#{}{:06}", target.display(), std::process::id(), n % 1_000_000)))
-            .collect();
+        let held: Vec<PathBuf> =
+            (next..next + 5).map(|n| staging_path(&target, std::process::id(), n % 1_000_000)).collect();
         for path in &held {
             std::fs::write(path, b"another writer's").unwrap();
         }
@@ -370,6 +421,39 @@ mod tests {
         for path in &held {
             assert_eq!(std::fs::read(path).unwrap(), b"another writer's");
         }
+    }
+
+    #[test]
+    fn staging_files_are_hidden_and_found_by_the_file_they_stand_for() {
+        let staging = staging_path(Path::new("/o/samples/part-000028-001.parquet"), 2165, 85);
+        assert_eq!(staging, Path::new("/o/samples/.part-000028-001.parquet#2165000085"));
+        let name = staging.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(staged_name(&name), Some("part-000028-001.parquet"));
+        assert_eq!(staged_name("part-000028-001.parquet#21654000085"), Some("part-000028-001.parquet"));
+        for not_staging in ["part-000028-001.parquet", "a#", "a#12x", "#12", ".#12", "_SUCCESS"] {
+            assert_eq!(staged_name(not_staging), None, "{not_staging}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        for name in [".part-000001-000.parquet#1000001", "part-000002-000.parquet#7", "part-000001-000.parquet"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let found = staging_files(dir.path()).unwrap();
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["part-000001-000.parquet", "part-000002-000.parquet"]);
+        let paths: Vec<PathBuf> = found.into_iter().map(|(_, p)| p).collect();
+        assert_eq!(remove_stale(&paths).unwrap(), 2);
+        assert_eq!(walk_names(dir.path()), ["part-000001-000.parquet"]);
+        assert!(staging_files(&dir.path().join("missing")).unwrap().is_empty());
+    }
+
+    fn walk_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
     }
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 //! the spot (no destructor, no flush, as under `kill -9`) when it reaches that point of that unit. Unset, a check
 //! costs one comparison.
 //!
-//! Points: `after-shard` (a shard of the unit is complete, the unit is not), `before-marker` (every shard of the
+//! Points: `before-rename` (a shard of the unit is written whole to its local staging file, not yet renamed into
+//! place), `after-shard` (a shard of the unit is complete, the unit is not), `before-marker` (every shard of the
 //! unit is complete, its commit marker is not written), `before-amended-marker` (finalizing has rewritten the
 //! unit's shards without its cross-unit duplicates, and not yet its marker).
 //!

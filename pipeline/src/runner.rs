@@ -179,8 +179,23 @@ pub async fn run<S: Send + 'static>(
     let fatal: Arc<Mutex<Option<PipelineError>>> = Arc::default();
     let mut threads = Vec::new();
     let part_bytes = registry.options().upload_part_bytes;
-    let writer =
-        Writer { output: &output, tables: &tables, sink: config.sink, part_bytes, metrics: &metrics, claims: held };
+    // Staging files a killed writer left, by unit: each is removed when its unit is written again. Taken before
+    // any unit starts, so no staging file of this run is among them.
+    let mut stale: BTreeMap<u64, Vec<std::path::PathBuf>> = BTreeMap::new();
+    for (name, path) in commit::staging_files(&output, &record.tables)? {
+        if let Some(unit) = crate::sink::unit_of_shard(&name) {
+            stale.entry(unit).or_default().push(path);
+        }
+    }
+    let writer = Writer {
+        output: &output,
+        tables: &tables,
+        sink: config.sink,
+        part_bytes,
+        metrics: &metrics,
+        claims: held,
+        stale: Mutex::new(stale),
+    };
     let (done, failed, taken) = match stages.len() {
         0 => writer.write_all::<SourceRecord, S>(read_rx).await,
         _ => {
@@ -395,10 +410,14 @@ struct Writer<'a> {
     part_bytes: usize,
     metrics: &'a Metrics,
     claims: Claims,
+    /// Staging files killed writers left, by unit, removed when the unit is opened.
+    stale: Mutex<BTreeMap<u64, Vec<std::path::PathBuf>>>,
 }
 
 impl Writer<'_> {
     fn open(&self, unit: u64, failure: Option<String>) -> Result<OpenUnit, PipelineError> {
+        let stale = self.stale.lock().ok().and_then(|mut stale| stale.remove(&unit)).unwrap_or_default();
+        crate::direct::remove_stale(&stale).map_err(|e| PipelineError::sink(self.output.uri(), e))?;
         let claim = self.claims.lock().ok().and_then(|held| held.get(&unit).map(|(claim, _)| claim.clone()));
         let writer = UnitWriter::new(self.output, self.tables, self.sink, self.part_bytes, unit, claim)?;
         Ok(OpenUnit { unit, writer, rows: 0, errors: 0, errors_by_kind: BTreeMap::new(), failure, taken: false })

@@ -3,7 +3,8 @@
 
     check_output.py OUTPUT_DIR --samples N [--errors M]
 
-pyarrow, DuckDB and polars must see the schema and the row counts; Hugging Face `datasets` (offline) must load the
+pyarrow, DuckDB and polars must see the schema and the row counts, from the shards' paths and (pyarrow, polars,
+`datasets`) from each table's folder opened whole; Hugging Face `datasets` (offline) must load the
 samples table with its Image feature and decode every image to the stored width and height; `datasets`'
 `split_dataset_by_node` stands in for a trainer's sharded reading. Exits non-zero with a message on any mismatch.
 """
@@ -94,6 +95,20 @@ def main():
 
     parts = [len(split_dataset_by_node(ds, rank=r, world_size=2)) for r in range(2)]
     expect(sum(parts) == args.samples, f"split_dataset_by_node gives {parts}")
+
+    # Each table's folder opened as a whole, as users open it: whatever else the folder holds (a staging file a
+    # killed writer left) must not break these readers.
+    for table in ("samples", "errors", "pretrain", "instruct"):
+        folder = out / table
+        if not folder.is_dir() or not any(folder.glob("*.parquet")):
+            continue
+        rows = manifest["rows"].get(table, 0)
+        n = pq.read_table(str(folder)).num_rows
+        expect(n == rows, f"pyarrow reads {n} rows from the folder {table}/, the manifest says {rows}")
+        n = pl.read_parquet(str(folder) + "/").height
+        expect(n == rows, f"polars reads {n} rows from the folder {table}/, the manifest says {rows}")
+    n = len(datasets.load_dataset("parquet", data_dir=str(out / "samples"), split="train"))
+    expect(n == args.samples, f"datasets loads {n} samples from the folder samples/")
 
     if args.errors is not None:
         error_files = sorted(str(p) for p in (out / "errors").glob("*.parquet"))

@@ -89,6 +89,12 @@ pub fn finalize(args: FinalizeArgs) -> Result<ExitCode> {
         let view = OutputView::open(&output)
             .await?
             .with_context(|| format!("{shown} holds no lyrics-prep job (no _lyrics/plan.json)"))?;
+        // Staging files killed writers left: all of them in a finished output, else those of committed units.
+        let committed = (!view.complete()).then_some(&view.committed);
+        let swept = lyrics_pipeline::commit::sweep_staging(&output, &view.plan.tables, committed).await?;
+        if swept > 0 {
+            eprintln!("{shown}: removed {swept} staging files that killed writers left behind");
+        }
         if view.complete() {
             eprintln!("{shown} is complete already");
             return Ok(ExitCode::SUCCESS);
