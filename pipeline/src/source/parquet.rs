@@ -1,12 +1,17 @@
 //! Parquet inputs: an image column holding bytes (or a Hugging Face `{bytes, path}` struct), or a path/URL column
 //! resolved against the store; a caption column (string or list of strings); an optional key column. Every other
 //! column is kept, as JSON, in `meta`.
+//!
+//! A file the store serves but that is not readable Parquet (a corrupt footer or page) is the unit's one
+//! `corrupt_input` error row, after the rows read before the damage, and the unit commits, as a damaged tar's
+//! does; a store that fails past its retries fails the unit instead, for a rerun to retry.
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::errors::ParquetError;
 // The object_store adapter is deprecated upstream in favour of hand-written readers, yet it is the one that
 // parquet keeps tested against object_store; it stays until a replacement ships in the crate.
 #[allow(deprecated)]
@@ -20,6 +25,7 @@ use super::{
     CAPTION_COLUMNS, Emitter, IMAGE_COLUMNS, KEY_COLUMNS, Source, SourceContext, SourceOptions, file_stem,
 };
 use crate::PipelineError;
+use crate::item::{ItemError, SourceRecord};
 use crate::plan::{InputFormat, WorkUnit};
 use crate::store::Location;
 
@@ -35,12 +41,26 @@ impl Source for ParquetSource {
 
     fn plan<'a>(&'a self, objects: &'a [ObjectMeta]) -> BoxFuture<'a, Result<Vec<WorkUnit>, PipelineError>> {
         Box::pin(async move {
-            // The first file's columns stand for all: reading one footer is cheap, every footer is not.
-            if let Some(first) = objects.first() {
-                let at = self.ctx.input.at(first.location.clone());
-                let builder = open_file(&at).await?;
-                let names: Vec<&str> = builder.schema().fields().iter().map(|f| f.name().as_str()).collect();
-                check_columns(&at.uri(), &self.ctx.options, &names, true)?;
+            // The first readable file's columns stand for all: reading one footer is cheap, every footer is not.
+            // A broken file is its unit's error row when read, so it holds up neither planning nor the job.
+            let mut first_broken = None;
+            for object in objects {
+                let at = self.ctx.input.at(object.location.clone());
+                match open_file(&at).await? {
+                    Ok(builder) => {
+                        let names: Vec<&str> =
+                            builder.schema().fields().iter().map(|f| f.name().as_str()).collect();
+                        check_columns(&at.uri(), &self.ctx.options, &names, true)?;
+                        first_broken = None;
+                        break;
+                    }
+                    Err(message) => {
+                        first_broken.get_or_insert_with(|| PipelineError::input(at.uri(), message));
+                    }
+                }
+            }
+            if let Some(error) = first_broken {
+                return Err(error);
             }
             Ok(objects.iter().map(super::whole_object).collect())
         })
@@ -55,14 +75,45 @@ impl Source for ParquetSource {
     }
 }
 
+/// Opens a Parquet file. The outer error is the store's (the unit fails, and a rerun retries it); the inner one
+/// says why the file itself cannot be read (it is broken: one `corrupt_input` error row, and the unit commits).
 #[allow(deprecated)]
 async fn open_file(
     location: &Location,
-) -> Result<ParquetRecordBatchStreamBuilder<ParquetObjectReader>, PipelineError> {
+) -> Result<Result<ParquetRecordBatchStreamBuilder<ParquetObjectReader>, String>, PipelineError> {
     let uri = location.uri();
     let meta = location.store.head(&location.path).await.map_err(|e| PipelineError::store(&uri, e))?;
     let reader = ParquetObjectReader::new(location.store.clone(), location.path.clone()).with_file_size(meta.size);
-    ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|e| PipelineError::input(&uri, e))
+    match ParquetRecordBatchStreamBuilder::new(reader).await {
+        Ok(builder) => Ok(Ok(builder)),
+        Err(e) if from_store(&e) => Err(PipelineError::store(&uri, e)),
+        Err(e) => Ok(Err(e.to_string())),
+    }
+}
+
+/// Whether a Parquet reader's failure is the store's (a request that failed past its retries) rather than the
+/// file's own: the object_store reader hands the store's errors through as they are.
+fn from_store(e: &ParquetError) -> bool {
+    match e {
+        ParquetError::External(inner) => {
+            inner.is::<object_store::Error>()
+                || inner.is::<tokio::task::JoinError>()
+                || inner.is::<std::io::Error>()
+        }
+        _ => false,
+    }
+}
+
+/// The error row of a file that cannot be read from `row` on: the rows before it stand, as a tar's do.
+fn corrupt_input(uri: &str, object: &str, row: u64, message: &str) -> SourceRecord {
+    let lost =
+        if row == 0 { "no row of it can be read".to_string() } else { format!("rows from {row} on are lost") };
+    let error = ItemError::new(
+        "read",
+        "corrupt_input",
+        format!("{uri}: the Parquet file is unreadable ({lost}): {message}"),
+    );
+    SourceRecord::error(&file_stem(object), uri, error)
 }
 
 /// Refuses configured columns that `names` lacks, and, when `names` is the schema of every row (a header, a
@@ -85,7 +136,13 @@ pub(crate) fn check_columns(
 async fn read(ctx: &SourceContext, unit: &WorkUnit, emitter: &mut Emitter) -> Result<(), PipelineError> {
     let location = ctx.input.at(object_store::path::Path::from(unit.object.as_str()));
     let uri = location.uri();
-    let builder = open_file(&location).await?;
+    let builder = match open_file(&location).await? {
+        Ok(builder) => builder,
+        Err(message) => {
+            emitter.push(corrupt_input(&uri, &unit.object, 0, &message)).await?;
+            return Ok(());
+        }
+    };
     let schema = builder.schema().clone();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let image_col = pick(&uri, "image_column", ctx.options.image_column.as_deref(), &IMAGE_COLUMNS, &names)?
@@ -109,7 +166,14 @@ async fn read(ctx: &SourceContext, unit: &WorkUnit, emitter: &mut Emitter) -> Re
     let base = location.at(parent(&location.path));
     let mut row_index: u64 = 0;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| PipelineError::store(&uri, e))?;
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) if from_store(&e) => return Err(PipelineError::store(&uri, e)),
+            Err(e) => {
+                emitter.push(corrupt_input(&uri, &unit.object, row_index, &e.to_string())).await?;
+                return Ok(());
+            }
+        };
         let metas = meta_json(&batch, &meta_cols).map_err(|e| PipelineError::input(&uri, e))?;
         let images = column(&batch, &image_col).map_err(|e| PipelineError::input(&uri, e))?;
         let captions = caption_col

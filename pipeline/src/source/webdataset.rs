@@ -4,13 +4,21 @@
 //!
 //! Hostile members become error rows, never files: nothing is ever written to disk, but a member whose path climbs
 //! out (`../`) or is absolute is refused by name all the same, as are links, devices and members above the size
-//! limit; the members of one sample refused together make one error row. A shard cut short keeps every sample
-//! completed before the damage, and the damage is one error row. A second image member under one key is a
-//! warning (the first is kept).
+//! limit; the members of one sample refused together make one error row. Every sample is exactly one row: a
+//! second image member under one key, a repeated member, or a member that comes back to a key after other samples
+//! is a counted warning (the first is kept).
+//!
+//! A shard cut short, or malformed, keeps every sample completed before the damage, and the damage is one error
+//! row. A sample is complete only once the next sample's header has been read (its members are consecutive, but
+//! nothing says how many there are), so the sample in progress at the damage is never kept half-read: the error row
+//! carries its key. A shard must end with its end-of-archive blocks: one that simply stops, even on a 512-byte
+//! boundary between members, is cut short.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::Component;
+use std::rc::Rc;
 
 use futures::future::BoxFuture;
 use object_store::{ObjectMeta, ObjectStoreExt};
@@ -55,7 +63,7 @@ async fn read(ctx: &SourceContext, unit: &WorkUnit, emitter: &mut Emitter) -> Re
     // retried by a rerun) instead of being blamed on the shard.
     let store_failure = reader.failure();
     let max_bytes = ctx.options.max_image_bytes;
-    let mut shard = ShardReader { uri: uri.clone(), max_bytes, current: None, last_rejected: None };
+    let mut shard = ShardReader::new(uri.clone(), max_bytes);
     let batch_emitter = std::mem::replace(emitter, emitter.detached());
     let (returned, outcome) = tokio::task::spawn_blocking(move || {
         let mut emitter = batch_emitter;
@@ -72,21 +80,25 @@ async fn read(ctx: &SourceContext, unit: &WorkUnit, emitter: &mut Emitter) -> Re
             if let Some(store_error) = store_failure.lock().ok().and_then(|slot| slot.clone()) {
                 return Err(PipelineError::store(&uri, store_error));
             }
-            // The shard itself is malformed: what was read stands, the rest is one error row, under the key of the
-            // sample the damage cut short (else the shard's name).
-            let (key, source) = match damaged {
-                Some((key, member)) => (key, format!("{uri}#{member}")),
-                None => (super::file_stem(&unit.object), uri.clone()),
-            };
-            let error = ItemError::new(
-                "read",
-                "corrupt_archive",
-                format!("malformed tar, the rest of the shard is unreadable: {message}"),
-            );
-            emitter.push(SourceRecord::error(&key, &source, error)).await?;
+            emitter.push(damage_row(&uri, &unit.object, &message, damaged)).await?;
             Ok(())
         }
     }
+}
+
+/// The shard itself is malformed: what was read stands, the rest is one error row, under the key of the sample the
+/// damage cut short (else the shard's name).
+fn damage_row(uri: &str, object: &str, message: &str, damaged: Option<(String, String)>) -> SourceRecord {
+    let (key, source) = match damaged {
+        Some((key, member)) => (key, format!("{uri}#{member}")),
+        None => (super::file_stem(object), uri.to_string()),
+    };
+    let error = ItemError::new(
+        "read",
+        "corrupt_archive",
+        format!("malformed tar, the rest of the shard is unreadable: {message}"),
+    );
+    SourceRecord::error(&key, &source, error)
 }
 
 enum ReadFailure {
@@ -113,6 +125,7 @@ struct Group {
     meta: Option<Vec<u8>>,
     extensions: HashSet<String>,
     first_member: String,
+    /// The first refusal among the sample's members: the whole sample becomes this one error row.
     problem: Option<ItemError>,
 }
 
@@ -120,87 +133,87 @@ struct ShardReader {
     uri: String,
     max_bytes: u64,
     current: Option<Group>,
-    /// The key of the last refused member, so the other members of that sample add no second row.
-    last_rejected: Option<String>,
+    /// The keys whose one row has been pushed: a member that comes back to one of them, after another sample's
+    /// members, is a counted warning, never a second row for the key.
+    finished: HashSet<String>,
+}
+
+/// Notes whether the reader ran out of bytes. The `tar` crate takes a clean end of input between members for the
+/// end of the archive, so a shard cut on a 512-byte boundary would otherwise look whole; a whole shard ends with
+/// its zero blocks, after which the crate reads no further.
+struct EofWatch<R> {
+    inner: R,
+    hit_eof: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for EofWatch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.hit_eof.set(true);
+        }
+        Ok(n)
+    }
+}
+
+/// What a member is, once its header is read.
+enum Member {
+    /// A regular file of a sample: its key and extension.
+    File { key: String, ext: String },
+    /// A member refused by name, under the key it would belong to.
+    Refused { key: String, error: ItemError },
 }
 
 impl ShardReader {
+    fn new(uri: String, max_bytes: u64) -> Self {
+        ShardReader { uri, max_bytes, current: None, finished: HashSet::new() }
+    }
+
     fn read_all(&mut self, reader: impl Read, emitter: &mut Emitter) -> Result<(), ReadFailure> {
-        let mut archive = tar::Archive::new(reader);
-        let entries =
-            archive.entries().map_err(|e| ReadFailure::Archive { message: e.to_string(), damaged: None })?;
+        let max_bytes = self.max_bytes;
+        let hit_eof = Rc::new(Cell::new(false));
+        let mut archive = tar::Archive::new(EofWatch { inner: reader, hit_eof: hit_eof.clone() });
+        let entries = archive.entries().map_err(|e| self.damage(e.to_string()))?;
         for entry in entries {
-            let mut entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => {
-                    // Damage between members: the sample in progress is whole, so it stands.
-                    self.finish(emitter)?;
-                    return Err(ReadFailure::Archive { message: e.to_string(), damaged: None });
-                }
-            };
+            // Damage between members: the sample in progress may have had more members past it, so it is not kept.
+            let mut entry = entry.map_err(|e| self.damage(e.to_string()))?;
             let raw_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             let entry_type = entry.header().entry_type();
             if entry_type.is_dir() {
                 continue;
             }
-            if !(entry_type.is_file() || entry_type == tar::EntryType::Continuous) {
-                let error = ItemError::new(
-                    "read",
-                    "unsupported_member",
-                    format!("tar member {raw_path} is not a regular file ({entry_type:?})"),
-                );
-                self.reject(&raw_path, error, emitter)?;
-                continue;
-            }
-            let unsafe_path = entry.path().map_or(true, |p| {
-                p.components()
-                    .any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)))
-            });
-            if unsafe_path {
-                let error = ItemError::new(
-                    "read",
-                    "unsafe_path",
-                    format!("tar member path {raw_path} escapes the archive"),
-                );
-                self.reject(&raw_path, error, emitter)?;
-                continue;
-            }
-            let Some((key, ext)) = split_member(&raw_path) else {
-                let error =
-                    ItemError::new("read", "no_key", format!("tar member {raw_path} has no key.extension name"));
-                self.reject(&raw_path, error, emitter)?;
-                continue;
+            let (key, ext, refusal) = match self.classify(&entry, &raw_path, entry_type) {
+                Member::File { key, ext } => (key, ext, None),
+                Member::Refused { key, error } => (key, String::new(), Some(error)),
             };
-            let starts_new = match &self.current {
-                Some(group) => group.key != key || group.extensions.contains(&ext),
-                None => true,
-            };
-            if starts_new {
-                self.finish(emitter)?;
-                self.last_rejected = None;
-                self.current = Some(Group { key: key.clone(), first_member: raw_path.clone(), ..Group::default() });
+            let Some(group) = self.group_for(&key, &ext, &raw_path, emitter)? else { continue };
+            if let Some(error) = refusal {
+                group.problem.get_or_insert(error);
+                continue;
             }
-            let size = entry.header().size().unwrap_or(0);
-            let Some(group) = self.current.as_mut() else { continue };
             group.extensions.insert(ext.clone());
             let wanted = IMAGE_EXTS.contains(&ext.as_str()) || ext == "txt" || ext == "json";
             if !wanted || group.problem.is_some() {
                 continue;
             }
-            if size > self.max_bytes {
+            let size = entry.header().size().unwrap_or(0);
+            if size > max_bytes {
                 group.problem = Some(ItemError::new(
                     "read",
                     "too_large",
-                    format!("tar member {raw_path} has {size} bytes, over the limit of {} bytes", self.max_bytes),
+                    format!("tar member {raw_path} has {size} bytes, over the limit of {max_bytes} bytes"),
                 ));
                 continue;
             }
-            let mut data = Vec::with_capacity(size as usize);
+            let mut data = Vec::with_capacity(size.min(max_bytes) as usize);
+            // A member cut short reads short without an error; the watch tells, and so does the next header.
             if let Err(e) = entry.read_to_end(&mut data) {
-                // Damage inside a member: its sample is incomplete, and becomes the damage's one error row.
-                let damaged = self.current.take().map(|g| (g.key, g.first_member));
-                return Err(ReadFailure::Archive { message: e.to_string(), damaged });
+                return Err(self.damage(e.to_string()));
             }
+            if hit_eof.get() {
+                return Err(self.damage(format!("tar member {raw_path} is cut short")));
+            }
+            let Some(group) = self.current.as_mut() else { continue };
             if IMAGE_EXTS.contains(&ext.as_str()) {
                 match &group.image {
                     None => group.image = Some((raw_path, data)),
@@ -219,26 +232,88 @@ impl ShardReader {
                 group.meta = Some(data);
             }
         }
+        if hit_eof.get() {
+            return Err(self.damage("the shard ends without its end-of-archive blocks (cut short)".into()));
+        }
         self.finish(emitter)?;
         emitter.flush_blocking()?;
         Ok(())
     }
 
-    /// Refuses `member`: one error row per sample, however many of its members are refused.
-    fn reject(&mut self, member: &str, error: ItemError, emitter: &mut Emitter) -> Result<(), ReadFailure> {
-        self.finish(emitter)?;
-        let key = split_member(member).map_or_else(|| member.to_string(), |(key, _)| key);
-        if self.last_rejected.as_deref() == Some(key.as_str()) {
-            return Ok(());
+    /// The damage as a failure: the sample in progress is given up, and its key carries the one error row.
+    fn damage(&mut self, message: String) -> ReadFailure {
+        let damaged = self.current.take().map(|g| (g.key, g.first_member));
+        ReadFailure::Archive { message, damaged }
+    }
+
+    /// A member's key and extension, or why it is refused: links and devices, paths that climb out, names with
+    /// no `key.extension`.
+    fn classify<R: Read>(&self, entry: &tar::Entry<R>, raw_path: &str, entry_type: tar::EntryType) -> Member {
+        let key_of = |path: &str| split_member(path).map_or_else(|| path.to_string(), |(key, _)| key);
+        if !(entry_type.is_file() || entry_type == tar::EntryType::Continuous) {
+            let error = ItemError::new(
+                "read",
+                "unsupported_member",
+                format!("tar member {raw_path} is not a regular file ({entry_type:?})"),
+            );
+            return Member::Refused { key: key_of(raw_path), error };
         }
-        emitter.push_blocking(SourceRecord::error(&key, &format!("{}#{member}", self.uri), error))?;
-        self.last_rejected = Some(key);
-        Ok(())
+        let unsafe_path = entry.path().map_or(true, |p| {
+            p.components().any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)))
+        });
+        if unsafe_path {
+            let error =
+                ItemError::new("read", "unsafe_path", format!("tar member path {raw_path} escapes the archive"));
+            return Member::Refused { key: key_of(raw_path), error };
+        }
+        match split_member(raw_path) {
+            Some((key, ext)) => Member::File { key, ext },
+            None => {
+                let error =
+                    ItemError::new("read", "no_key", format!("tar member {raw_path} has no key.extension name"));
+                Member::Refused { key: raw_path.to_string(), error }
+            }
+        }
+    }
+
+    /// The group `member` belongs to, started when its key is new. A member whose key already has its row (it
+    /// comes back after other samples' members), or that repeats an extension of its sample, is skipped with a
+    /// counted warning: one key, one row.
+    fn group_for(
+        &mut self,
+        key: &str,
+        ext: &str,
+        member: &str,
+        emitter: &mut Emitter,
+    ) -> Result<Option<&mut Group>, ReadFailure> {
+        let same = self.current.as_ref().is_some_and(|group| group.key == key);
+        if same {
+            let repeated = !ext.is_empty() && self.current.as_ref().is_some_and(|g| g.extensions.contains(ext));
+            if repeated {
+                let message =
+                    format!("{}#{member}: a second .{ext} member under the key {key}; the first is kept", self.uri);
+                emitter.warn("duplicate_member", &message);
+                return Ok(None);
+            }
+            return Ok(self.current.as_mut());
+        }
+        if self.finished.contains(key) {
+            let message = format!(
+                "{}#{member}: the members of the sample {key} are not consecutive; this one, after other samples, is skipped",
+                self.uri
+            );
+            emitter.warn("split_sample", &message);
+            return Ok(None);
+        }
+        self.finish(emitter)?;
+        self.current = Some(Group { key: key.to_string(), first_member: member.to_string(), ..Group::default() });
+        Ok(self.current.as_mut())
     }
 
     /// Turns the group in progress into one record.
     fn finish(&mut self, emitter: &mut Emitter) -> Result<(), ReadFailure> {
         let Some(group) = self.current.take() else { return Ok(()) };
+        self.finished.insert(group.key.clone());
         let member = group.image.as_ref().map_or(group.first_member.as_str(), |(name, _)| name.as_str());
         let source = format!("{}#{member}", self.uri);
         let record = if let Some(problem) = group.problem {
@@ -295,7 +370,157 @@ fn split_member(path: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::item::Msg;
+    use crate::metrics::Metrics;
     use proptest::prelude::*;
+    use std::sync::Arc;
+
+    /// One row as the reader gives it: the key, the caption of a sample, or the kind of an error row.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Row {
+        Sample(String, Option<String>),
+        Error(String, String),
+    }
+
+    /// Reads `bytes` as the source does, damage row included; the rows and the warnings by kind.
+    fn read_shard(bytes: &[u8]) -> (Vec<Row>, std::collections::BTreeMap<String, u64>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
+        let mut emitter = Emitter::new(0, tx, 4, Arc::new(Metrics::default()));
+        let mut shard = ShardReader::new("mem://s.tar".into(), 1 << 20);
+        match shard.read_all(bytes, &mut emitter) {
+            Ok(()) => {}
+            Err(ReadFailure::Closed) => panic!("closed"),
+            Err(ReadFailure::Archive { message, damaged }) => {
+                emitter.push_blocking(damage_row("mem://s.tar", "s.tar", &message, damaged)).unwrap();
+                emitter.flush_blocking().unwrap();
+            }
+        }
+        let warnings = emitter.warnings.clone();
+        drop(emitter);
+        let mut rows = Vec::new();
+        while let Ok(msg) = rx.try_recv() {
+            let Msg::Batch { records, .. } = msg else { continue };
+            for record in records {
+                rows.push(match record {
+                    SourceRecord::Raw(raw) => Row::Sample(raw.key, raw.captions.first().cloned()),
+                    SourceRecord::Error(row) => Row::Error(row.key, row.kind.to_string()),
+                });
+            }
+        }
+        (rows, warnings)
+    }
+
+    fn header(name: &str, size: usize, kind: tar::EntryType) -> tar::Header {
+        let mut header = tar::Header::new_ustar();
+        header.set_path(name).unwrap();
+        header.set_size(size as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(kind);
+        header.set_cksum();
+        header
+    }
+
+    /// A tar of `members`, and where each member's header starts.
+    fn tar_of(members: &[(&str, &[u8])]) -> (Vec<u8>, Vec<usize>) {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut starts = Vec::new();
+        for (name, data) in members {
+            starts.push(builder.get_ref().len());
+            builder.append(&header(name, data.len(), tar::EntryType::Regular), *data).unwrap();
+        }
+        (builder.into_inner().unwrap(), starts)
+    }
+
+    /// Six samples of an image and a caption, of sizes that put member ends on and off 512-byte boundaries.
+    fn six_samples() -> (Vec<u8>, Vec<usize>) {
+        let images: Vec<Vec<u8>> = (0..6).map(|i| vec![i as u8 + 1; [512, 700, 1024, 1, 1500, 511][i]]).collect();
+        let captions: Vec<String> = (0..6).map(|i| format!("caption {i}")).collect();
+        let mut members: Vec<(String, &[u8])> = Vec::new();
+        for i in 0..6 {
+            members.push((format!("{i:02}.jpg"), &images[i]));
+            members.push((format!("{i:02}.txt"), captions[i].as_bytes()));
+        }
+        let named: Vec<(&str, &[u8])> = members.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+        tar_of(&named)
+    }
+
+    #[test]
+    fn a_whole_shard_is_every_sample_with_its_caption() {
+        let (bytes, _) = six_samples();
+        let (rows, warnings) = read_shard(&bytes);
+        let expected: Vec<Row> =
+            (0..6).map(|i| Row::Sample(format!("{i:02}"), Some(format!("caption {i}")))).collect();
+        assert_eq!(rows, expected);
+        assert!(warnings.is_empty());
+    }
+
+    /// Every cut of the shard, on a 512-byte boundary or not: the samples whose next sample's header was read
+    /// whole are kept with their captions, and the damage is exactly one error row, under the key of the sample it
+    /// cut short (the shard's name before the first header). Only a cut past the first end-of-archive block reads
+    /// as the whole shard.
+    #[test]
+    fn every_cut_keeps_the_complete_samples_and_makes_one_error_row() {
+        let (bytes, starts) = six_samples();
+        // The first member of sample i+1 starts at starts[2 * (i + 1)]; the end-of-archive blocks after the last.
+        let data_end = {
+            let last = starts[11];
+            last + 512 + "caption 5".len().div_ceil(512) * 512
+        };
+        for cut in 0..bytes.len() {
+            let (rows, warnings) = read_shard(&bytes[..cut]);
+            assert!(warnings.is_empty(), "cut {cut}: {warnings:?}");
+            if cut >= data_end + 512 {
+                assert_eq!(rows.len(), 6, "cut {cut}: {rows:?}");
+                assert!(rows.iter().all(|r| matches!(r, Row::Sample(_, Some(_)))), "cut {cut}: {rows:?}");
+                continue;
+            }
+            // Samples whose successor's first header is whole.
+            let complete = (0..6).filter(|i| i + 1 < 6 && cut >= starts[2 * (i + 1)] + 512).count();
+            let expected_error_key = if cut >= 512 { format!("{complete:02}") } else { "s".to_string() };
+            let mut expected: Vec<Row> =
+                (0..complete).map(|i| Row::Sample(format!("{i:02}"), Some(format!("caption {i}")))).collect();
+            expected.push(Row::Error(expected_error_key, "corrupt_archive".into()));
+            assert_eq!(rows, expected, "cut {cut} of {}", bytes.len());
+        }
+    }
+
+    #[test]
+    fn a_link_member_makes_its_sample_one_error_row() {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append(&header("a.jpg", 3, tar::EntryType::Regular), &b"abc"[..]).unwrap();
+        let mut link = header("d.jpg", 0, tar::EntryType::Symlink);
+        link.set_link_name("a.jpg").unwrap();
+        link.set_cksum();
+        builder.append(&link, &b""[..]).unwrap();
+        builder.append(&header("d.txt", 3, tar::EntryType::Regular), &b"cap"[..]).unwrap();
+        builder.append(&header("e.jpg", 3, tar::EntryType::Regular), &b"xyz"[..]).unwrap();
+        let (rows, _) = read_shard(&builder.into_inner().unwrap());
+        assert_eq!(
+            rows,
+            [
+                Row::Sample("a".into(), None),
+                Row::Error("d".into(), "unsupported_member".into()),
+                Row::Sample("e".into(), None)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_member_coming_back_to_its_key_is_a_warning_not_a_second_row() {
+        let (bytes, _) =
+            tar_of(&[("d.jpg", b"img"), ("e.txt", b"e"), ("d.txt", b"late"), ("f.jpg", b"f"), ("f.jpg", b"again")]);
+        let (rows, warnings) = read_shard(&bytes);
+        assert_eq!(
+            rows,
+            [
+                Row::Sample("d".into(), None),
+                Row::Error("e".into(), "missing_image".into()),
+                Row::Sample("f".into(), None)
+            ]
+        );
+        assert_eq!(warnings.get("split_sample"), Some(&1), "{warnings:?}");
+        assert_eq!(warnings.get("duplicate_member"), Some(&1), "{warnings:?}");
+    }
 
     #[test]
     fn members_split_at_the_first_dot_of_the_name() {
