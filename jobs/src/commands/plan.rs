@@ -5,13 +5,16 @@ use std::process::ExitCode;
 use anyhow::Result;
 use lyrics_pipeline::plan;
 
-use super::{input_of, load_spec, registry, runtime};
+use super::{input_of, load_spec, refuse_output_inside_input, registry, runtime};
 use crate::PlanArgs;
 
 pub fn plan(args: PlanArgs) -> Result<ExitCode> {
     let spec = load_spec(&args.job)?;
     let input = input_of(&spec)?;
     let registry = registry(&spec);
+    if let Some(output) = &spec.output.uri {
+        refuse_output_inside_input(&registry, &input, output)?;
+    }
     let plan = runtime()?.block_on(plan::plan(&registry, &input, spec.input.format, &spec.input.source))?.plan;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);

@@ -9,7 +9,7 @@ use lyrics_operators::image::ImageOperator;
 use lyrics_operators::text::TextOptions;
 use lyrics_pipeline::{Metrics, RunConfig, Stage, Tables, Worker, redact};
 
-use super::{input_of, load_spec, registry, runtime};
+use super::{input_of, load_spec, refuse_output_inside_input, registry, runtime};
 use crate::RunArgs;
 use crate::progress::{ProgressMode, Reporter, summary};
 use crate::stages::{
@@ -56,6 +56,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let pool = Arc::new(pool);
     let metrics = Arc::new(Metrics::default());
     let registry = registry(&spec);
+    refuse_output_inside_input(&registry, &input, &output)?;
     let runtime = runtime()?;
     let refining = spec.refine.models.is_some();
     let operator =

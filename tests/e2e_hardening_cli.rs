@@ -1,0 +1,168 @@
+//! End-to-end tests of what the subcommands must not do with careless paths and arguments: `sql --to` over the
+//! output's own shards, `..` in paths, outputs inside their input, keys too long for a file name, exports that
+//! look finished when they are not, standard output closed by its reader, `render --where` that is more than one
+//! predicate, galleries that keep stale pages, and a models file guessed from the working directory.
+
+use crate::support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::*;
+
+fn s(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn run_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--input", input, "--output", output, "--progress", "off"];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// lyrics-prep run in the folder `cwd`.
+fn lyrics_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(bin()).args(args).current_dir(cwd).env("LYRICS_LOG", "info").output().expect("run lyrics-prep")
+}
+
+/// A finished output of a WebDataset corpus of 2 × 8 samples, ingest only: (corpus, output).
+fn finished_output(dir: &Path) -> (PathBuf, PathBuf) {
+    let corpus = dir.join("corpus");
+    webdataset(&corpus, 2, 8);
+    let out = dir.join("out");
+    lyrics_ok(&run_args(&s(&corpus), &s(&out), &[]), &Env::new());
+    (corpus, out)
+}
+
+/// The single-column result of `query` over `out`, as CSV lines without the header.
+fn sql_lines(out: &Path, query: &str) -> Vec<String> {
+    let output = lyrics(&["sql", "--output", &s(out), "--format", "csv", query], &Env::new());
+    assert!(output.status.success(), "sql {query}: {}", stderr(&output));
+    String::from_utf8_lossy(&output.stdout).lines().skip(1).map(str::to_string).collect()
+}
+
+#[test]
+fn sql_to_inside_an_output_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, out) = finished_output(dir.path());
+    let before = shards(&out);
+    let shard = before.keys().find(|k| k.starts_with("samples/")).expect("a samples shard").clone();
+    let targets = [
+        s(&out.join(&shard)),
+        s(&out.join("samples")),
+        s(&out.join("errors/new.parquet")),
+        s(&out.join("_lyrics")),
+        s(&out.join("_lyrics/done/x.parquet")),
+        format!("{}/elsewhere/../{shard}", s(&out)),
+    ];
+    for to in &targets {
+        let output = lyrics(&["sql", "--output", &s(&out), "--to", to, "SELECT 1 AS x"], &Env::new());
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "--to {to} must be refused: {text}");
+        assert!(text.contains("--to") && text.contains(&s(&out)), "the error names the path: {text}");
+        assert_eq!(shards(&out), before, "--to {to} changed the output");
+    }
+    assert!(!out.join("samples/part-000000.parquet").exists() && !out.join("_lyrics/part-000000.parquet").exists());
+    assert_eq!(sql_lines(&out, "SELECT count(*) FROM samples"), ["16"]);
+    assert_eq!(sql_lines(&out, "SELECT key FROM samples ORDER BY key LIMIT 1"), ["000000"]);
+    let status = lyrics(&["status", "--output", &s(&out), "--json"], &Env::new());
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!((status["complete"].as_bool(), status["rows"].as_u64()), (Some(true), Some(16)), "{status}");
+
+    // Beside the output, or in a folder of its own within it, the result is written.
+    let beside = dir.path().join("result.parquet");
+    lyrics_ok(&["sql", "--output", &s(&out), "--to", &s(&beside), "SELECT key FROM samples"], &Env::new());
+    assert!(beside.exists());
+    let root_file = out.join("result.parquet");
+    lyrics_ok(&["sql", "--output", &s(&out), "--to", &s(&root_file), "SELECT key FROM samples"], &Env::new());
+    assert!(root_file.exists());
+    let within = out.join("results");
+    lyrics_ok(&["sql", "--output", &s(&out), "--to", &s(&within), "SELECT key FROM samples"], &Env::new());
+    assert!(within.join("part-000000.parquet").exists());
+    assert_eq!(sql_lines(&out, "SELECT count(*) FROM samples"), ["16"]);
+}
+
+#[test]
+fn paths_with_dot_dot_work_in_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    webdataset(&root.join("corpus"), 2, 4);
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    // Through a folder that exists and one that does not, absolute and relative to the working directory.
+    let input = format!("{}/sub/../corpus", s(root));
+    let output = format!("{}/missing/../out", s(root));
+    let ran = lyrics(&run_args(&input, &output, &[]), &Env::new());
+    assert!(ran.status.success(), "run: {}", stderr(&ran));
+    let out = root.join("out");
+    assert!(out.join("_SUCCESS").exists(), "the output is where the path leads");
+    assert!(!root.join("missing").exists());
+    assert_eq!(samples(&out).len(), 8);
+
+    let sub = root.join("sub");
+    let planned = lyrics_in(&sub, &["plan", "--input", "../corpus"]);
+    assert!(planned.status.success(), "plan: {}", stderr(&planned));
+    assert!(String::from_utf8_lossy(&planned.stdout).contains("units   2"));
+    let status = lyrics_in(&sub, &["status", "--output", "../out", "--json"]);
+    assert!(status.status.success(), "status: {}", stderr(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["complete"], true);
+    let status = lyrics(&["status", "--output", &output], &Env::new());
+    assert!(status.status.success(), "status: {}", stderr(&status));
+    let counted =
+        lyrics_in(&sub, &["sql", "--output", "../out", "--format", "csv", "SELECT count(*) AS n FROM samples"]);
+    assert!(counted.status.success(), "sql: {}", stderr(&counted));
+    assert_eq!(String::from_utf8_lossy(&counted.stdout), "n\n8\n");
+    let written =
+        lyrics_in(&sub, &["sql", "--output", "../out", "--to", "../result.parquet", "SELECT key FROM samples"]);
+    assert!(written.status.success(), "sql --to: {}", stderr(&written));
+    assert!(root.join("result.parquet").exists());
+    let rendered = lyrics_in(&sub, &["render", "--output", "../out", "--to", "../gallery"]);
+    assert!(rendered.status.success(), "render: {}", stderr(&rendered));
+    assert!(root.join("gallery/index.html").exists());
+    // A rerun through other spellings of the same folders resumes the same job.
+    let again = lyrics_in(&sub, &run_args("../corpus", &format!("{}/out", s(root)), &[]));
+    assert!(again.status.success(), "rerun: {}", stderr(&again));
+}
+
+#[test]
+fn an_output_inside_its_input_is_refused_at_planning() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    webdataset(&corpus, 1, 2);
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&corpus, &link).unwrap();
+    for output in [corpus.join("out"), corpus.clone(), link.join("out"), corpus.join("a/../b")] {
+        let ran = lyrics(&run_args(&s(&corpus), &s(&output), &[]), &Env::new());
+        let text = stderr(&ran);
+        assert_eq!(ran.status.code(), Some(2), "run --output {}: {text}", output.display());
+        assert!(text.contains("inside the input"), "{text}");
+        let spec = dir.path().join("job.toml");
+        std::fs::write(&spec, format!("[output]\nuri = {:?}\n", s(&output))).unwrap();
+        let planned = lyrics(&["plan", "--input", &s(&corpus), "--config", &s(&spec)], &Env::new());
+        assert_eq!(planned.status.code(), Some(2), "plan: {}", stderr(&planned));
+        assert!(stderr(&planned).contains("inside the input"), "{}", stderr(&planned));
+    }
+    let mut left: Vec<String> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["shard-00000.tar"], "nothing was written into the input");
+    // A sibling whose name starts with the input's is outside it.
+    lyrics_ok(&run_args(&s(&corpus), &s(&dir.path().join("corpus-out")), &[]), &Env::new());
+
+    let (_moto, env, _dir) = s3_webdataset(1, 2);
+    for output in ["s3://corpus/wds/out", "s3://corpus/wds", "s3://corpus/wds/x/../y/"] {
+        let ran = lyrics(&run_args("s3://corpus/wds", output, &[]), &env);
+        let text = stderr(&ran);
+        assert_eq!(ran.status.code(), Some(2), "run --output {output}: {text}");
+        assert!(text.contains("inside the input"), "{text}");
+    }
+    let (store, prefix) = store("s3://corpus/wds", &env);
+    let listed: Vec<String> = runtime().block_on(async {
+        use futures::TryStreamExt;
+        store.list(Some(&prefix)).map_ok(|m| m.location.to_string()).try_collect().await.unwrap()
+    });
+    assert_eq!(listed, ["wds/shard-00000.tar"], "nothing was written into the input");
+    lyrics_ok(&run_args("s3://corpus/wds", "s3://corpus/wds-out", &[]), &env);
+}
