@@ -8,6 +8,7 @@ use crate::support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use support::scenes::{Kind, Scene, encode_png};
 use support::*;
 
 fn s(path: &Path) -> String {
@@ -18,6 +19,10 @@ fn run_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a s
     let mut args = vec!["run", "--input", input, "--output", output, "--progress", "off"];
     args.extend_from_slice(extra);
     args
+}
+
+fn fixture_models() -> String {
+    s(&repo_root().join("examples/models/fixtures.toml"))
 }
 
 /// lyrics-prep run in the folder `cwd`.
@@ -165,4 +170,100 @@ fn an_output_inside_its_input_is_refused_at_planning() {
     });
     assert_eq!(listed, ["wds/shard-00000.tar"], "nothing was written into the input");
     lyrics_ok(&run_args("s3://corpus/wds", "s3://corpus/wds-out", &[]), &env);
+}
+
+/// A JSONL manifest of one scene per key (PNG files named by index beside it); returns the manifest and each
+/// key's image bytes.
+fn scene_corpus(dir: &Path, keys: &[&str]) -> (PathBuf, Vec<Vec<u8>>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut lines = String::new();
+    let mut images = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let f = 0.05 * i as f32;
+        let image =
+            encode_png(&Scene::new(120, 80, &[(i % 5, Kind::Rectangle, [0.1 + f, 0.1, 0.6, 0.7 + f])]).render());
+        std::fs::write(dir.join(format!("{i:06}.png")), &image).unwrap();
+        images.push(image);
+        lines.push_str(
+            &serde_json::json!({"key": key, "image": format!("{i:06}.png"), "caption": "a shape"}).to_string(),
+        );
+        lines.push('\n');
+    }
+    let manifest = dir.join("k.jsonl");
+    std::fs::write(&manifest, lines).unwrap();
+    (manifest, images)
+}
+
+#[test]
+fn keys_too_long_for_a_file_name_export_under_short_distinct_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let four = ["a".repeat(255), "b".repeat(255), "c".repeat(255), "d".repeat(256)].join("/");
+    let keys = [
+        "k".repeat(300),
+        format!("{}/{}", "d".repeat(300), "e".repeat(300)),
+        "x".repeat(1024),
+        four,
+        "ü".repeat(200),
+        "fine".to_string(),
+    ];
+    assert!(keys.iter().all(|k| k.len() <= 1024));
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (manifest, images) = scene_corpus(&dir.path().join("corpus"), &refs);
+    let out = dir.path().join("out");
+    lyrics_ok(&run_args(&s(&manifest), &s(&out), &["--models", &fixture_models()]), &Env::new());
+    assert_eq!(samples(&out).len(), keys.len(), "run accepts every key: {:#?}", errors(&out));
+
+    let exported = |to: &Path| {
+        let text = lyrics_ok(&["export", "--output", &s(&out), "--to", &s(to)], &Env::new());
+        assert!(!text.contains("left out"), "{text}");
+        let llava: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(to.join("llava.json")).unwrap()).unwrap();
+        let mut named: Vec<String> =
+            llava.as_array().unwrap().iter().map(|c| c["image"].as_str().unwrap().to_string()).collect();
+        named.sort();
+        named.dedup();
+        named
+    };
+    let to = dir.path().join("export");
+    let named = exported(&to);
+    assert_eq!(named.len(), keys.len(), "one distinct image per key: {named:?}");
+    assert!(named.contains(&"fine.png".to_string()), "a short key keeps its name: {named:?}");
+    let mut seen = Vec::new();
+    for name in &named {
+        for component in name.split('/') {
+            assert!(component.len() <= 255, "{} bytes in a component of {name}", component.len());
+        }
+        let bytes = std::fs::read(to.join("images").join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let index = images.iter().position(|i| *i == bytes).expect("the image of one of the keys");
+        seen.push(index);
+    }
+    seen.sort();
+    assert_eq!(seen, (0..keys.len()).collect::<Vec<_>>(), "each key's own image");
+    let files = walk(&to.join("images")).into_iter().filter(|p| p.is_file()).count();
+    assert_eq!(files, keys.len(), "no image is written that llava.json does not name");
+    assert_eq!(exported(&dir.path().join("again")), named, "the names are deterministic");
+}
+
+#[test]
+fn a_failed_export_never_leaves_a_json_that_looks_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, _) = scene_corpus(&dir.path().join("corpus"), &["a", "b"]);
+    let out = dir.path().join("out");
+    lyrics_ok(&run_args(&s(&manifest), &s(&out), &["--models", &fixture_models()]), &Env::new());
+    for format in ["llava-json", "jsonl"] {
+        let to = dir.path().join(format);
+        lyrics_ok(&["export", "--output", &s(&out), "--to", &s(&to), "--format", format], &Env::new());
+        let json = if format == "jsonl" { "instruct.jsonl" } else { "llava.json" };
+        assert!(to.join(json).exists());
+        // The images cannot be written: a file stands where their folder goes.
+        std::fs::remove_dir_all(to.join("images")).unwrap();
+        std::fs::write(to.join("images"), b"in the way").unwrap();
+        let failed = lyrics(&["export", "--output", &s(&out), "--to", &s(&to), "--format", format], &Env::new());
+        assert_eq!(failed.status.code(), Some(2), "{}", stderr(&failed));
+        let left: Vec<String> = std::fs::read_dir(&to)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["images"], "{format}: a failed export leaves no JSON, old or partial");
+    }
 }
