@@ -5,8 +5,9 @@
 
 use crate::support;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use support::scenes::{Kind, Scene, encode_png};
 use support::*;
@@ -266,4 +267,53 @@ fn a_failed_export_never_leaves_a_json_that_looks_complete() {
             .collect();
         assert_eq!(left, ["images"], "{format}: a failed export leaves no JSON, old or partial");
     }
+}
+
+/// Runs lyrics-prep with its standard output a pipe whose reader is gone, as `lyrics-prep … | head` leaves it once
+/// `head` has read its lines, and `stdin` piped in when given.
+fn with_closed_stdout(args: &[&str], stdin: Option<&str>) -> Output {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("LYRICS_LOG", "info")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lyrics-prep");
+    if let Some(text) = stdin {
+        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait for lyrics-prep")
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (corpus, out) = finished_output(dir.path());
+    let (corpus, out, models) = (s(&corpus), s(&out), fixture_models());
+    let fresh = s(&dir.path().join("fresh"));
+    let commands: Vec<(Vec<&str>, Option<&str>)> = vec![
+        (vec!["plan", "--input", &corpus], None),
+        (vec!["plan", "--input", &corpus, "--json"], None),
+        (vec!["status", "--output", &out], None),
+        (vec!["status", "--output", &out, "--json"], None),
+        (vec!["status", "--output", &out, "--unfinished"], None),
+        (vec!["sql", "--output", &out, "SELECT key FROM samples"], None),
+        (vec!["sql", "--output", &out, "--format", "csv", "SELECT key FROM samples"], None),
+        (vec!["sql", "--output", &out, "--format", "json", "SELECT key FROM samples"], None),
+        (vec!["sql", "--output", &out], Some("SELECT key FROM samples;\nSELECT 1;\n")),
+        (vec!["models", "list", "--models", &models], None),
+        (run_args(&corpus, &fresh, &["--summary", "json"]), None),
+    ];
+    for (args, stdin) in &commands {
+        let output = with_closed_stdout(args, *stdin);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {text}");
+        for noise in ["panicked", "error:", "Broken pipe", "broken pipe"] {
+            assert!(!text.contains(noise), "{args:?} said {noise:?}: {text}");
+        }
+    }
+    assert!(Path::new(&fresh).join("_SUCCESS").exists(), "the run finished though nobody read its summary");
 }

@@ -16,6 +16,7 @@ mod spec;
 mod sqlfns;
 mod sqlviews;
 mod stages;
+mod stdout;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -345,6 +346,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of standard output left (`| head`): what it did not read was not wanted.
+        Err(_) if stdout::closed() => ExitCode::SUCCESS,
         Err(error) => {
             let text = lyrics_pipeline::store::redact_secrets(&format!("{error:#}"));
             eprintln!("error: {text}");

@@ -1,5 +1,6 @@
 //! `lyrics-prep run`: the main job.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,7 +111,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let who = if args.claim { "claiming".to_string() } else { format!("{}/{}", worker.index, worker.count) };
     eprint!("{}", summary(&report, &metrics, &who));
     if args.summary == crate::SummaryFormat::Json {
-        println!("{}", crate::progress::summary_json(&report, &metrics, &who));
+        let printed = writeln!(crate::stdout::lock(), "{}", crate::progress::summary_json(&report, &metrics, &who));
+        // A reader that left does not change how the run went.
+        if let Err(e) = printed
+            && !crate::stdout::closed()
+        {
+            return Err(e).context("cannot print the summary");
+        }
     }
     Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -227,8 +227,7 @@ async fn print_result(ctx: &SessionContext, query: &str, format: SqlFormat) -> R
     if batches.is_empty() {
         batches.push(arrow::array::RecordBatch::new_empty(schema));
     }
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = crate::stdout::lock();
     match format {
         SqlFormat::Table => {
             let text = arrow::util::pretty::pretty_format_batches(&batches)?;
@@ -301,6 +300,10 @@ fn prompt(
         }
         let _ = editor.add_history_entry(format!("{query};"));
         if let Err(e) = runtime.block_on(timed(timing, print_result(ctx, &query, format))) {
+            if crate::stdout::closed() {
+                // Nobody reads the results any more: the rest of the script has no one to print to.
+                break;
+            }
             eprintln!("error: {}", lyrics_pipeline::store::redact_secrets(&format!("{e:#}")));
             failed = true;
         }
