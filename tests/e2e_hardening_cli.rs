@@ -317,3 +317,63 @@ fn a_closed_stdout_ends_every_command_quietly() {
     }
     assert!(Path::new(&fresh).join("_SUCCESS").exists(), "the run finished though nobody read its summary");
 }
+
+#[test]
+fn render_where_is_one_predicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, out) = finished_output(dir.path());
+    let to = dir.path().join("gallery");
+    for predicate in [
+        "1=1) UNION ALL SELECT * FROM samples WHERE (1=1",
+        "1=1 UNION SELECT * FROM samples",
+        "1=1; DROP TABLE samples",
+        "1=1) --",
+        "key = 'x' AS chosen",
+    ] {
+        let output = lyrics(&["render", "--output", &s(&out), "--where", predicate, "--to", &s(&to)], &Env::new());
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "--where {predicate:?} must be refused: {text}");
+        assert!(text.contains("--where"), "the error names the flag: {text}");
+    }
+    assert!(!to.join("index.html").exists(), "nothing was drawn");
+    // A predicate, a subquery within it included, still chooses the samples.
+    for (predicate, shown) in
+        [("key < '000003'", 3), ("key IN (SELECT key FROM samples WHERE key >= '000014')", 2), ("true", 16)]
+    {
+        let text = lyrics_ok(&["render", "--output", &s(&out), "--where", predicate, "--to", &s(&to)], &Env::new());
+        assert!(text.contains(&format!("rendered {shown} samples")), "{predicate}: {text}");
+    }
+}
+
+#[test]
+fn a_rerender_leaves_no_stale_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, out) = finished_output(dir.path());
+    let to = dir.path().join("gallery");
+    let render = |extra: &[&str]| {
+        let mut args =
+            vec!["render", "--output", out.to_str().unwrap(), "--to", to.to_str().unwrap(), "--page-size", "3"];
+        args.extend_from_slice(extra);
+        lyrics_ok(&args, &Env::new())
+    };
+    render(&[]);
+    assert!(to.join("page-6.html").exists() && to.join("thumbs/000016.jpg").exists());
+    let mine = to.join("page-notes.html");
+    std::fs::write(&mine, "a file of the user's").unwrap();
+    render(&["--limit", "4"]);
+    let mut pages: Vec<String> = std::fs::read_dir(&to)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".html"))
+        .collect();
+    pages.sort();
+    assert_eq!(pages, ["index.html", "page-2.html", "page-notes.html"], "stale pages are gone, other files kept");
+    let mut thumbs: Vec<String> = std::fs::read_dir(to.join("thumbs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    thumbs.sort();
+    assert_eq!(thumbs, ["000001.jpg", "000002.jpg", "000003.jpg", "000004.jpg"]);
+    let index = std::fs::read_to_string(to.join("index.html")).unwrap();
+    assert!(index.contains("page 1 of 2"), "{index}");
+}
