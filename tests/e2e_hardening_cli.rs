@@ -377,3 +377,20 @@ fn a_rerender_leaves_no_stale_pages() {
     let index = std::fs::read_to_string(to.join("index.html")).unwrap();
     assert!(index.contains("page 1 of 2"), "{index}");
 }
+
+#[test]
+fn models_commands_need_a_models_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for cwd in [dir.path(), repo_root().as_path()] {
+        for action in ["list", "pull", "verify"] {
+            let output = lyrics_in(cwd, &["models", action]);
+            let text = stderr(&output);
+            assert_eq!(output.status.code(), Some(2), "models {action} in {}: {text}", cwd.display());
+            assert!(text.contains("--models"), "the error says what to pass: {text}");
+            assert!(output.stdout.is_empty());
+        }
+    }
+    let listed = lyrics_in(dir.path(), &["models", "list", "--models", &fixture_models()]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("local"));
+}

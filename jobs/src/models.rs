@@ -393,8 +393,14 @@ pub async fn pull(
 }
 
 /// `lyrics-prep models pull|list|verify`.
-pub fn command(action: &crate::ModelsAction, models_uri: &str, cache: Option<&Path>) -> Result<ExitCode> {
+pub fn command(action: &crate::ModelsAction, models_uri: Option<&str>, cache: Option<&Path>) -> Result<ExitCode> {
     crate::logging::init("info");
+    let Some(models_uri) = models_uri else {
+        bail!(
+            "no models file: pass --models FILE (a path or URI), e.g. --models examples/models/public.toml for the \
+             public models, or the file given to run --models"
+        );
+    };
     let registry = StoreRegistry::new(StorageOptions::default());
     let cache = cache_dir(cache);
     let runtime = crate::commands::runtime()?;
