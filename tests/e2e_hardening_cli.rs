@@ -379,6 +379,18 @@ fn a_rerender_leaves_no_stale_pages() {
 }
 
 #[test]
+fn a_manifest_without_an_image_column_says_so_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.csv");
+    std::fs::write(&manifest, "caption,picture_at\na,x.jpg\n").unwrap();
+    let out = dir.path().join("out");
+    let output = lyrics(&run_args(&s(&manifest), &s(&out), &[]), &Env::new());
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("found no image column (looked for"), "{text}");
+}
+
+#[test]
 fn models_commands_need_a_models_file_named() {
     let dir = tempfile::tempdir().unwrap();
     for cwd in [dir.path(), repo_root().as_path()] {
