@@ -16,6 +16,7 @@ mod spec;
 mod sqlfns;
 mod sqlviews;
 mod stages;
+mod stdout;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -166,9 +167,10 @@ pub enum ExportImages {
 pub struct ModelsArgs {
     #[command(subcommand)]
     action: ModelsAction,
-    /// The models file (path or URI).
-    #[arg(long, global = true, default_value = "examples/models/fixtures.toml")]
-    models: String,
+    /// The models file (path or URI), e.g. examples/models/public.toml. Required: it decides what is downloaded,
+    /// so none is assumed.
+    #[arg(long, global = true)]
+    models: Option<String>,
     /// Cache folder for downloaded files (default: LYRICS_CACHE, else ~/.cache/lyrics-prep/models).
     #[arg(long, global = true)]
     cache: Option<PathBuf>,
@@ -336,7 +338,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Plan(args) => commands::plan::plan(args),
         Command::Status(args) => commands::status::status(args),
-        Command::Models(args) => models::command(&args.action, &args.models, args.cache.as_deref()),
+        Command::Models(args) => models::command(&args.action, args.models.as_deref(), args.cache.as_deref()),
         Command::Export(args) => commands::export::export(args),
         Command::Sql(args) => commands::sql::sql(args),
         Command::Render(args) => commands::render::render(args),
@@ -345,6 +347,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of standard output left (`| head`): what it did not read was not wanted.
+        Err(_) if stdout::closed() => ExitCode::SUCCESS,
         Err(error) => {
             let text = lyrics_pipeline::store::redact_secrets(&format!("{error:#}"));
             eprintln!("error: {text}");

@@ -393,8 +393,14 @@ pub async fn pull(
 }
 
 /// `lyrics-prep models pull|list|verify`.
-pub fn command(action: &crate::ModelsAction, models_uri: &str, cache: Option<&Path>) -> Result<ExitCode> {
+pub fn command(action: &crate::ModelsAction, models_uri: Option<&str>, cache: Option<&Path>) -> Result<ExitCode> {
     crate::logging::init("info");
+    let Some(models_uri) = models_uri else {
+        bail!(
+            "no models file: pass --models FILE (a path or URI), e.g. --models examples/models/public.toml for the \
+             public models, or the file given to run --models"
+        );
+    };
     let registry = StoreRegistry::new(StorageOptions::default());
     let cache = cache_dir(cache);
     let runtime = crate::commands::runtime()?;
@@ -405,7 +411,7 @@ pub fn command(action: &crate::ModelsAction, models_uri: &str, cache: Option<&Pa
                 let paths =
                     pull(&models, &cache, &registry, std::io::IsTerminal::is_terminal(&std::io::stderr())).await?;
                 for (key, path) in &paths.paths {
-                    println!("{key:<20} {}  {}", paths.sha256[key], path.display());
+                    writeln!(crate::stdout::lock(), "{key:<20} {}  {}", paths.sha256[key], path.display())?;
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -424,7 +430,11 @@ pub fn command(action: &crate::ModelsAction, models_uri: &str, cache: Option<&Pa
                             None => ("not cached", hf_cache_dir().display().to_string()),
                         },
                     };
-                    println!("{key:<20} {state:<10} {:<48} {where_}", redact(file.source()));
+                    writeln!(
+                        crate::stdout::lock(),
+                        "{key:<20} {state:<10} {:<48} {where_}",
+                        redact(file.source())
+                    )?;
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -446,7 +456,7 @@ pub fn command(action: &crate::ModelsAction, models_uri: &str, cache: Option<&Pa
                         },
                     };
                     if !path.exists() {
-                        println!("{key:<20} MISSING  {}", path.display());
+                        writeln!(crate::stdout::lock(), "{key:<20} MISSING  {}", path.display())?;
                         bad += 1;
                         continue;
                     }
@@ -458,11 +468,11 @@ pub fn command(action: &crate::ModelsAction, models_uri: &str, cache: Option<&Pa
                     let expected = file.sha256().map(str::to_string).or(recorded).or(hub_blob);
                     match expected {
                         Some(e) if !e.trim().eq_ignore_ascii_case(&sha) => {
-                            println!("{key:<20} CORRUPT  {sha} (expected {})", e.trim());
+                            writeln!(crate::stdout::lock(), "{key:<20} CORRUPT  {sha} (expected {})", e.trim())?;
                             bad += 1;
                         }
-                        Some(_) => println!("{key:<20} ok       {sha}"),
-                        None => println!("{key:<20} unchecked {sha} (no expected SHA-256)"),
+                        Some(_) => writeln!(crate::stdout::lock(), "{key:<20} ok       {sha}")?,
+                        None => writeln!(crate::stdout::lock(), "{key:<20} unchecked {sha} (no expected SHA-256)")?,
                     }
                 }
                 Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })

@@ -213,11 +213,36 @@ pub fn to_url(uri: &str) -> Result<Url, PipelineError> {
     if looks_like_url {
         return Url::parse(uri).map_err(|e| PipelineError::Config(format!("invalid URI {}: {e}", redact(uri))));
     }
-    let absolute =
-        std::path::absolute(uri).map_err(|e| PipelineError::Config(format!("invalid path {uri}: {e}")))?;
+    let absolute = absolute_path(std::path::Path::new(uri))
+        .map_err(|e| PipelineError::Config(format!("invalid path {uri}: {e}")))?;
     Url::from_file_path(&absolute)
         .or_else(|()| Url::from_directory_path(&absolute))
         .map_err(|()| PipelineError::Config(format!("invalid path {uri}")))
+}
+
+/// `path` made absolute and free of `.` and `..`, naming what the operating system would open: a `..` drops the
+/// component before it, and when that component is a symbolic link, the link is resolved first (the parent of a
+/// link is its target's parent). Links elsewhere stay as given, so `/data/x/../corpus` and `/data/corpus` are one
+/// path, and one job. Object-store paths have no `..`, so a local path must lose its own before it becomes one.
+pub fn absolute_path(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    use std::path::Component;
+    let absolute = std::path::absolute(path)?;
+    let mut out = std::path::PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::ParentDir => {
+                if out.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink())
+                    && let Ok(real) = std::fs::canonicalize(&out)
+                {
+                    out = real;
+                }
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
 }
 
 /// The store base (scheme and bucket/host) and the path within it.
@@ -326,6 +351,32 @@ mod tests {
         assert!(url.path().ends_with("/some/relative/dir"));
         let (_, path) = split_url(&url).unwrap();
         assert!(path.as_ref().ends_with("some/relative/dir"));
+    }
+
+    #[test]
+    fn dot_dot_in_a_plain_path_is_resolved_before_it_becomes_a_store_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("nest/inner")).unwrap();
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::os::unix::fs::symlink(root.join("nest/inner"), root.join("jump")).unwrap();
+        let real = std::fs::canonicalize(root).unwrap();
+        let cases = [
+            (root.join("sub/../corpus"), root.join("corpus")),
+            (root.join("missing/./../out/"), root.join("out")),
+            (root.join("a/b/../../c/.."), root.to_path_buf()),
+            (root.join("jump/x"), root.join("jump/x")),
+            // The parent of a link is its target's parent, as the operating system resolves it.
+            (root.join("jump/../../corpus"), real.join("corpus")),
+        ];
+        for (given, expected) in cases {
+            assert_eq!(absolute_path(&given).unwrap(), expected, "{}", given.display());
+            let (_, path) = split_url(&to_url(given.to_str().unwrap()).unwrap()).unwrap();
+            assert_eq!(format!("/{path}"), expected.to_str().unwrap());
+        }
+        let relative = absolute_path(std::path::Path::new("../x/./y/..")).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(relative, cwd.parent().unwrap_or(&cwd).join("x"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! Each step runs as this same executable with its ordinary subcommand, so the demo does exactly what a user's
 //! commands do, and a rerun resumes like any job.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -78,25 +79,34 @@ pub fn demo(args: DemoArgs) -> Result<ExitCode> {
         None
     };
     let me = invocation();
+    let mut stdout = crate::stdout::lock();
     let out = text(&output);
-    println!();
-    println!("The gallery:  {}", gallery.join("index.html").display());
-    println!(
+    writeln!(stdout)?;
+    writeln!(stdout, "The gallery:  {}", gallery.join("index.html").display())?;
+    writeln!(
+        stdout,
         "The shards:   {out}/{{samples,errors,pretrain,instruct}}/ (Parquet; _lyrics/manifest.json lists them)"
-    );
+    )?;
     if let Some((output, gallery)) = &salient_paths {
-        println!("With ISNet masks: {} (shards in {})", gallery.join("index.html").display(), output.display());
+        writeln!(
+            stdout,
+            "With ISNet masks: {} (shards in {})",
+            gallery.join("index.html").display(),
+            output.display()
+        )?;
     }
-    println!();
-    println!("Try:");
-    println!(
+    writeln!(stdout)?;
+    writeln!(stdout, "Try:")?;
+    writeln!(
+        stdout,
         "  {me} sql --output {out} \"SELECT t.tag, count(*) AS images FROM (SELECT unnest(tags) AS t FROM samples) \
          GROUP BY 1 ORDER BY 2 DESC\""
-    );
-    println!("  {me} sql --output {out} \"SELECT key, lyrics FROM pretrain ORDER BY key LIMIT 5\"");
-    println!(
+    )?;
+    writeln!(stdout, "  {me} sql --output {out} \"SELECT key, lyrics FROM pretrain ORDER BY key LIMIT 5\"")?;
+    writeln!(
+        stdout,
         "  {me} sql --output {out} \"SELECT task, language, count(*) AS n FROM instruct GROUP BY 1, 2 ORDER BY 1, 2\""
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

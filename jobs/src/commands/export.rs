@@ -1,6 +1,8 @@
 //! `lyrics-prep export`: the `instruct` table as the JSON files LLaVA-style trainers read (`llava.json`, an array
 //! of `{id, image, conversations}`; or `instruct.jsonl`, one per line), with the images written beside them under
-//! `images/` (pass `--image_folder DIR/images` to the trainer), or left out to be referenced by name.
+//! `images/` (pass `--image_folder DIR/images` to the trainer), or left out to be referenced by name. Images are
+//! named after their keys, a segment too long for a file name shortened with a digest
+//! ([`lyrics_pipeline::keys::file_path`]); the JSON, written last, names them so.
 
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
@@ -10,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
 use futures::StreamExt;
-use lyrics_pipeline::keys::safe_join;
+use lyrics_pipeline::keys::{file_path, safe_join};
 use lyrics_pipeline::sink::unit_of_shard;
 use lyrics_pipeline::{Location, OutputView, StorageOptions, StoreRegistry, redact};
 use lyrics_schemas::{InstructRow, Table, col};
@@ -102,9 +104,24 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
             ExportFormat::LlavaJson => to.join("llava.json"),
             ExportFormat::Jsonl => to.join("instruct.jsonl"),
         };
-        let mut writer = BufWriter::new(
-            std::fs::File::create(&file).with_context(|| format!("cannot write {}", file.display()))?,
-        );
+        // The JSON is what a trainer opens, so it appears last and whole: written under a temporary name, renamed
+        // once every image is in place. One left by an earlier export goes first, so that a failure here never
+        // leaves a JSON that looks complete beside images it did not write.
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot replace {}", file.display()));
+            }
+            _ => {}
+        }
+        let mut builder = tempfile::Builder::new();
+        // Readable as a file `File::create` made would be (a temporary file is the owner's alone).
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let partial = builder
+            .prefix(".partial-")
+            .tempfile_in(to)
+            .with_context(|| format!("cannot create a temporary file in {}", to.display()))?;
+        let mut writer = BufWriter::new(partial);
         let folder = to.join("images");
         let mut count = 0usize;
         let mut refused = 0usize;
@@ -130,7 +147,8 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
                 }
                 let conversations: Vec<serde_json::Value> =
                     row.conversations.iter().map(|(f, v)| json!({ "from": f, "value": v })).collect();
-                let record = json!({ "id": row.id, "image": row.image, "conversations": conversations });
+                let image = file_path(&row.image);
+                let record = json!({ "id": row.id, "image": image, "conversations": conversations });
                 match args.format {
                     ExportFormat::LlavaJson => {
                         if count > 0 {
@@ -151,7 +169,7 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
         if args.format == ExportFormat::LlavaJson {
             writer.write_all(b"\n]\n")?;
         }
-        writer.flush()?;
+        let partial = writer.into_inner().map_err(|e| e.into_error()).context("cannot write the export")?;
         let mut images = 0usize;
         if args.images == ExportImages::Write {
             let columns = [col::KEY, col::FORMAT, col::IMAGE];
@@ -176,6 +194,8 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
             })
             .await?;
         }
+        partial.as_file().sync_all().with_context(|| format!("cannot write {}", partial.path().display()))?;
+        partial.persist(&file).map_err(|e| e.error).with_context(|| format!("cannot write {}", file.display()))?;
         eprintln!(
             "exported {count} conversations to {} and {images} images to {}",
             file.display(),

@@ -1,26 +1,31 @@
 //! `lyrics-prep plan`: list the input and print its work units.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use lyrics_pipeline::plan;
 
-use super::{input_of, load_spec, registry, runtime};
+use super::{input_of, load_spec, refuse_output_inside_input, registry, runtime};
 use crate::PlanArgs;
 
 pub fn plan(args: PlanArgs) -> Result<ExitCode> {
     let spec = load_spec(&args.job)?;
     let input = input_of(&spec)?;
     let registry = registry(&spec);
+    if let Some(output) = &spec.output.uri {
+        refuse_output_inside_input(&registry, &input, output)?;
+    }
     let plan = runtime()?.block_on(plan::plan(&registry, &input, spec.input.format, &spec.input.source))?.plan;
+    let mut out = crate::stdout::lock();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&plan)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("input   {}", lyrics_pipeline::redact(&input));
-    println!("format  {}", plan.format.name());
-    println!("units   {}", plan.units.len());
-    println!("spec    {}", spec.hash());
+    writeln!(out, "input   {}", lyrics_pipeline::redact(&input))?;
+    writeln!(out, "format  {}", plan.format.name())?;
+    writeln!(out, "units   {}", plan.units.len())?;
+    writeln!(out, "spec    {}", spec.hash())?;
     let location = registry.locate(&input)?;
     let shown = |object: &str| as_given(&input, location.path.as_ref(), object);
     for unit in plan.units.iter().take(20) {
@@ -31,10 +36,10 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
         };
         let range =
             if unit.range == [0, 0] { String::new() } else { format!(" [{}..{})", unit.range[0], unit.range[1]) };
-        println!("  {:>6}  {what}{range}", unit.id);
+        writeln!(out, "  {:>6}  {what}{range}", unit.id)?;
     }
     if plan.units.len() > 20 {
-        println!("  ... {} more (--json prints them all)", plan.units.len() - 20);
+        writeln!(out, "  ... {} more (--json prints them all)", plan.units.len() - 20)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -49,7 +49,7 @@ pub fn render(args: RenderArgs) -> Result<ExitCode> {
         let config = SessionConfig::new().with_batch_size(BATCH_ROWS).with_target_partitions(1);
         let ctx = session(&output, &args.output, config).await?;
         let chosen = match &args.r#where {
-            Some(predicate) => format!("SELECT * FROM samples WHERE ({predicate})"),
+            Some(text) => format!("SELECT * FROM samples WHERE ({})", predicate(&ctx, text)?),
             None => "SELECT * FROM samples".to_string(),
         };
         let count_query = format!("SELECT count(*) AS n FROM ({chosen})");
@@ -105,6 +105,7 @@ pub fn render(args: RenderArgs) -> Result<ExitCode> {
             }
         }
         book.finish()?;
+        remove_stale(&to, book.written, taken as usize)?;
         anyhow::Ok((taken, errors, book.written))
     })?;
     let (samples, errors, pages) = report;
@@ -113,6 +114,49 @@ pub fn render(args: RenderArgs) -> Result<ExitCode> {
         to.join("index.html").display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--where` predicate as SQL that can only be one expression over `samples`: the text is parsed as a single
+/// expression (so `…) UNION SELECT …`, a second statement, a comment hiding the rest, or an alias is refused) and
+/// printed back by the parser, which quotes and parenthesizes what it parsed, never what it was given.
+fn predicate(ctx: &SessionContext, text: &str) -> Result<String> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let parsed = state
+        .sql_to_expr_with_alias(text, &dialect)
+        .map_err(|e| anyhow::anyhow!("--where {text:?} is not one SQL expression over samples: {}", message(e)))?;
+    if let Some(alias) = parsed.alias {
+        bail!("--where {text:?} names its result `{alias}`: give a predicate over samples, with no AS");
+    }
+    Ok(parsed.expr.to_string())
+}
+
+/// Removes what an earlier render into the same folder left past this one: pages after the last, and thumbnails
+/// after the last sample's. Both are named by number, so nothing else in the folder is touched.
+fn remove_stale(to: &Path, pages: usize, thumbs: usize) -> Result<()> {
+    let numbered = |dir: &Path, number: &dyn Fn(&str) -> Option<usize>, keep: usize| -> Result<()> {
+        let entries = std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+            let name = entry.file_name();
+            if name.to_str().and_then(number).is_some_and(|n| n > keep) {
+                let path = entry.path();
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove the stale {}", path.display()))?;
+            }
+        }
+        Ok(())
+    };
+    let page = |name: &str| -> Option<usize> {
+        let n = name.strip_prefix("page-")?.strip_suffix(".html")?.parse().ok()?;
+        (gallery::page_file(n) == name).then_some(n)
+    };
+    let thumb = |name: &str| -> Option<usize> {
+        let n: usize = name.strip_suffix(".jpg")?.parse().ok()?;
+        (format!("{n:06}.jpg") == name).then_some(n)
+    };
+    numbered(to, &page, pages)?;
+    numbered(&to.join("thumbs"), &thumb, thumbs)
 }
 
 async fn execute(ctx: &SessionContext, query: &str) -> Result<SendableRecordBatchStream> {

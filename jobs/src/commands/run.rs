@@ -1,5 +1,6 @@
 //! `lyrics-prep run`: the main job.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use lyrics_operators::image::ImageOperator;
 use lyrics_operators::text::TextOptions;
 use lyrics_pipeline::{Metrics, RunConfig, Stage, Tables, Worker, redact};
 
-use super::{input_of, load_spec, registry, runtime};
+use super::{input_of, load_spec, refuse_output_inside_input, registry, runtime};
 use crate::RunArgs;
 use crate::progress::{ProgressMode, Reporter, summary};
 use crate::stages::{
@@ -56,6 +57,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let pool = Arc::new(pool);
     let metrics = Arc::new(Metrics::default());
     let registry = registry(&spec);
+    refuse_output_inside_input(&registry, &input, &output)?;
     let runtime = runtime()?;
     let refining = spec.refine.models.is_some();
     let operator =
@@ -109,7 +111,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let who = if args.claim { "claiming".to_string() } else { format!("{}/{}", worker.index, worker.count) };
     eprint!("{}", summary(&report, &metrics, &who));
     if args.summary == crate::SummaryFormat::Json {
-        println!("{}", crate::progress::summary_json(&report, &metrics, &who));
+        let printed = writeln!(crate::stdout::lock(), "{}", crate::progress::summary_json(&report, &metrics, &who));
+        // A reader that left does not change how the run went.
+        if let Err(e) = printed
+            && !crate::stdout::closed()
+        {
+            return Err(e).context("cannot print the summary");
+        }
     }
     Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
@@ -126,6 +127,41 @@ fn result_file(to: &str) -> String {
     }
 }
 
+/// Refuses a `--to` that would write among the output's shards or its bookkeeping: inside a table's folder (where
+/// a `part-….parquet` would replace a committed shard), in `_lyrics/`, or over `_SUCCESS`.
+fn refuse_target_inside(
+    target: &Location,
+    to: &str,
+    output: &Location,
+    uri: &str,
+    ctx: &SessionContext,
+) -> Result<()> {
+    let Some(rest) = super::within(target, output) else { return Ok(()) };
+    // A file beside the tables (`out/result.parquet`) or in a folder of its own is the reader's; what is named as
+    // a table or as the job's bookkeeping is not.
+    let reserved = match rest.as_slice() {
+        [] => Some("the output itself".to_string()),
+        [name, ..] if name == "_lyrics" || name == "_SUCCESS" => Some(format!("its `{name}`")),
+        [name, ..]
+            if Table::from_name(name).is_some()
+                || ctx.table_exist(TableReference::bare(name.as_str())).unwrap_or(true) =>
+        {
+            Some(format!("its `{name}` table"))
+        }
+        _ => None,
+    };
+    if let Some(what) = reserved {
+        bail!(
+            "--to {} would write {} inside the output {uri}, into {what}: a query must not change what it reads; \
+             write the result outside the output's tables and _lyrics/",
+            redact(to),
+            redact(&target.uri()),
+            uri = redact(uri),
+        );
+    }
+    Ok(())
+}
+
 /// Streams the result into one Parquet file at `target` (a multipart upload: it appears whole or not at all);
 /// returns the rows written.
 async fn write_result(frame: DataFrame, target: &Location) -> Result<u64> {
@@ -163,6 +199,7 @@ pub fn sql(args: SqlArgs) -> Result<ExitCode> {
     }
     if let Some(to) = &args.to {
         let target = registry.locate(&result_file(to))?;
+        refuse_target_inside(&target, to, &output, &args.output, &ctx)?;
         let rows = runtime.block_on(async { write_result(plan(&ctx, query).await?, &target).await })?;
         eprintln!("wrote {rows} rows to {}", redact(&target.uri()));
         return Ok(ExitCode::SUCCESS);
@@ -190,8 +227,7 @@ async fn print_result(ctx: &SessionContext, query: &str, format: SqlFormat) -> R
     if batches.is_empty() {
         batches.push(arrow::array::RecordBatch::new_empty(schema));
     }
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = crate::stdout::lock();
     match format {
         SqlFormat::Table => {
             let text = arrow::util::pretty::pretty_format_batches(&batches)?;
@@ -264,6 +300,10 @@ fn prompt(
         }
         let _ = editor.add_history_entry(format!("{query};"));
         if let Err(e) = runtime.block_on(timed(timing, print_result(ctx, &query, format))) {
+            if crate::stdout::closed() {
+                // Nobody reads the results any more: the rest of the script has no one to print to.
+                break;
+            }
             eprintln!("error: {}", lyrics_pipeline::store::redact_secrets(&format!("{e:#}")));
             failed = true;
         }

@@ -1,6 +1,7 @@
 //! `lyrics-prep status`: a job's progress, read from its output alone (so it works from any machine).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -32,9 +33,10 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     let view = runtime()?.block_on(OutputView::open(&output))?.with_context(|| {
         format!("{} holds no lyrics-prep job (no _lyrics/plan.json)", lyrics_pipeline::redact(&args.output))
     })?;
+    let mut out = crate::stdout::lock();
     if args.unfinished {
         let workers: Vec<String> = view.unfinished_workers().iter().map(u64::to_string).collect();
-        println!("{}", workers.join(","));
+        writeln!(out, "{}", workers.join(","))?;
         return Ok(ExitCode::SUCCESS);
     }
     let status = Status {
@@ -51,32 +53,33 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         complete: view.complete(),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
     } else {
-        println!("output   {}", status.output);
-        println!(
+        writeln!(out, "output   {}", status.output)?;
+        writeln!(
+            out,
             "units    {} / {} done{}",
             status.units_done,
             status.units_total,
             if status.complete { " (complete)" } else { "" }
-        );
-        println!("items    {}", status.items);
-        println!("rows     {}", status.rows);
-        println!("errors   {}", status.errors);
+        )?;
+        writeln!(out, "items    {}", status.items)?;
+        writeln!(out, "rows     {}", status.rows)?;
+        writeln!(out, "errors   {}", status.errors)?;
         for (kind, n) in &status.errors_by_kind {
-            println!("  {kind:<20} {n}");
+            writeln!(out, "  {kind:<20} {n}")?;
         }
         if !status.warnings_by_kind.is_empty() {
-            println!("warnings {}", status.warnings_by_kind.values().sum::<u64>());
+            writeln!(out, "warnings {}", status.warnings_by_kind.values().sum::<u64>())?;
             for (kind, n) in &status.warnings_by_kind {
-                println!("  {kind:<20} {n}");
+                writeln!(out, "  {kind:<20} {n}")?;
             }
         }
-        println!("tables");
+        writeln!(out, "tables")?;
         for (table, n) in &status.tables {
-            println!("  {table:<20} {n}");
+            writeln!(out, "  {table:<20} {n}")?;
         }
-        println!("bytes    {}", status.bytes);
+        writeln!(out, "bytes    {}", status.bytes)?;
     }
     Ok(ExitCode::SUCCESS)
 }

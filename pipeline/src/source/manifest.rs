@@ -235,7 +235,7 @@ fn csv_items(
     let names: Vec<&str> = header.iter().map(String::as_str).collect();
     let o = &ctx.options;
     let image = pick(uri, "image_column", o.image_column.as_deref(), &IMAGE_COLUMNS, &names)?
-        .ok_or_else(|| missing(uri, "an image column", &IMAGE_COLUMNS, &names))?;
+        .ok_or_else(|| missing(uri, "image column", &IMAGE_COLUMNS, &names))?;
     let caption = pick(uri, "caption_column", o.caption_column.as_deref(), &CAPTION_COLUMNS, &names)?;
     let key = pick(uri, "key_column", o.key_column.as_deref(), &KEY_COLUMNS, &names)?;
     let index_of = |name: &Option<String>| name.as_ref().and_then(|n| names.iter().position(|c| c == n));

@@ -126,7 +126,7 @@ pub(crate) fn check_columns(
 ) -> Result<(), PipelineError> {
     let image = pick(uri, "image_column", options.image_column.as_deref(), &IMAGE_COLUMNS, names)?;
     if every_row && image.is_none() {
-        return Err(missing(uri, "an image column", &IMAGE_COLUMNS, names));
+        return Err(missing(uri, "image column", &IMAGE_COLUMNS, names));
     }
     pick(uri, "caption_column", options.caption_column.as_deref(), &CAPTION_COLUMNS, names)?;
     pick(uri, "key_column", options.key_column.as_deref(), &KEY_COLUMNS, names)?;
@@ -146,7 +146,7 @@ async fn read(ctx: &SourceContext, unit: &WorkUnit, emitter: &mut Emitter) -> Re
     let schema = builder.schema().clone();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let image_col = pick(&uri, "image_column", ctx.options.image_column.as_deref(), &IMAGE_COLUMNS, &names)?
-        .ok_or_else(|| missing(&uri, "an image column", &IMAGE_COLUMNS, &names))?;
+        .ok_or_else(|| missing(&uri, "image column", &IMAGE_COLUMNS, &names))?;
     let caption_col =
         pick(&uri, "caption_column", ctx.options.caption_column.as_deref(), &CAPTION_COLUMNS, &names)?;
     let key_col = pick(&uri, "key_column", ctx.options.key_column.as_deref(), &KEY_COLUMNS, &names)?;
