@@ -204,3 +204,72 @@ fn a_body_cut_short_is_fetched_again_and_a_download_that_fails_names_its_url() {
         assert!(!text.contains(secret), "nor in the log: {text}");
     }
 }
+
+/// Every cell of every Parquet file under `dir`, as text.
+fn every_cell(dir: &Path) -> String {
+    let mut text = String::new();
+    for file in walk(dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")) {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&file).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+        text += &arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    }
+    text
+}
+
+#[test]
+fn credentials_in_image_urls_never_reach_the_output() {
+    let photo = jpeg(64, 48, 3);
+    let served = photo.clone();
+    let web = Web::start(move |path, _| match path {
+        "/ok3.jpg" => Answer::whole(served.clone()),
+        "/cut.jpg" => Answer::cut(served.clone(), 100),
+        _ => Answer::not_found(),
+    });
+    let secret = |path: &str| web.url("user:SECRETPASS@", &format!("{path}?X-Amz-Signature=SECRETSIG&v=2"));
+    let page = web.url("user:SECRETPASS@", "/page.html?token=SECRETSIG&lang=en");
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = url_manifest(
+        &dir.path().join("corpus"),
+        &[
+            ("ok3", secret("/ok3.jpg"), page.clone()),
+            ("gone", secret("/gone.jpg"), page.clone()),
+            ("cut", secret("/cut.jpg"), page),
+        ],
+    );
+    let out = dir.path().join("out");
+    let models = s(&repo_root().join("examples/models/fixtures.toml"));
+    let text = lyrics_ok(
+        &run_args(&s(&manifest), &s(&out), &["--config", &quick_retries(dir.path()), "--models", &models]),
+        &Env::new(),
+    );
+    assert!(out.join("_SUCCESS").exists());
+
+    let rows = samples(&out);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let stored = format!("http://127.0.0.1:{}/ok3.jpg?v=2", web.port);
+    assert_eq!(rows[0].image.path.as_deref(), Some(stored.as_str()), "the URL, less its credentials");
+    let meta = rows[0].meta.as_deref().unwrap_or_default();
+    let page = format!("http://127.0.0.1:{}/page.html?lang=en", web.port);
+    assert!(meta.contains(&page), "{meta}");
+    let kinds: Vec<String> = errors(&out).into_iter().map(|r| r.kind).collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+
+    let cells = every_cell(&out);
+    for table in ["samples", "errors", "pretrain"] {
+        assert!(out.join(table).exists(), "the run wrote {table}");
+    }
+    for secret in ["SECRETPASS", "SECRETSIG"] {
+        for file in walk(&out) {
+            let bytes = std::fs::read(&file).unwrap();
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{} holds {secret}", file.display());
+        }
+        assert!(!cells.contains(secret), "a column holds {secret}:\n{cells}");
+        assert!(!text.contains(secret), "the log holds {secret}:\n{text}");
+    }
+}
