@@ -273,3 +273,46 @@ fn credentials_in_image_urls_never_reach_the_output() {
         assert!(!text.contains(secret), "the log holds {secret}:\n{text}");
     }
 }
+
+/// A copy of the fixture models' folder under `dir`, with `broken` (file name, bytes) written over it.
+fn models_with(dir: &Path, broken: (&str, &[u8])) -> String {
+    let models = repo_root().join("examples/models");
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir(&models).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(dir.join(broken.0), broken.1).unwrap();
+    s(&dir.join("fixtures.toml"))
+}
+
+#[test]
+fn models_that_do_not_load_leave_no_output_and_the_corrected_rerun_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    webdataset(&corpus, 2, 2);
+    let wrong_contract = std::fs::read(repo_root().join("examples/models/sam_decoder.onnx")).unwrap();
+    let cases: [(&str, (&str, &[u8])); 3] = [
+        ("corrupt", ("tagger.onnx", b"not an onnx graph")),
+        ("contract", ("tagger.onnx", &wrong_contract)),
+        ("no-tags", ("tags.txt", b"")),
+    ];
+    let good = s(&repo_root().join("examples/models/fixtures.toml"));
+    for (name, broken) in cases {
+        let models = models_with(&dir.path().join(format!("models-{name}")), broken);
+        let out = dir.path().join(format!("out-{name}"));
+        let output = lyrics(&run_args(&s(&corpus), &s(&out), &["--models", &models]), &Env::new());
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{name}: {text}");
+        assert!(text.contains("cannot load the models"), "{name}: {text}");
+        let left = walk(&out);
+        assert!(left.is_empty(), "{name}: nothing is written, yet there is {left:?}");
+        assert!(!out.join("_lyrics").exists(), "{name}: no _lyrics/");
+
+        lyrics_ok(&run_args(&s(&corpus), &s(&out), &["--models", &good]), &Env::new());
+        assert!(out.join("_SUCCESS").exists(), "{name}: the rerun with the good models file completes");
+        assert_eq!(samples(&out).len(), 4, "{name}");
+    }
+}

@@ -41,6 +41,15 @@ use crate::table::{ERRORS, SAMPLES, Tables};
 pub trait Stage<S>: Send + 'static {
     /// Name in logs, in error rows and in the busy-time summary.
     fn name(&self) -> &str;
+
+    /// Called once, after planning and before the run writes anything (not even `_lyrics/plan.json`): a stage
+    /// that cannot work at all (models that do not load) returns the reason here, so that a job that cannot start
+    /// leaves no output behind to refuse a corrected rerun. It may block, waiting for what it loads in the
+    /// background. The default is ready at once.
+    fn ready(&mut self) -> Result<(), StageError> {
+        Ok(())
+    }
+
     fn process(&mut self, batch: Vec<Record<S>>) -> Result<Vec<Record<S>>, StageError>;
 }
 
@@ -124,6 +133,7 @@ pub async fn run<S: Send + 'static>(
     metrics: Arc<Metrics>,
 ) -> Result<RunReport, PipelineError> {
     let planned = plan::plan(&registry, &config.input, config.format, &config.source).await?;
+    let stages = ready(stages).await?;
     let plan = planned.plan;
     let output = registry.locate(&config.output)?;
     let mut record = PlanRecord {
@@ -213,6 +223,21 @@ pub async fn run<S: Send + 'static>(
         finalized,
         taken,
     })
+}
+
+/// Asks every stage whether it can work ([`Stage::ready`]), on a blocking thread, before anything is written.
+async fn ready<S: Send + 'static>(stages: Vec<Box<dyn Stage<S>>>) -> Result<Vec<Box<dyn Stage<S>>>, PipelineError> {
+    tokio::task::spawn_blocking(move || {
+        let mut stages = stages;
+        for stage in &mut stages {
+            if let Err(error) = stage.ready() {
+                return Err(PipelineError::Stage { stage: stage.name().to_string(), message: error.0 });
+            }
+        }
+        Ok(stages)
+    })
+    .await
+    .map_err(|e| PipelineError::Internal(format!("a stage failed while getting ready: {e}")))?
 }
 
 /// Starts `stage` on a thread of its own, reading `rx`; returns the channel of its output.
