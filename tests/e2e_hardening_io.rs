@@ -316,3 +316,63 @@ fn models_that_do_not_load_leave_no_output_and_the_corrected_rerun_succeeds() {
         assert_eq!(samples(&out).len(), 4, "{name}");
     }
 }
+
+#[test]
+fn a_claiming_worker_says_until_when_a_dead_workers_lease_holds_its_unit() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    webdataset(&corpus, 3, 2);
+    let out = dir.path().join("out");
+    let (corpus, out) = (s(&corpus), s(&out));
+    let claiming = |extra: &[&str]| {
+        let mut command = Command::new(bin());
+        command
+            .args(["run", "--input", &corpus, "--output", &out, "--claim", "--lease-s", "30", "--progress", "off"])
+            .args(extra)
+            .env("LYRICS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    };
+    // The first worker claims unit 0 and dies (kill -9) before committing it, its lease still running.
+    let mut dead = claiming(&[]).env("LYRICS_FAILPOINT", "pause-before-marker:0").spawn().unwrap();
+    let mut lines = BufReader::new(dead.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("the worker ended before its pause point").unwrap();
+        if line.contains("pausing") {
+            break;
+        }
+    }
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    let killed_at = std::time::SystemTime::now();
+
+    // The survivor, and an immediate rerun, do every other unit and say when the dead worker's lease ends.
+    for attempt in ["survivor", "rerun"] {
+        let output = claiming(&["--summary", "json"]).output().unwrap();
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(0), "{attempt}: {text}");
+        // The dead worker may have claimed the units it had read ahead too: all are named, unit 0 first.
+        let line = text.lines().find(|l| l.contains("held")).unwrap_or_else(|| panic!("{attempt}: {text}"));
+        assert!(line.contains("unit 0") || line.contains("units 0,"), "{attempt}: {line}");
+        assert!(line.contains("runs until") && line.contains("rerun"), "{attempt}: says when and what: {line}");
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let held = summary["units"]["held"].as_array().cloned().unwrap_or_default();
+        assert_eq!(held.first().map(|h| h["unit"].clone()), Some(0.into()), "{attempt}: {summary}");
+        let since_kill = killed_at.elapsed().unwrap().as_secs_f64();
+        for unit in &held {
+            let left = unit["expires_in_s"].as_f64().unwrap();
+            assert!(
+                left > 0.0 && left <= 30.0 - since_kill + 1.0,
+                "{attempt}: {left} s left, {since_kill} s after"
+            );
+        }
+        let last = held.iter().filter_map(|h| h["expires_at"].as_str()).max().unwrap();
+        assert!(line.contains(last), "{attempt}: the text and the JSON agree: {line} / {last}");
+        let done =
+            summary["units"]["done"].as_u64().unwrap() + summary["units"]["already_committed"].as_u64().unwrap();
+        assert_eq!(done + held.len() as u64, 3, "{attempt}: every unit is done or held: {summary}");
+        assert!(!Path::new(&out).join("_SUCCESS").exists());
+    }
+}
