@@ -376,3 +376,34 @@ fn a_claiming_worker_says_until_when_a_dead_workers_lease_holds_its_unit() {
         assert!(!Path::new(&out).join("_SUCCESS").exists());
     }
 }
+
+#[test]
+fn coco_captions_that_name_no_image_are_counted_as_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("coco");
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(corpus.join("a.jpg"), jpeg(32, 32, 1)).unwrap();
+    std::fs::write(corpus.join("b.jpg"), jpeg(32, 32, 2)).unwrap();
+    let coco = serde_json::json!({
+        "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+        "annotations": [
+            {"image_id": 1, "caption": "first"},
+            {"image_id": 99, "caption": "names no image"},
+            {"image_id": 2, "caption": "second"},
+            {"caption": "names nothing at all"},
+        ],
+    });
+    let file = corpus.join("captions.json");
+    std::fs::write(&file, coco.to_string()).unwrap();
+    // One image per unit: the file's warnings are counted once, not once per unit.
+    let spec = dir.path().join("job.toml");
+    std::fs::write(&spec, "[input]\nformat = \"coco\"\nrows_per_unit = 1\n").unwrap();
+    let out = dir.path().join("out");
+    let text = lyrics_ok(&run_args(&s(&file), &s(&out), &["--config", &s(&spec)]), &Env::new());
+    assert_eq!(samples(&out).len(), 2);
+    assert!(text.contains("warnings orphan_caption 2"), "the summary counts them: {text}");
+    assert_eq!(manifest(&out)["warnings_by_kind"]["orphan_caption"], 2);
+    let output = lyrics(&["status", "--output", &s(&out), "--json"], &Env::new());
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["warnings_by_kind"]["orphan_caption"], 2, "{status}");
+}

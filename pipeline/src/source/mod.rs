@@ -230,8 +230,14 @@ impl Emitter {
 
     /// Counts a warning of `kind` for this unit (it goes into the unit's marker and the run's summary).
     pub fn warn(&mut self, kind: &str, message: &str) {
-        tracing::warn!(unit = self.unit, kind, "{}", crate::store::redact_secrets(message));
-        *self.warnings.entry(kind.to_string()).or_default() += 1;
+        self.warn_many(kind, 1, message);
+    }
+
+    /// Counts `count` warnings of `kind` that one message describes (the captions of a COCO file that name no
+    /// image).
+    pub fn warn_many(&mut self, kind: &str, count: u64, message: &str) {
+        tracing::warn!(unit = self.unit, kind, count, "{}", crate::store::redact_secrets(message));
+        *self.warnings.entry(kind.to_string()).or_default() += count;
     }
 
     /// Refuses an item whose key is unusable or was seen earlier in the unit. An error row keeps its own cause,
