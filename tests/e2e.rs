@@ -12,6 +12,8 @@ mod e2e_gallery;
 mod e2e_hardening;
 #[path = "e2e_hardening_cli.rs"]
 mod e2e_hardening_cli;
+#[path = "e2e_hardening_io.rs"]
+mod e2e_hardening_io;
 #[path = "e2e_local.rs"]
 mod e2e_local;
 #[path = "e2e_real_models.rs"]

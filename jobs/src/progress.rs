@@ -1,11 +1,12 @@
 //! Progress while a job runs (a bar with rate and ETA on a terminal, periodic log lines otherwise) and the final
 //! summary: items, rows, errors by kind, bytes, images/s, per-stage busy time.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use lyrics_pipeline::{Metrics, RunReport};
@@ -127,6 +128,7 @@ pub fn summary_json(report: &RunReport, metrics: &Metrics, worker: &str) -> serd
             "already_committed": report.units_skipped,
             "failed": failed,
             "taken": report.taken,
+            "held": held_json(report),
         },
         "items": items,
         "bytes_read": Metrics::get(&metrics.bytes_read),
@@ -140,6 +142,55 @@ pub fn summary_json(report: &RunReport, metrics: &Metrics, worker: &str) -> serd
         "busy_s": metrics.busy().into_iter().map(|(stage, t)| (stage, t.as_secs_f64())).collect::<std::collections::BTreeMap<_, _>>(),
         "complete": report.finalized.is_some(),
     })
+}
+
+/// The units left to other workers' live leases, one entry each: the holder and when its lease runs out.
+fn held_json(report: &RunReport) -> Vec<serde_json::Value> {
+    let now = SystemTime::now();
+    report
+        .held
+        .iter()
+        .map(|(unit, lease)| match lease {
+            Some(lease) => {
+                let expires = UNIX_EPOCH + Duration::from_millis(lease.expires_ms);
+                serde_json::json!({
+                    "unit": unit,
+                    "owner": lease.owner,
+                    "expires_at": humantime::format_rfc3339_seconds(expires).to_string(),
+                    "expires_in_s": expires.duration_since(now).unwrap_or_default().as_secs_f64(),
+                })
+            }
+            None => serde_json::json!({"unit": unit}),
+        })
+        .collect()
+}
+
+/// One line per worker holding some of this worker's units: which units, and when its lease runs out, so the
+/// user knows when a rerun can take over the units of a worker that is gone.
+fn held_lines(report: &RunReport, now: SystemTime) -> String {
+    let mut by_holder: BTreeMap<Option<&str>, (Vec<String>, u64)> = BTreeMap::new();
+    for (unit, lease) in &report.held {
+        let entry = by_holder.entry(lease.as_ref().map(|l| l.owner.as_str())).or_default();
+        entry.0.push(unit.to_string());
+        entry.1 = entry.1.max(lease.as_ref().map_or(0, |l| l.expires_ms));
+    }
+    let mut out = String::new();
+    for (owner, (units, expires_ms)) in by_holder {
+        let which =
+            if units.len() == 1 { format!("unit {}", units[0]) } else { format!("units {}", units.join(", ")) };
+        let Some(owner) = owner else {
+            out += &format!("  held     {which}: claimed by another worker (its lease could not be read)\n");
+            continue;
+        };
+        let expires = UNIX_EPOCH + Duration::from_millis(expires_ms);
+        let left = expires.duration_since(now).unwrap_or_default().as_secs_f64().ceil();
+        out += &format!(
+            "  held     {which}: another worker's lease ({owner}) runs until {} ({left:.0} s from now); if that \
+             worker is gone, rerun after then to take over\n",
+            humantime::format_rfc3339_seconds(expires)
+        );
+    }
+    out
 }
 
 /// The summary printed when a run ends.
@@ -196,6 +247,7 @@ pub fn summary(report: &RunReport, metrics: &Metrics, worker: &str) -> String {
             units.join(", ")
         );
     }
+    out += &held_lines(report, SystemTime::now());
     for (unit, error) in &report.failed {
         out += &format!("  FAILED   unit {unit}: {error}\n");
     }

@@ -209,7 +209,7 @@ impl RefineInferStage {
 
 impl Drop for RefineInferStage {
     /// Waits for sessions still loading: ONNX Runtime must not be torn down by the process exiting while a
-    /// thread is inside it (a job with nothing left to do ends before the models have loaded).
+    /// thread is inside it (a job whose planning fails ends before the models have loaded).
     fn drop(&mut self) {
         if let Some(handle) = self.loading.take() {
             let _ = handle.join();
@@ -220,6 +220,11 @@ impl Drop for RefineInferStage {
 impl Stage<State> for RefineInferStage {
     fn name(&self) -> &str {
         "refine.infer"
+    }
+
+    /// Waits for the sessions loading in the background: models that do not load end the job before it writes.
+    fn ready(&mut self) -> Result<(), StageError> {
+        self.sessions().map(|_| ())
     }
 
     fn process(&mut self, mut batch: Vec<Record>) -> Result<Vec<Record>, StageError> {

@@ -30,12 +30,13 @@ use crate::store::Location;
 /// Where claims live, under the output.
 pub const CLAIMS_DIR: &str = "_lyrics/claims";
 
-/// The content of a claim file.
+/// The content of a claim file: who holds the unit, and until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Lease {
-    owner: String,
-    /// Milliseconds since the Unix epoch.
-    expires_ms: u64,
+pub struct Lease {
+    /// The worker (`pid 123 started 1764619385`).
+    pub owner: String,
+    /// When the lease runs out unless its owner renews it: milliseconds since the Unix epoch.
+    pub expires_ms: u64,
 }
 
 fn now_ms() -> u64 {
@@ -60,8 +61,9 @@ pub struct Claim {
 /// What became of an attempt to claim a unit.
 pub enum Attempt {
     Claimed(Arc<Claim>),
-    /// Another worker holds a live lease on it.
-    Taken,
+    /// Another worker holds a live lease on it: its lease as read then (`None` when it could not be read back),
+    /// so the user knows when a worker that is gone stops holding the unit.
+    Held(Option<Lease>),
 }
 
 /// Replaces `unit`'s claim with what `decide` makes of the current one (`None`: no claim yet), atomically: returns
@@ -140,25 +142,52 @@ fn swap_local(
 /// Claims `unit` for `owner` with a lease of `lease`, taking over an expired claim.
 pub async fn acquire(output: &Location, unit: u64, owner: &str, lease: Duration) -> Result<Attempt, PipelineError> {
     let wanted = Lease { owner: owner.to_string(), expires_ms: now_ms() + lease.as_millis() as u64 };
+    let seen: Arc<Mutex<Option<Lease>>> = Arc::default();
+    let keep = seen.clone();
     let written = swap(output, unit, move |current| match current {
         None => Some(wanted),
-        Some(current) if current.expires_ms > now_ms() => None,
+        Some(current) if current.expires_ms > now_ms() => {
+            if let Ok(mut keep) = keep.lock() {
+                *keep = Some(current.clone());
+            }
+            None
+        }
         Some(current) => {
             tracing::warn!(unit, previous = %current.owner, "taking over a unit whose lease expired");
             Some(wanted)
         }
     })
     .await?;
-    Ok(match written {
-        Some(written) => Attempt::Claimed(Arc::new(Claim {
+    if let Some(written) = written {
+        return Ok(Attempt::Claimed(Arc::new(Claim {
             output: output.clone(),
             unit,
             owner: owner.to_string(),
             lease,
             written: Mutex::new(written),
-        })),
-        None => Attempt::Taken,
+        })));
+    }
+    let seen = seen.lock().ok().and_then(|mut seen| seen.take());
+    // Another worker won the race to a claim that was free or had run out: read what it wrote.
+    let holder = match seen {
+        Some(lease) => Some(lease),
+        None => holder(output, unit).await?,
+    };
+    Ok(Attempt::Held(holder))
+}
+
+/// The lease on `unit` as it stands, if the unit was ever claimed; nothing is written.
+pub async fn holder(output: &Location, unit: u64) -> Result<Option<Lease>, PipelineError> {
+    let seen: Arc<Mutex<Option<Lease>>> = Arc::default();
+    let keep = seen.clone();
+    swap(output, unit, move |current| {
+        if let Ok(mut keep) = keep.lock() {
+            *keep = current.cloned();
+        }
+        None
     })
+    .await?;
+    Ok(seen.lock().ok().and_then(|mut seen| seen.take()))
 }
 
 impl Claim {
@@ -236,14 +265,19 @@ mod tests {
     fn claimed(attempt: Attempt) -> Option<Arc<Claim>> {
         match attempt {
             Attempt::Claimed(claim) => Some(claim),
-            Attempt::Taken => None,
+            Attempt::Held(_) => None,
         }
     }
 
     async fn the_claim_protocol(output: Location) {
         let minute = Duration::from_secs(60);
         let first = claimed(acquire(&output, 3, "a", minute).await.unwrap()).unwrap();
-        assert!(claimed(acquire(&output, 3, "b", minute).await.unwrap()).is_none(), "a live lease is taken");
+        let Attempt::Held(Some(held)) = acquire(&output, 3, "b", minute).await.unwrap() else {
+            panic!("a live lease is not taken over")
+        };
+        assert_eq!(held.owner, "a", "the holder is named");
+        let left = held.expires_ms.saturating_sub(now_ms());
+        assert!((50_000..=60_000).contains(&left), "and when its lease ends: in {left} ms");
         assert!(first.renew().await.unwrap());
         first.ensure().await.unwrap();
 

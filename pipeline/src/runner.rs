@@ -15,7 +15,7 @@ use lyrics_schemas::ErrorRow;
 use tokio::sync::mpsc;
 
 use crate::PipelineError;
-use crate::claims::{self, Attempt, Claim};
+use crate::claims::{self, Attempt, Claim, Lease};
 use crate::commit::{self, PlanRecord, UnitMarker};
 use crate::item::{ItemError, Msg, Record, SourceRecord};
 use crate::metrics::Metrics;
@@ -41,6 +41,15 @@ use crate::table::{ERRORS, SAMPLES, Tables};
 pub trait Stage<S>: Send + 'static {
     /// Name in logs, in error rows and in the busy-time summary.
     fn name(&self) -> &str;
+
+    /// Called once, after planning and before the run writes anything (not even `_lyrics/plan.json`): a stage
+    /// that cannot work at all (models that do not load) returns the reason here, so that a job that cannot start
+    /// leaves no output behind to refuse a corrected rerun. It may block, waiting for what it loads in the
+    /// background. The default is ready at once.
+    fn ready(&mut self) -> Result<(), StageError> {
+        Ok(())
+    }
+
     fn process(&mut self, batch: Vec<Record<S>>) -> Result<Vec<Record<S>>, StageError>;
 }
 
@@ -102,6 +111,10 @@ pub struct RunReport {
     pub finalized: Option<commit::Finalized>,
     /// Claimed units another worker took over (its lease had run out): left to that worker, nothing written.
     pub taken: Vec<u64>,
+    /// Uncommitted units this claiming worker left because another worker held a live lease on them, with that
+    /// lease (`None` when it could not be read): if that worker is gone, a rerun after the lease runs out takes
+    /// them over.
+    pub held: Vec<(u64, Option<Lease>)>,
 }
 
 /// The units this worker claimed and has not ended yet, with the tasks renewing their leases.
@@ -113,6 +126,8 @@ struct Claiming {
     owner: String,
     lease: std::time::Duration,
     held: Claims,
+    /// The units left to another worker's live lease, with that lease.
+    others: Arc<Mutex<BTreeMap<u64, Option<Lease>>>>,
 }
 
 /// Plans the input, then processes this worker's uncommitted units through `stages`, writing the `tables`.
@@ -124,6 +139,7 @@ pub async fn run<S: Send + 'static>(
     metrics: Arc<Metrics>,
 ) -> Result<RunReport, PipelineError> {
     let planned = plan::plan(&registry, &config.input, config.format, &config.source).await?;
+    let stages = ready(stages).await?;
     let plan = planned.plan;
     let output = registry.locate(&config.output)?;
     let mut record = PlanRecord {
@@ -168,11 +184,13 @@ pub async fn run<S: Send + 'static>(
     let capacity = config.channel_capacity.max(1);
     let (read_tx, read_rx) = mpsc::channel::<Msg<SourceRecord>>(capacity);
     let held: Claims = Arc::default();
+    let others: Arc<Mutex<BTreeMap<u64, Option<Lease>>>> = Arc::default();
     let claiming = config.claim.map(|lease| Claiming {
         output: output.clone(),
         owner: format!("pid {} started {}", std::process::id(), chrono_free_now()),
         lease,
         held: held.clone(),
+        others: others.clone(),
     });
     let reader =
         tokio::spawn(read_all(planned.source, todo, read_tx, config.batch_size, metrics.clone(), claiming));
@@ -218,6 +236,15 @@ pub async fn run<S: Send + 'static>(
         return Err(error);
     }
     let finalized = if failed.is_empty() { commit::finalize(&output, &record).await? } else { None };
+    let others =
+        std::mem::take(&mut *others.lock().map_err(|_| PipelineError::Internal("claims poisoned".into()))?);
+    let mut held_by_others = Vec::new();
+    for (unit, lease) in others {
+        // Committed by its holder while this worker ran: nothing is left to wait for.
+        if !matches!(commit::read_marker(&output, unit).await, Ok(Some(_))) {
+            held_by_others.push((unit, lease));
+        }
+    }
     Ok(RunReport {
         format: plan.format,
         units_in_plan: plan.units.len() as u64,
@@ -227,7 +254,23 @@ pub async fn run<S: Send + 'static>(
         failed,
         finalized,
         taken,
+        held: held_by_others,
     })
+}
+
+/// Asks every stage whether it can work ([`Stage::ready`]), on a blocking thread, before anything is written.
+async fn ready<S: Send + 'static>(stages: Vec<Box<dyn Stage<S>>>) -> Result<Vec<Box<dyn Stage<S>>>, PipelineError> {
+    tokio::task::spawn_blocking(move || {
+        let mut stages = stages;
+        for stage in &mut stages {
+            if let Err(error) = stage.ready() {
+                return Err(PipelineError::Stage { stage: stage.name().to_string(), message: error.0 });
+            }
+        }
+        Ok(stages)
+    })
+    .await
+    .map_err(|e| PipelineError::Internal(format!("a stage failed while getting ready: {e}")))?
 }
 
 /// Starts `stage` on a thread of its own, reading `rx`; returns the channel of its output.
@@ -313,7 +356,12 @@ async fn claim_unit(claiming: &Claiming, unit: u64) -> bool {
             }
             true
         }
-        Ok(Attempt::Taken) => false,
+        Ok(Attempt::Held(lease)) => {
+            if let Ok(mut others) = claiming.others.lock() {
+                others.insert(unit, lease);
+            }
+            false
+        }
         Err(e) => {
             tracing::warn!(unit, error = %e, "cannot claim the unit; leaving it to another worker or a rerun");
             false

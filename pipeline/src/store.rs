@@ -297,6 +297,18 @@ pub fn redact(uri: &str) -> String {
 /// `text` with the user info of any URL in it and the values of well-known secret parameters (SAS `sig`,
 /// presigned S3 signatures, tokens) masked.
 pub fn redact_secrets(text: &str) -> String {
+    redact_parameters(&replace_user_info(text, "REDACTED@"))
+}
+
+/// `text` with the user info of any URL in it and its secret query parameters (those [`redact_secrets`] masks)
+/// removed, so that a URL kept in the output (`image.path`, `source`, `meta`, an error row) still reads as a URL
+/// but holds no credential. Whatever secret parameter is left outside a query (`token=...` in prose) is masked.
+pub fn without_credentials(text: &str) -> String {
+    redact_parameters(&remove_secret_parameters(&replace_user_info(text, "")))
+}
+
+/// `text` with the user info (`user:password@`) of every URL in it replaced by `with`.
+fn replace_user_info(text: &str, with: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
@@ -306,7 +318,7 @@ pub fn redact_secrets(text: &str) -> String {
         let authority = &tail[..end];
         match authority.rfind('@') {
             Some(user_end) => {
-                out.push_str("REDACTED@");
+                out.push_str(with);
                 out.push_str(&authority[user_end + 1..]);
             }
             None => out.push_str(authority),
@@ -314,7 +326,55 @@ pub fn redact_secrets(text: &str) -> String {
         rest = &tail[end..];
     }
     out.push_str(rest);
-    redact_parameters(&out)
+    out
+}
+
+/// Names of query parameters that carry a credential (compared without case): what [`redact_parameters`] masks,
+/// as whole names, and Google's signed-URL equivalents.
+const SECRET_PARAMETERS: [&str; 10] = [
+    "sig",
+    "signature",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
+    "x-goog-credential",
+    "token",
+    "access_token",
+    "secret",
+];
+
+/// `text` without the `name=value` parameters of any query whose name is in [`SECRET_PARAMETERS`]; a query left
+/// empty loses its `?`.
+fn remove_secret_parameters(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // Set when the query's first parameter was removed: the next one (after its `&`) opens the query instead.
+    let mut opens_query = false;
+    loop {
+        if opens_query && !rest.starts_with('&') {
+            opens_query = false;
+        }
+        let Some(at) = rest.find(['?', '&']) else { break };
+        let (head, tail) = rest.split_at(at);
+        out.push_str(head);
+        let separator = if opens_query { '?' } else { tail.chars().next().unwrap_or('?') };
+        opens_query = false;
+        let parameter = &tail[1..];
+        let end = parameter.find(['&', '#', ' ', '"', '\'', '\n', ')', '>']).unwrap_or(parameter.len());
+        let secret = parameter[..end]
+            .split_once('=')
+            .is_some_and(|(name, _)| SECRET_PARAMETERS.iter().any(|s| s.eq_ignore_ascii_case(name)));
+        if secret {
+            opens_query = separator == '?';
+            rest = &parameter[end..];
+        } else {
+            out.push(separator);
+            rest = parameter;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn redact_parameters(text: &str) -> String {
@@ -332,6 +392,11 @@ fn redact_parameters(text: &str) -> String {
         let mut from = 0;
         while let Some(found) = out[from..].find(key) {
             let start = from + found + key.len();
+            // Part of a longer name (`design=`): not this parameter.
+            if out[..from + found].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric()) {
+                from = start;
+                continue;
+            }
             let end = out[start..].find(['&', ' ', '"', '\'', '\n']).map_or(out.len(), |e| start + e);
             out.replace_range(start..end, "REDACTED");
             from = start + "REDACTED".len();
@@ -395,6 +460,27 @@ mod tests {
         assert!(!r.contains("SECRETSIG") && r.contains("se=1"), "{r}");
         let r = redact_secrets("error sending request for url (https://user:hunter2@host:9/x.tar)");
         assert_eq!(r, "error sending request for url (https://REDACTED@host:9/x.tar)");
+    }
+
+    #[test]
+    fn stored_urls_lose_their_credentials_and_nothing_else() {
+        let cases = [
+            ("http://user:SECRETPASS@host:9/ok3.jpg?X-Amz-Signature=SECRETSIG", "http://host:9/ok3.jpg"),
+            ("https://a.blob/x.jpg?sp=r&sig=SECRETSIG&se=1", "https://a.blob/x.jpg?sp=r&se=1"),
+            ("https://h/x?token=SECRETSIG&X-Amz-Credential=K&size=2#frag", "https://h/x?size=2#frag"),
+            ("https://h/x?a=1&Signature=SECRETSIG", "https://h/x?a=1"),
+            (
+                "{\"url\":\"http://u:SECRETPASS@h/p?a=b&TOKEN=SECRETSIG\",\"n\":1}",
+                "{\"url\":\"http://h/p?a=b\",\"n\":1}",
+            ),
+            ("shards/000001.tar#a.jpg", "shards/000001.tar#a.jpg"),
+            ("Tom & Jerry? yes", "Tom & Jerry? yes"),
+            ("https://h/x?design=modern&sig=SECRETSIG", "https://h/x?design=modern"),
+            ("the token=SECRETSIG was refused", "the token=REDACTED was refused"),
+        ];
+        for (text, stored) in cases {
+            assert_eq!(without_credentials(text), stored, "{text}");
+        }
     }
 
     #[test]

@@ -145,8 +145,10 @@ impl Drop for Publish {
 }
 
 /// Reads the models file and makes its files local (downloading what the cache lacks); then loads the sessions, on
-/// the CPU in the background, so that loading overlaps planning, reading and decoding the first images. CUDA
-/// sessions load before the run starts, so a device that cannot be used fails the run before anything is written.
+/// the CPU in the background, so that loading overlaps planning; the run waits for them before it writes anything
+/// ([`lyrics_pipeline::Stage::ready`]), so models that do not load (a corrupt graph, a wrong contract, an empty tag
+/// list) leave no output behind. CUDA sessions load before the run starts, so a device that cannot be used fails
+/// the run before anything is written.
 async fn start_refiner(
     spec: &crate::spec::JobSpec,
     models_uri: &str,

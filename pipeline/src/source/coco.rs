@@ -1,7 +1,8 @@
 //! COCO captions JSON: `images` (id, file_name, ...) and `annotations` (image_id, caption). One item per image,
-//! with every caption of the image kept in file order; images without captions are kept with none. A file's units
-//! are ranges of its images; the source keeps the last file it parsed, so the consecutive units of one file parse
-//! it once, and memory holds one parsed file at most.
+//! with every caption of the image kept in file order; images without captions are kept with none. A caption
+//! whose `image_id` names no image of `images` belongs to no item: it is counted as a warning `orphan_caption`,
+//! once per file (by the file's first unit). A file's units are ranges of its images; the source keeps the last
+//! file it parsed, so the consecutive units of one file parse it once, and memory holds one parsed file at most.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,8 @@ pub(crate) struct CocoFile {
 pub(crate) struct Coco {
     pub images: Vec<Map<String, Value>>,
     captions: HashMap<String, Vec<String>>,
+    /// Captions whose `image_id` names no image (or is missing), and the first such id.
+    orphans: (u64, Option<String>),
 }
 
 /// The last parsed COCO file and its URI: units of one file are consecutive, so one entry is all it takes.
@@ -101,16 +104,25 @@ pub(crate) async fn load(at: &Location) -> Result<Coco, PipelineError> {
     let file: CocoFile = serde_json::from_slice(&bytes).map_err(|e| {
         PipelineError::input(&uri, format!("not a COCO captions file (`images` and `annotations`): {e}"))
     })?;
+    let ids: std::collections::HashSet<String> =
+        file.images.iter().filter_map(|image| image.get("id").and_then(id_text)).collect();
     let mut captions: HashMap<String, Vec<String>> = HashMap::new();
+    let mut orphans = (0, None);
     for annotation in &file.annotations {
-        let (Some(image_id), Some(Value::String(caption))) =
-            (annotation.get("image_id").and_then(id_text), annotation.get("caption"))
-        else {
-            continue;
-        };
-        captions.entry(image_id).or_default().push(caption.clone());
+        let Some(Value::String(caption)) = annotation.get("caption") else { continue };
+        match annotation.get("image_id").and_then(id_text) {
+            Some(image_id) if ids.contains(&image_id) => {
+                captions.entry(image_id).or_default().push(caption.clone())
+            }
+            image_id => {
+                orphans.0 += 1;
+                if orphans.1.is_none() {
+                    orphans.1 = Some(image_id.unwrap_or_else(|| "(none)".into()));
+                }
+            }
+        }
     }
-    Ok(Coco { images: file.images, captions })
+    Ok(Coco { images: file.images, captions, orphans })
 }
 
 async fn read(
@@ -138,6 +150,14 @@ async fn read(
         }
     };
     let [start, end] = unit.range;
+    if let (0, (count @ 1.., first)) = (start, &coco.orphans) {
+        let first = first.as_deref().unwrap_or_default();
+        emitter.warn_many(
+            "orphan_caption",
+            *count,
+            &format!("{uri}: {count} captions name an image_id that is not in images[] (the first: {first}); they are dropped"),
+        );
+    }
     let images = coco.images.get(start as usize..(end as usize).min(coco.images.len())).unwrap_or_default();
     let mut items = Vec::with_capacity(images.len());
     for (n, image) in images.iter().enumerate() {

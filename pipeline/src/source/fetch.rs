@@ -1,6 +1,8 @@
 //! Items whose image is a separate object (manifest rows, Parquet path columns, COCO images, loose files):
 //! resolving the reference against the store and fetching many at once, in order.
 
+use std::time::{Duration, Instant};
+
 use futures::StreamExt;
 use object_store::GetOptions;
 use object_store::path::Path;
@@ -8,7 +10,7 @@ use object_store::path::Path;
 use super::{Emitter, SourceContext};
 use crate::PipelineError;
 use crate::item::{ItemError, RawItem, SourceRecord};
-use crate::store::Location;
+use crate::store::{Location, StorageOptions, redact, redact_secrets};
 
 /// An item that names its image instead of holding it.
 #[derive(Debug, Clone, Default)]
@@ -86,7 +88,7 @@ async fn fetch_one(
         Ok(location) => location,
         Err(error) => return Ok(SourceRecord::error(&key, &source, error)),
     };
-    match get_limited(&location, ctx.options.max_image_bytes).await {
+    match get_limited(&location, ctx.options.max_image_bytes, ctx.registry.options()).await {
         Ok(Ok(bytes)) => Ok(raw(bytes, Some(reference))),
         Ok(Err(error)) => Ok(SourceRecord::error(&key, &source, error)),
         Err(error) => Err(error),
@@ -116,44 +118,77 @@ fn resolve(ctx: &SourceContext, prefix: &Location, reference: &str) -> Result<Lo
 }
 
 /// The object's bytes, refusing objects above `limit` before reading them. The outer error fails the unit (the
-/// store is unavailable past its retries); the inner one is the item's (missing, forbidden, too large).
+/// store is unavailable past its retries); the inner one is the item's (missing, forbidden, too large, or a
+/// download that failed past its retries).
+///
+/// object_store retries a request that fails (5xx, a reset, a timeout), and resumes a body that breaks off only
+/// when the server sent an ETag (with a ranged GET, which plain web servers may not honour). A body that breaks
+/// off (a connection closed before `Content-Length` bytes came) is fetched again here, whole, within the same
+/// budget (`storage.max_retries`, `backoff_s` doubling, `retry_timeout_s`).
 pub(crate) async fn get_limited(
     location: &Location,
     limit: u64,
+    storage: &StorageOptions,
 ) -> Result<Result<Vec<u8>, ItemError>, PipelineError> {
     let uri = location.uri();
-    let result = match location.store.get_opts(&location.path, GetOptions::default()).await {
-        Ok(result) => result,
-        Err(e) => return item_or_unit_error(&uri, e),
-    };
-    let size = result.meta.size;
-    if size > limit {
-        return Ok(Err(ItemError::new(
-            "read",
-            "too_large",
-            format!("{size} bytes exceeds the limit of {limit} bytes"),
-        )));
-    }
-    match result.bytes().await {
-        Ok(bytes) => Ok(Ok(bytes.to_vec())),
-        Err(e) => item_or_unit_error(&uri, e),
+    let started = Instant::now();
+    let budget = Duration::from_secs_f64(storage.retry_timeout_s.max(0.0));
+    let mut backoff = Duration::from_secs_f64(storage.backoff_s.max(0.0));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = match location.store.get_opts(&location.path, GetOptions::default()).await {
+            Ok(result) => result,
+            Err(e) => return item_or_unit_error(&uri, e, attempt),
+        };
+        let size = result.meta.size;
+        if size > limit {
+            return Ok(Err(ItemError::new(
+                "read",
+                "too_large",
+                format!("{}: {size} bytes exceeds the limit of {limit} bytes", redact(&uri)),
+            )));
+        }
+        match result.bytes().await {
+            Ok(bytes) => return Ok(Ok(bytes.to_vec())),
+            Err(e) if attempt <= storage.max_retries && started.elapsed() + backoff < budget => {
+                tracing::info!(
+                    uri = %redact(&uri),
+                    attempt,
+                    error = %redact_secrets(&e.to_string()),
+                    "the body broke off; fetching it again"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return item_or_unit_error(&uri, e, attempt),
+        }
     }
 }
 
+/// The longest wait between two attempts at one object (object_store's own cap).
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+
 /// Missing and forbidden objects are the item's problem; anything else (the store is down past its retries) is
 /// the unit's, so a rerun retries it. Plain web URLs are the exception: the web is flaky, so their failures are
-/// the item's, as in img2dataset.
-fn item_or_unit_error<T>(uri: &str, e: object_store::Error) -> Result<Result<T, ItemError>, PipelineError> {
-    let message = crate::store::redact_secrets(&e.to_string());
+/// the item's, as in img2dataset. Every message names the object (redacted).
+fn item_or_unit_error<T>(
+    uri: &str,
+    e: object_store::Error,
+    attempts: usize,
+) -> Result<Result<T, ItemError>, PipelineError> {
+    let message = redact_secrets(&e.to_string());
+    let named = redact(uri);
     match e {
         object_store::Error::NotFound { .. } => {
-            Ok(Err(ItemError::new("read", "missing_file", format!("not found: {}", crate::store::redact(uri)))))
+            Ok(Err(ItemError::new("read", "missing_file", format!("not found: {named}"))))
         }
         object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-            Ok(Err(ItemError::new("read", "forbidden", message)))
+            Ok(Err(ItemError::new("read", "forbidden", format!("{named}: {message}"))))
         }
         _ if uri.starts_with("http://") || uri.starts_with("https://") => {
-            Ok(Err(ItemError::new("read", "download", message)))
+            let tries = if attempts == 1 { "1 attempt".to_string() } else { format!("{attempts} attempts") };
+            Ok(Err(ItemError::new("read", "download", format!("GET {named} failed ({tries}): {message}"))))
         }
         _ => Err(PipelineError::store(uri, message)),
     }

@@ -67,6 +67,7 @@ async fn read(ctx: &SourceContext, unit: &WorkUnit, emitter: &mut Emitter) -> Re
     let prefix = ctx.input.path.as_ref().to_string();
     let prefix = prefix.as_str();
     let limit = ctx.options.max_image_bytes;
+    let storage = ctx.registry.options();
     let concurrency = ctx.registry.options().concurrency.max(1);
     let mut results = futures::stream::iter(groups.into_iter().map(|(stem, files)| async move {
         let key = stem.strip_prefix(prefix).unwrap_or(&stem).trim_start_matches('/').to_string();
@@ -81,13 +82,13 @@ async fn read(ctx: &SourceContext, unit: &WorkUnit, emitter: &mut Emitter) -> Re
         };
         let at = ctx.input.at(Path::from(image.as_str()));
         let source = at.uri();
-        let bytes = match get_limited(&at, limit).await? {
+        let bytes = match get_limited(&at, limit, storage).await? {
             Ok(bytes) => bytes,
             Err(error) => return Ok(SourceRecord::error(&key, &source, error)),
         };
         let mut item = ImageRefItem { key, source, ..ImageRefItem::default() };
         if let Some(txt) = sidecar("txt") {
-            match get_limited(&ctx.input.at(Path::from(txt.as_str())), limit).await? {
+            match get_limited(&ctx.input.at(Path::from(txt.as_str())), limit, storage).await? {
                 Ok(text) => {
                     let caption = String::from_utf8_lossy(&text).trim().to_string();
                     item.captions = (!caption.is_empty()).then_some(caption).into_iter().collect();
@@ -96,7 +97,7 @@ async fn read(ctx: &SourceContext, unit: &WorkUnit, emitter: &mut Emitter) -> Re
             }
         }
         if let Some(json) = sidecar("json") {
-            let text = match get_limited(&ctx.input.at(Path::from(json.as_str())), limit).await? {
+            let text = match get_limited(&ctx.input.at(Path::from(json.as_str())), limit, storage).await? {
                 Ok(text) => text,
                 Err(error) => return Ok(refused(&item, &json, error)),
             };

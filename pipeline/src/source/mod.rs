@@ -10,7 +10,8 @@
 //! per item into the [`Emitter`] it is given. The emitter batches records and sends them down a bounded channel:
 //! when the stages behind it are slower, `push` waits, so a source is paced by the slowest stage (backpressure)
 //! and memory never depends on the corpus size. The emitter also checks every key ([`crate::keys`]) and refuses
-//! a key seen earlier in the unit, so sources need not.
+//! a key seen earlier in the unit, and removes credentials (a URL's user info, signature and token parameters)
+//! from the source, image path, metadata and error of every record, so sources need not.
 //!
 //! # The contract
 //!
@@ -128,6 +129,51 @@ pub fn open(format: InputFormat, ctx: SourceContext) -> Box<dyn Source> {
     }
 }
 
+/// Whether `text` may hold a credential: user info (`user:pass@host`) or a `name=value` parameter.
+fn may_hold_credentials(text: &str) -> bool {
+    text.contains(['@', '='])
+}
+
+/// Removes credentials from a URL or message kept in the output (see [`crate::store::without_credentials`]):
+/// what is written is read by anyone the dataset is shared with, unlike the environment the job ran in.
+fn scrub(text: &mut String) {
+    if may_hold_credentials(text) {
+        *text = crate::store::without_credentials(text);
+    }
+}
+
+/// [`scrub`] for every string of a JSON text, so that escapes in it are never cut; text that is not JSON is
+/// scrubbed as text.
+fn scrub_json(text: &mut String) {
+    fn walk(value: &mut serde_json::Value, changed: &mut bool) {
+        match value {
+            serde_json::Value::String(s) if may_hold_credentials(s) => {
+                let clean = crate::store::without_credentials(s);
+                if clean != *s {
+                    *s = clean;
+                    *changed = true;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| walk(v, changed)),
+            serde_json::Value::Object(fields) => fields.values_mut().for_each(|v| walk(v, changed)),
+            _ => {}
+        }
+    }
+    if !may_hold_credentials(text) {
+        return;
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(mut value) => {
+            let mut changed = false;
+            walk(&mut value, &mut changed);
+            if changed {
+                *text = value.to_string();
+            }
+        }
+        Err(_) => scrub(text),
+    }
+}
+
 /// A unit of one whole object (a tar shard, a Parquet file).
 pub(crate) fn whole_object(object: &ObjectMeta) -> WorkUnit {
     WorkUnit { id: 0, object: object.location.to_string(), range: [0, 0], first_row: 0, files: vec![] }
@@ -184,8 +230,14 @@ impl Emitter {
 
     /// Counts a warning of `kind` for this unit (it goes into the unit's marker and the run's summary).
     pub fn warn(&mut self, kind: &str, message: &str) {
-        tracing::warn!(unit = self.unit, kind, "{}", crate::store::redact_secrets(message));
-        *self.warnings.entry(kind.to_string()).or_default() += 1;
+        self.warn_many(kind, 1, message);
+    }
+
+    /// Counts `count` warnings of `kind` that one message describes (the captions of a COCO file that name no
+    /// image).
+    pub fn warn_many(&mut self, kind: &str, count: u64, message: &str) {
+        tracing::warn!(unit = self.unit, kind, count, "{}", crate::store::redact_secrets(message));
+        *self.warnings.entry(kind.to_string()).or_default() += count;
     }
 
     /// Refuses an item whose key is unusable or was seen earlier in the unit. An error row keeps its own cause,
@@ -196,9 +248,20 @@ impl Emitter {
         let record = match record {
             SourceRecord::Error(mut row) => {
                 truncate_key(&mut row.key);
+                scrub(&mut row.source);
+                scrub(&mut row.error);
                 return SourceRecord::Error(row);
             }
-            SourceRecord::Raw(raw) => raw,
+            SourceRecord::Raw(mut raw) => {
+                scrub(&mut raw.source);
+                if let Some(path) = &mut raw.image_path {
+                    scrub(path);
+                }
+                if let Some(meta) = &mut raw.meta {
+                    scrub_json(meta);
+                }
+                raw
+            }
         };
         if let Err(why) = check_key(&record.key) {
             let mut key = record.key;
