@@ -5,8 +5,9 @@
 //! Hostile members become error rows, never files: nothing is ever written to disk, but a member whose path climbs
 //! out (`../`) or is absolute is refused by name all the same, as are links, devices and members above the size
 //! limit; the members of one sample refused together make one error row. Every sample is exactly one row: a
-//! second image member under one key, a repeated member, or a member that comes back to a key after other samples
-//! is a counted warning (the first is kept).
+//! second image member under one key is a counted warning (the first is kept), and so are members without an
+//! image that come back to a key after another sample's members (`d.jpg`, `e.txt`, `d.txt`: `split_sample`). A
+//! key that comes back with an image of its own is a second item, which the emitter makes a `duplicate_key` row.
 //!
 //! A shard cut short, or malformed, keeps every sample completed before the damage, and the damage is one error
 //! row. A sample is complete only once the next sample's header has been read (its members are consecutive, but
@@ -127,14 +128,16 @@ struct Group {
     first_member: String,
     /// The first refusal among the sample's members: the whole sample becomes this one error row.
     problem: Option<ItemError>,
+    /// The key's row was pushed before: these members come after another sample's, or repeat an extension.
+    recurring: bool,
 }
 
 struct ShardReader {
     uri: String,
     max_bytes: u64,
     current: Option<Group>,
-    /// The keys whose one row has been pushed: a member that comes back to one of them, after another sample's
-    /// members, is a counted warning, never a second row for the key.
+    /// The keys whose row has been pushed: members without an image that come back to one of them are a counted
+    /// warning, never a second row for the key.
     finished: HashSet<String>,
 }
 
@@ -186,7 +189,7 @@ impl ShardReader {
                 Member::File { key, ext } => (key, ext, None),
                 Member::Refused { key, error } => (key, String::new(), Some(error)),
             };
-            let Some(group) = self.group_for(&key, &ext, &raw_path, emitter)? else { continue };
+            let group = self.group_for(&key, &ext, &raw_path, emitter)?;
             if let Some(error) = refusal {
                 group.problem.get_or_insert(error);
                 continue;
@@ -276,43 +279,46 @@ impl ShardReader {
         }
     }
 
-    /// The group `member` belongs to, started when its key is new. A member whose key already has its row (it
-    /// comes back after other samples' members), or that repeats an extension of its sample, is skipped with a
-    /// counted warning: one key, one row.
+    /// The group `member` belongs to: the one in progress while the key is the same and the extension new (as
+    /// the `webdataset` library groups), else a new one.
     fn group_for(
         &mut self,
         key: &str,
         ext: &str,
         member: &str,
         emitter: &mut Emitter,
-    ) -> Result<Option<&mut Group>, ReadFailure> {
-        let same = self.current.as_ref().is_some_and(|group| group.key == key);
-        if same {
-            let repeated = !ext.is_empty() && self.current.as_ref().is_some_and(|g| g.extensions.contains(ext));
-            if repeated {
-                let message =
-                    format!("{}#{member}: a second .{ext} member under the key {key}; the first is kept", self.uri);
-                emitter.warn("duplicate_member", &message);
-                return Ok(None);
-            }
-            return Ok(self.current.as_mut());
+    ) -> Result<&mut Group, ReadFailure> {
+        let same = self
+            .current
+            .as_ref()
+            .is_some_and(|group| group.key == key && (ext.is_empty() || !group.extensions.contains(ext)));
+        if !same {
+            self.finish(emitter)?;
+            let recurring = self.finished.contains(key);
+            self.current = Some(Group {
+                key: key.to_string(),
+                first_member: member.to_string(),
+                recurring,
+                ..Group::default()
+            });
         }
-        if self.finished.contains(key) {
-            let message = format!(
-                "{}#{member}: the members of the sample {key} are not consecutive; this one, after other samples, is skipped",
-                self.uri
-            );
-            emitter.warn("split_sample", &message);
-            return Ok(None);
-        }
-        self.finish(emitter)?;
-        self.current = Some(Group { key: key.to_string(), first_member: member.to_string(), ..Group::default() });
-        Ok(self.current.as_mut())
+        self.current.as_mut().ok_or(ReadFailure::Closed)
     }
 
     /// Turns the group in progress into one record.
     fn finish(&mut self, emitter: &mut Emitter) -> Result<(), ReadFailure> {
         let Some(group) = self.current.take() else { return Ok(()) };
+        if group.recurring && group.image.is_none() && group.problem.is_none() {
+            // Stray sidecars of a sample read earlier (`d.jpg`, `e.txt`, `d.txt`): not an item of their own. A
+            // recurring key with an image is a second item, and the emitter makes it a `duplicate_key` row.
+            let message = format!(
+                "{}#{}: members of the sample {} after other samples' members, with no image; the sample as read \
+                 earlier is kept, these are skipped",
+                self.uri, group.first_member, group.key
+            );
+            emitter.warn("split_sample", &message);
+            return Ok(());
+        }
         self.finished.insert(group.key.clone());
         let member = group.image.as_ref().map_or(group.first_member.as_str(), |(name, _)| name.as_str());
         let source = format!("{}#{member}", self.uri);
@@ -506,20 +512,29 @@ mod tests {
     }
 
     #[test]
-    fn a_member_coming_back_to_its_key_is_a_warning_not_a_second_row() {
-        let (bytes, _) =
-            tar_of(&[("d.jpg", b"img"), ("e.txt", b"e"), ("d.txt", b"late"), ("f.jpg", b"f"), ("f.jpg", b"again")]);
+    fn sidecars_coming_back_to_a_key_are_a_warning_and_a_second_image_a_duplicate() {
+        let members: [(&str, &[u8]); 7] = [
+            ("d.jpg", b"img"),
+            ("e.txt", b"e"),
+            ("d.txt", b"late"),
+            ("d.json", b"{}"),
+            ("f.jpg", b"f"),
+            ("f.txt", b"f"),
+            ("f.jpg", b"again"),
+        ];
+        let (bytes, _) = tar_of(&members);
         let (rows, warnings) = read_shard(&bytes);
         assert_eq!(
             rows,
             [
                 Row::Sample("d".into(), None),
                 Row::Error("e".into(), "missing_image".into()),
-                Row::Sample("f".into(), None)
+                Row::Sample("f".into(), Some("f".into())),
+                Row::Error("f".into(), "duplicate_key".into()),
             ]
         );
         assert_eq!(warnings.get("split_sample"), Some(&1), "{warnings:?}");
-        assert_eq!(warnings.get("duplicate_member"), Some(&1), "{warnings:?}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
     }
 
     #[test]
