@@ -164,6 +164,15 @@ pub async fn open_output(
                     short(&existing.spec_hash),
                     short(&record.spec_hash)
                 )
+            } else if objects_of(&existing.plan) == objects_of(&record.plan) {
+                format!(
+                    "its input files are the ones it was planned with, but they are cut into units differently now \
+                     ({} units then, {} now): an earlier version of lyrics-prep planned it (one that read each \
+                     Parquet file as one unit), or a file changed in place; finish it with the version that \
+                     started it",
+                    existing.plan.units.len(),
+                    record.plan.units.len()
+                )
             } else {
                 format!(
                     "the input changed since it was planned ({} units then, {} now)",
@@ -193,6 +202,20 @@ pub async fn open_output(
         },
         Err(e) => Err(PipelineError::sink(output.uri_of(&path), e)),
     }
+}
+
+/// The input objects a plan reads, in order, each once: equal for two cuts of the same files.
+fn objects_of(plan: &Plan) -> Vec<&str> {
+    let mut objects: Vec<&str> = Vec::new();
+    for unit in &plan.units {
+        let names = std::iter::once(unit.object.as_str()).filter(|o| !o.is_empty());
+        for name in names.chain(unit.files.iter().map(String::as_str)) {
+            if objects.last() != Some(&name) {
+                objects.push(name);
+            }
+        }
+    }
+    objects
 }
 
 /// Refuses a worker whose count differs from the one the job was started with.
@@ -512,7 +535,7 @@ impl OutputView {
 mod tests {
     use super::*;
     use crate::StoreRegistry;
-    use crate::plan::Plan;
+    use crate::plan::{Plan, WorkUnit};
 
     fn record(spec_hash: &str) -> PlanRecord {
         let plan = Plan { format: crate::InputFormat::Webdataset, units: Vec::new() };
@@ -543,5 +566,39 @@ mod tests {
         assert!(matches!(refused, Err(PipelineError::Resume { .. })), "{refused:?}");
         let refused = open_output(&output, &mut record("resolved"), None, false).await;
         assert!(matches!(refused, Err(PipelineError::Resume { .. })), "{refused:?}");
+    }
+
+    /// An output planned with each Parquet file as one unit, resumed by a version that cuts files by row groups:
+    /// refused, saying so, rather than mixing units of two plans.
+    #[tokio::test]
+    async fn an_output_whose_files_are_cut_differently_now_is_refused_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = StoreRegistry::new(crate::StorageOptions::default());
+        let output = registry.locate(dir.path().to_str().unwrap()).unwrap();
+        let unit = |id, range: [u64; 2], first_row| WorkUnit {
+            id,
+            object: "corpus/part-0.parquet".into(),
+            range,
+            first_row,
+            files: vec![],
+        };
+        let with_units = |units: Vec<WorkUnit>| {
+            let plan = Plan { format: crate::InputFormat::Parquet, units };
+            PlanRecord { plan_hash: plan.fingerprint(), plan, ..record("spec") }
+        };
+        open_output(&output, &mut with_units(vec![unit(0, [0, 0], 0)]), None, false).await.unwrap();
+
+        let cut = with_units(vec![unit(0, [0, 2], 0), unit(1, [2, 4], 10)]);
+        let refused = open_output(&output, &mut cut.clone(), None, false).await.unwrap_err().to_string();
+        assert!(refused.contains("cut into units differently now (1 units then, 2 now)"), "{refused}");
+        assert!(refused.contains("--force"), "{refused}");
+
+        let mut other = cut.clone();
+        other.plan.units[1].object = "corpus/part-1.parquet".into();
+        other.plan_hash = other.plan.fingerprint();
+        let refused = open_output(&output, &mut other, None, false).await.unwrap_err().to_string();
+        assert!(refused.contains("the input changed since it was planned"), "{refused}");
+
+        open_output(&output, &mut cut.clone(), None, true).await.unwrap();
     }
 }

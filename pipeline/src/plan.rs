@@ -1,7 +1,8 @@
 //! Planning: list the input, infer its format, sort, and number the work units.
 //!
-//! A work unit is one input shard (a WebDataset tar, a Parquet file), a slice of a manifest (a byte range of a
-//! JSONL/CSV file, a range of a COCO file's images), or a fixed count of loose files. Units are numbered in sorted
+//! A work unit is one input shard (a WebDataset tar), a run of a Parquet file's row groups (or the whole file), a
+//! slice of a manifest (a byte range of a JSONL/CSV file, a range of a COCO file's images), or a fixed count of
+//! loose files. Units are numbered in sorted
 //! order, so every worker (and every rerun) agrees on what unit `u` is; their hash detects an input that changed
 //! under an existing output.
 
@@ -89,10 +90,11 @@ pub struct WorkUnit {
     /// Path of the shard or manifest within the input store; empty for loose files.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub object: String,
-    /// Byte range of a JSONL/CSV manifest, or image index range of a COCO file; `[0, 0]` for the whole object.
+    /// Byte range of a JSONL/CSV manifest, image index range of a COCO file, or row-group index range of a Parquet
+    /// file; `[0, 0]` for the whole object.
     #[serde(default, skip_serializing_if = "is_whole")]
     pub range: [u64; 2],
-    /// Index of the unit's first row within its manifest (keys of rows without one count from it).
+    /// Index of the unit's first row within its manifest or Parquet file (keys of rows without one count from it).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub first_row: u64,
     /// Loose files: every object of the unit (images and their sidecars), sorted.

@@ -16,8 +16,8 @@
 //! # The contract
 //!
 //! - [`Source::plan`] returns the units of the objects in a deterministic order. It reads only what it needs to
-//!   cut (a manifest's line starts, a COCO file's image count), and refuses, by name, what would make every item
-//!   fail (a configured column the input does not have).
+//!   cut (a manifest's line starts, a COCO file's image count, a Parquet file's footer), and refuses, by name,
+//!   what would make every item fail (a configured column the input does not have).
 //! - [`Source::read`] pushes exactly one record per item of the unit, in a deterministic order: a
 //!   [`SourceRecord::Raw`] item, or a [`SourceRecord::Error`] row for an item it could not read (a missing image,
 //!   an unsafe member, a refused sidecar). It returns an error only when the unit as a whole cannot be read (the
@@ -67,7 +67,9 @@ pub struct SourceOptions {
     /// Base URI that relative image paths of manifests and COCO files are resolved against. Default: the folder
     /// of the manifest.
     pub image_prefix: Option<String>,
-    /// Rows of a JSONL/CSV manifest, or images of a COCO file, per work unit.
+    /// Rows of a JSONL/CSV manifest, or images of a COCO file, per work unit; for Parquet, about this many rows:
+    /// a unit is a run of consecutive whole row groups of at most this many rows (a larger row group is a unit of
+    /// its own).
     pub rows_per_unit: u64,
     /// Loose image files per work unit.
     pub files_per_unit: u64,

@@ -2,13 +2,17 @@
 //! resolved against the store; a caption column (string or list of strings); an optional key column. Every other
 //! column is kept, as JSON, in `meta`.
 //!
+//! A file is cut into units of about `rows_per_unit` rows on row-group boundaries, planned from the footers alone
+//! (read a few files at a time): a unit is a run of consecutive whole row groups, and reads only those. A file that
+//! fits in one unit is one whole-file unit, as a file whose footer cannot be read is.
+//!
 //! A file the store serves but that is not readable Parquet (a corrupt footer or page) is the unit's one
 //! `corrupt_input` error row, after the rows read before the damage, and the unit commits, as a damaged tar's
 //! does; a store that fails past its retries fails the unit instead, for a rerun to retry.
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::errors::ParquetError;
@@ -29,7 +33,10 @@ use crate::item::{ItemError, SourceRecord};
 use crate::plan::{InputFormat, WorkUnit};
 use crate::store::Location;
 
-/// Parquet files: one unit per file.
+/// Footers read at once while planning: enough to hide a store's latency, few enough not to flood it.
+const FOOTER_READS: usize = 16;
+
+/// Parquet files: units of whole row groups, about `rows_per_unit` rows each.
 pub(crate) struct ParquetSource {
     pub ctx: SourceContext,
 }
@@ -41,28 +48,50 @@ impl Source for ParquetSource {
 
     fn plan<'a>(&'a self, objects: &'a [ObjectMeta]) -> BoxFuture<'a, Result<Vec<WorkUnit>, PipelineError>> {
         Box::pin(async move {
-            // The first readable file's columns stand for all: reading one footer is cheap, every footer is not.
-            // A broken file is its unit's error row when read, so it holds up neither planning nor the job.
-            let mut first_broken = None;
-            for object in objects {
-                let at = self.ctx.input.at(object.location.clone());
-                match open_file(&at).await? {
-                    Ok(builder) => {
-                        let names: Vec<&str> =
-                            builder.schema().fields().iter().map(|f| f.name().as_str()).collect();
-                        check_columns(&at.uri(), &self.ctx.options, &names, true)?;
-                        first_broken = None;
-                        break;
-                    }
-                    Err(message) => {
-                        first_broken.get_or_insert_with(|| PipelineError::input(at.uri(), message));
+            let files: Vec<(Location, u64)> =
+                objects.iter().map(|o| (self.ctx.input.at(o.location.clone()), o.size)).collect();
+            let footers: Vec<Result<Footer, String>> = futures::stream::iter(files)
+                .map(|(at, size)| footer(at, size))
+                .buffered(FOOTER_READS)
+                .try_collect()
+                .await?;
+            // The first readable file's columns stand for all. A broken file is its unit's error row when read,
+            // so it holds up neither planning nor the job, unless no file at all is readable.
+            match footers.iter().zip(objects).find(|(footer, _)| footer.is_ok()) {
+                Some((Ok(footer), object)) => {
+                    let names: Vec<&str> = footer.columns.iter().map(String::as_str).collect();
+                    let uri = self.ctx.input.at(object.location.clone()).uri();
+                    check_columns(&uri, &self.ctx.options, &names, true)?;
+                }
+                _ => {
+                    if let (Some(Err(message)), Some(object)) = (footers.first(), objects.first()) {
+                        return Err(PipelineError::input(
+                            self.ctx.input.at(object.location.clone()).uri(),
+                            message,
+                        ));
                     }
                 }
             }
-            if let Some(error) = first_broken {
-                return Err(error);
+            let per = self.ctx.options.rows_per_unit;
+            let mut units = Vec::new();
+            for (footer, object) in footers.iter().zip(objects) {
+                let cuts = footer.as_ref().map(|f| cut(&f.row_groups, per)).unwrap_or_default();
+                if cuts.len() <= 1 {
+                    units.push(super::whole_object(object));
+                    continue;
+                }
+                for (groups, first_row) in cuts {
+                    let range = [groups.start as u64, groups.end as u64];
+                    units.push(WorkUnit {
+                        id: 0,
+                        object: object.location.to_string(),
+                        range,
+                        first_row,
+                        files: vec![],
+                    });
+                }
             }
-            Ok(objects.iter().map(super::whole_object).collect())
+            Ok(units)
         })
     }
 
@@ -75,15 +104,55 @@ impl Source for ParquetSource {
     }
 }
 
-/// Opens a Parquet file. The outer error is the store's (the unit fails, and a rerun retries it); the inner one
-/// says why the file itself cannot be read (it is broken: one `corrupt_input` error row, and the unit commits).
+/// What planning needs of a file's footer: its columns, and the rows of each row group.
+struct Footer {
+    columns: Vec<String>,
+    row_groups: Vec<u64>,
+}
+
+/// Reads the footer of the file at `at` (of `size` bytes), and nothing else; the inner error says why the file is
+/// not readable Parquet.
+async fn footer(at: Location, size: u64) -> Result<Result<Footer, String>, PipelineError> {
+    Ok(open_file(&at, Some(size)).await?.map(|builder| Footer {
+        columns: builder.schema().fields().iter().map(|f| f.name().clone()).collect(),
+        row_groups: builder.metadata().row_groups().iter().map(|g| g.num_rows().max(0) as u64).collect(),
+    }))
+}
+
+/// Cuts row groups of `rows` rows each into runs of consecutive groups of at most `per` rows (a group larger than
+/// that is a run of its own), with the file's row number of each run's first row.
+fn cut(rows: &[u64], per: u64) -> Vec<(std::ops::Range<usize>, u64)> {
+    let per = per.max(1);
+    let mut runs = Vec::new();
+    let (mut start, mut in_run, mut first_row) = (0usize, 0u64, 0u64);
+    for (group, &n) in rows.iter().enumerate() {
+        if group > start && in_run.saturating_add(n) > per {
+            runs.push((start..group, first_row));
+            first_row += in_run;
+            (start, in_run) = (group, 0);
+        }
+        in_run = in_run.saturating_add(n);
+    }
+    if start < rows.len() {
+        runs.push((start..rows.len(), first_row));
+    }
+    runs
+}
+
+/// Opens a Parquet file (reading its footer); `size` saves a request when the listing told it. The outer error is
+/// the store's (the unit fails, and a rerun retries it); the inner one says why the file itself cannot be read (it
+/// is broken: one `corrupt_input` error row, and the unit commits).
 #[allow(deprecated)]
 async fn open_file(
     location: &Location,
+    size: Option<u64>,
 ) -> Result<Result<ParquetRecordBatchStreamBuilder<ParquetObjectReader>, String>, PipelineError> {
     let uri = location.uri();
-    let meta = location.store.head(&location.path).await.map_err(|e| PipelineError::store(&uri, e))?;
-    let reader = ParquetObjectReader::new(location.store.clone(), location.path.clone()).with_file_size(meta.size);
+    let size = match size {
+        Some(size) => size,
+        None => location.store.head(&location.path).await.map_err(|e| PipelineError::store(&uri, e))?.size,
+    };
+    let reader = ParquetObjectReader::new(location.store.clone(), location.path.clone()).with_file_size(size);
     match ParquetRecordBatchStreamBuilder::new(reader).await {
         Ok(builder) => Ok(Ok(builder)),
         Err(e) if from_store(&e) => Err(PipelineError::store(&uri, e)),
@@ -104,10 +173,14 @@ fn from_store(e: &ParquetError) -> bool {
     }
 }
 
-/// The error row of a file that cannot be read from `row` on: the rows before it stand, as a tar's do.
-fn corrupt_input(uri: &str, object: &str, row: u64, message: &str) -> SourceRecord {
-    let lost =
-        if row == 0 { "no row of it can be read".to_string() } else { format!("rows from {row} on are lost") };
+/// The error row of a unit of a file that cannot be read from `row` on: the rows before it stand, as a tar's do.
+fn corrupt_input(uri: &str, unit: &WorkUnit, row: u64, message: &str) -> SourceRecord {
+    let lost = match (row, unit.range) {
+        (0, [0, 0]) => "no row of it can be read".to_string(),
+        (_, [0, 0]) => format!("rows from {row} on are lost"),
+        (_, [first, end]) => format!("the rows of its row groups {first}..{end} from row {row} on are lost"),
+    };
+    let object = unit.object.as_str();
     let error = ItemError::new(
         "read",
         "corrupt_input",
@@ -136,11 +209,27 @@ pub(crate) fn check_columns(
 async fn read(ctx: &SourceContext, unit: &WorkUnit, emitter: &mut Emitter) -> Result<(), PipelineError> {
     let location = ctx.input.at(object_store::path::Path::from(unit.object.as_str()));
     let uri = location.uri();
-    let builder = match open_file(&location).await? {
+    let builder = match open_file(&location, None).await? {
         Ok(builder) => builder,
         Err(message) => {
-            emitter.push(corrupt_input(&uri, &unit.object, 0, &message)).await?;
+            emitter.push(corrupt_input(&uri, unit, unit.first_row, &message)).await?;
             return Ok(());
+        }
+    };
+    let builder = match unit.range {
+        [0, 0] => builder,
+        [first, end] => {
+            let groups = builder.metadata().num_row_groups() as u64;
+            if first >= end || end > groups {
+                return Err(PipelineError::input(
+                    &uri,
+                    format!(
+                        "the plan has a unit of row groups {first}..{end}, and the file has {groups}: it changed \
+                         since it was planned"
+                    ),
+                ));
+            }
+            builder.with_row_groups((first as usize..end as usize).collect())
         }
     };
     let schema = builder.schema().clone();
@@ -164,13 +253,13 @@ async fn read(ctx: &SourceContext, unit: &WorkUnit, emitter: &mut Emitter) -> Re
     let mut stream = builder.with_batch_size(batch_rows).build().map_err(|e| PipelineError::input(&uri, e))?;
     let stem = file_stem(&unit.object);
     let base = location.at(parent(&location.path));
-    let mut row_index: u64 = 0;
+    let mut row_index: u64 = unit.first_row;
     while let Some(batch) = stream.next().await {
         let batch = match batch {
             Ok(batch) => batch,
             Err(e) if from_store(&e) => return Err(PipelineError::store(&uri, e)),
             Err(e) => {
-                emitter.push(corrupt_input(&uri, &unit.object, row_index, &e.to_string())).await?;
+                emitter.push(corrupt_input(&uri, unit, row_index, &e.to_string())).await?;
                 return Ok(());
             }
         };
@@ -303,4 +392,49 @@ fn meta_json(batch: &RecordBatch, columns: &[usize]) -> Result<Vec<Option<String
     }
     let text = String::from_utf8_lossy(&buffer);
     Ok(text.lines().map(|l| (l != "{}").then(|| l.to_string())).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+    use proptest::prelude::*;
+
+    #[test]
+    fn runs_of_whole_row_groups() {
+        let runs: Vec<_> = cut(&[5; 10], 12).into_iter().map(|(g, first)| (g.start, g.end, first)).collect();
+        assert_eq!(runs, [(0, 2, 0), (2, 4, 10), (4, 6, 20), (6, 8, 30), (8, 10, 40)]);
+        let runs: Vec<_> =
+            cut(&[3, 20, 1, 1, 0, 9], 10).into_iter().map(|(g, first)| (g.start, g.end, first)).collect();
+        assert_eq!(runs, [(0, 1, 0), (1, 2, 3), (2, 5, 23), (5, 6, 25)]);
+        assert!(cut(&[], 10).is_empty());
+        assert_eq!(cut(&[7, 7], 0).len(), 2, "a setting of 0 rows is taken as 1");
+    }
+
+    proptest! {
+        #[test]
+        fn runs_cover_every_row_group_once_in_order(
+            rows in proptest::collection::vec(0u64..50, 0..60),
+            per in 1u64..80,
+        ) {
+            let runs = cut(&rows, per);
+            let mut next = 0;
+            let mut first_row = 0;
+            for (groups, first) in &runs {
+                prop_assert_eq!(groups.start, next);
+                prop_assert!(groups.end > groups.start);
+                prop_assert_eq!(*first, first_row);
+                let sizes = &rows[groups.clone()];
+                let total: u64 = sizes.iter().sum();
+                let largest = sizes.iter().copied().max().unwrap_or(0);
+                prop_assert!(total <= per.max(largest), "{:?} holds {} rows", groups, total);
+                // Runs are as long as they may be: the next group would not have fitted.
+                if let Some(&following) = rows.get(groups.end) {
+                    prop_assert!(total + following > per);
+                }
+                next = groups.end;
+                first_row += total;
+            }
+            prop_assert_eq!(next, rows.len());
+        }
+    }
 }
