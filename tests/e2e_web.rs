@@ -155,6 +155,20 @@ fn every_url_of_a_failing_web_is_one_row_of_the_right_kind_and_a_dead_host_holds
     assert!(last_ok < second_hang, "every good image was fetched while the dead host was waited for: {order:?}");
     assert!(web.most_open(1) <= 2, "per_host = 2 held: {}", web.most_open(1));
 
+    // Where each web image came from: the URL after redirects, the status and the content type.
+    let meta_of = |key: &str| -> serde_json::Value {
+        let row = samples.iter().find(|r| r.key == key).unwrap();
+        serde_json::from_str(row.meta.as_deref().unwrap_or("{}")).unwrap()
+    };
+    let moved = meta_of("moved");
+    assert_eq!(moved["download"]["url"], web.url(3, "/ok-after-redirect.jpg"), "{moved}");
+    assert_eq!(
+        (&moved["download"]["status"], &moved["download"]["content_type"]),
+        (&200.into(), &"image/jpeg".into())
+    );
+    assert_eq!(meta_of("ok00")["download"]["url"], web.url(1, "/ok00.jpg"));
+    assert_eq!(meta_of("signed")["download"]["url"], web.url(3, "/signed.jpg?Expires=9"), "without its signature");
+
     // Opted-out images are not stored; credentials of signed URLs are not either.
     assert!(!samples.iter().any(|r| r.sha256 == sha256_hex(&opted)), "an opted-out image was stored");
     let signed = samples.iter().find(|r| r.key == "signed").unwrap();

@@ -15,7 +15,7 @@ use super::{Emitter, SourceContext};
 use crate::PipelineError;
 use crate::item::{ItemError, RawItem, SourceRecord};
 use crate::store::{Location, StorageOptions, redact, redact_secrets};
-use crate::web::is_web_url;
+use crate::web::{Fetched, is_web_url};
 
 /// An item that names its image instead of holding it.
 #[derive(Debug, Clone, Default)]
@@ -142,9 +142,35 @@ async fn fetch_one(
         location.uri()
     };
     match ctx.registry.web()?.get(&web_url, limit).await {
-        Ok(fetched) => Ok(raw(fetched.bytes, Some(reference))),
+        Ok(fetched) => {
+            let meta = with_provenance(meta.clone(), &fetched);
+            Ok(SourceRecord::Raw(RawItem {
+                key: key.clone(),
+                source: source.clone(),
+                image_path: Some(reference),
+                captions: captions.clone(),
+                meta,
+                bytes: fetched.bytes,
+            }))
+        }
         Err(error) => Ok(SourceRecord::error(&key, &source, error)),
     }
+}
+
+/// `meta` with where a web image came from, under `download`: the URL it was served from after redirects
+/// (credentials are removed from it as from every URL kept), the HTTP status and the content type. A `meta` that
+/// is not a JSON object, or already has a `download` field, is left as it is.
+fn with_provenance(meta: Option<String>, fetched: &Fetched) -> Option<String> {
+    use serde_json::{Map, Value, json};
+    let mut fields = match meta.as_deref().map(serde_json::from_str::<Value>) {
+        None => Map::new(),
+        Some(Ok(Value::Object(fields))) if !fields.contains_key("download") => fields,
+        Some(_) => return meta,
+    };
+    let provenance =
+        json!({"url": fetched.final_url, "status": fetched.status, "content_type": fetched.content_type});
+    fields.insert("download".into(), provenance);
+    Some(Value::Object(fields).to_string())
 }
 
 /// The location an image reference names: a URL of its own, or a path under `prefix`.
