@@ -2,7 +2,7 @@
 //! host of its own to the client: its own connections, its own per-host limits), answering each path as its
 //! [`Answer`] says: an image (after a delay, with extra headers), a status, a page, a redirect, a body cut short,
 //! 429 then an image, or nothing at all. It counts the requests to each host and path, notes the order they came
-//! in, and the most requests one host had open at once. Stopped on drop.
+//! in, and the most requests one host had open at once (from a request's arrival until its answer goes out). Stopped on drop.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -186,6 +186,9 @@ fn serve(host: usize, stream: TcpStream, log: &Mutex<Log>, stop: &AtomicBool, ro
     let answer = router(host, &target, n);
     let mut stream = reader.into_inner();
     let mut respond = |status: u16, content_type: &str, headers: &[(String, String)], body: &[u8], sent: usize| {
+        // A request stops counting as open before its answer goes out: the client may start the next one as soon
+        // as it has read this one, and the count must not catch both.
+        *log.lock().unwrap().open.entry(host).or_default() -= 1;
         let mut head = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
             body.len()
@@ -210,7 +213,7 @@ fn serve(host: usize, stream: TcpStream, log: &Mutex<Log>, stop: &AtomicBool, ro
             while !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(20));
             }
+            *log.lock().unwrap().open.entry(host).or_default() -= 1;
         }
     }
-    *log.lock().unwrap().open.entry(host).or_default() -= 1;
 }
