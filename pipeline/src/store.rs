@@ -33,7 +33,7 @@ pub struct StorageOptions {
     pub backoff_s: f64,
     /// Timeout of one request, in seconds.
     pub request_timeout_s: f64,
-    /// Concurrent GETs when items are separate objects (manifests, loose files).
+    /// Concurrent GETs when items are separate objects (manifests, loose files); web URLs use `[download]`.
     pub concurrency: usize,
     /// Part size of multipart uploads, in bytes (S3 needs at least 5 MiB); smaller shards go up in one PUT.
     pub upload_part_bytes: usize,
