@@ -28,5 +28,7 @@ mod e2e_sql;
 mod e2e_storage;
 #[path = "e2e_text.rs"]
 mod e2e_text;
+#[path = "e2e_web.rs"]
+mod e2e_web;
 #[path = "e2e_web_units.rs"]
 mod e2e_web_units;

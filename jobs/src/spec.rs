@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use lyrics_operators::image::{DecodeLimits, EncodeSpec, ResizeMode, ResizeSpec};
 use lyrics_operators::text::{GroundedFormat, InstructOptions};
-use lyrics_pipeline::{InputFormat, SinkOptions, SourceOptions, StorageOptions};
+use lyrics_pipeline::{DownloadOptions, InputFormat, SinkOptions, SourceOptions, StorageOptions};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,7 @@ pub struct JobSpec {
     pub resize: ResizeSpec,
     pub encode: EncodeSpec,
     pub storage: StorageOptions,
+    pub download: DownloadOptions,
     pub pipeline: PipelineSection,
     pub refine: RefineSection,
     pub text: TextSection,
@@ -155,6 +156,7 @@ impl JobSpec {
                 "resize" => spec.resize = checked_section("resize", table)?,
                 "encode" => spec.encode = checked_section("encode", table)?,
                 "storage" => spec.storage = checked_section("storage", table)?,
+                "download" => spec.download = checked_section("download", table)?,
                 "pipeline" => spec.pipeline = checked_section("pipeline", table)?,
                 "refine" => spec.refine = checked_section("refine", table)?,
                 "text" => {
@@ -198,6 +200,19 @@ impl JobSpec {
         range("storage.request_timeout_s", self.storage.request_timeout_s, 0.001, 86_400.0)?;
         range("storage.retry_timeout_s", self.storage.retry_timeout_s, 0.0, 86_400.0)?;
         range("storage.backoff_s", self.storage.backoff_s, 0.0, 3_600.0)?;
+        range("download.timeout_s", self.download.timeout_s, 0.001, 86_400.0)?;
+        range("download.retries", self.download.retries, 0, 100)?;
+        range("download.concurrency", self.download.concurrency, 1, 65_536)?;
+        range("download.per_host", self.download.per_host, 1, 65_536)?;
+        range("download.max_bytes_in_flight", self.download.max_bytes_in_flight, 1 << 20, 1 << 40)?;
+        range("download.retry_after_max_s", self.download.retry_after_max_s, 0.0, 86_400.0)?;
+        if let Some(rate) = self.download.per_host_rate {
+            range("download.per_host_rate", rate, 0.001, 1e9)?;
+        }
+        if self.download.user_agent.trim().is_empty() || reqwest_header_value_is_invalid(&self.download.user_agent)
+        {
+            bail!("download.user_agent = {:?} is not a valid header value", self.download.user_agent);
+        }
         range("refine.batch_size", self.refine.batch_size, 1, 4096)?;
         range("text.instruct.min_score", self.text.instruct.min_score, 0.0, 1.0)?;
         range("text.instruct.min_box_area", self.text.instruct.min_box_area, 0.0, 1.0)?;
@@ -214,7 +229,9 @@ impl JobSpec {
     }
 
     /// Digest of everything that shapes the output: input, format, source options, decoding, resizing, encoding,
-    /// shard layout. Storage and pipeline settings change speed only, so a rerun may change them freely.
+    /// shard layout, and `download.opt_out` when it is not the default (so outputs written before `[download]`
+    /// existed keep their hash). Storage, pipeline and the other download settings change speed only, so a rerun
+    /// may change them freely.
     pub fn hash(&self) -> String {
         self.hash_with("")
     }
@@ -243,6 +260,8 @@ impl JobSpec {
             encode: &'a EncodeSpec,
             refiner: &'a str,
             text: Option<&'a TextSection>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            opt_out: Option<&'a Vec<String>>,
         }
         let shaping = Shaping {
             input: &self.input,
@@ -252,10 +271,17 @@ impl JobSpec {
             encode: &self.encode,
             refiner,
             text: (!refiner.is_empty() && self.text.enabled).then_some(&self.text),
+            opt_out: (self.download.opt_out != DownloadOptions::default().opt_out)
+                .then_some(&self.download.opt_out),
         };
         let json = serde_json::to_vec(&shaping).unwrap_or_default();
         hex::encode(ring::digest::digest(&ring::digest::SHA256, &json))
     }
+}
+
+/// Whether `value` holds a byte no HTTP header value may (a control character other than tab).
+fn reqwest_header_value_is_invalid(value: &str) -> bool {
+    value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
 }
 
 /// The keys of `[input]` that are its own rather than the source options'.
@@ -375,6 +401,11 @@ mod tests {
             quality = 90
             [storage]
             max_retries = 3
+            [download]
+            timeout_s = 5
+            retries = 1
+            per_host_rate = 2.5
+            opt_out = []
             [pipeline]
             batch_size = 8
             "#,
@@ -384,6 +415,12 @@ mod tests {
         assert_eq!(spec.input.source.rows_per_unit, 50);
         assert_eq!(spec.resize.mode, ResizeMode::KeepRatio);
         assert_eq!(spec.output.sink.shard_rows, 100);
+        assert_eq!((spec.download.timeout_s, spec.download.retries), (5.0, 1));
+        assert_eq!((spec.download.per_host_rate, spec.download.opt_out.len()), (Some(2.5), 0));
+        let err = parse("[download]\ntimeout = 3\n").unwrap_err().to_string();
+        assert!(err.contains("download.timeout") && err.contains("timeout_s") && err.contains("opt_out"), "{err}");
+        let err = parse("[download]\nconcurrency = 0\n").unwrap_err().to_string();
+        assert!(err.contains("download.concurrency"), "{err}");
     }
 
     #[test]
@@ -462,7 +499,17 @@ mod tests {
         let mut b = a.clone();
         b.pipeline.batch_size = 3;
         b.storage.concurrency = 2;
+        b.download.timeout_s = 1.0;
+        b.download.concurrency = 7;
+        b.download.user_agent = "other/1".into();
         assert_eq!(a.hash(), b.hash());
+        // Which images are fetched at all shapes the output; the default list keeps the hash it always had.
+        let mut c = a.clone();
+        c.download.opt_out = vec!["noai".into()];
+        assert_ne!(a.hash(), c.hash());
+        let parsed =
+            parse("[download]\nopt_out = [\"noai\", \"noimageai\", \"noindex\", \"noimageindex\"]\n").unwrap();
+        assert_eq!(parsed.hash(), a.hash());
         b.encode.quality = 50;
         assert_ne!(a.hash(), b.hash());
     }

@@ -34,6 +34,7 @@ pub mod sink;
 pub mod source;
 pub mod store;
 pub mod table;
+pub mod web;
 
 pub use commit::OutputView;
 pub use error::PipelineError;
@@ -47,3 +48,4 @@ pub use sink::SinkOptions;
 pub use source::{Emitter, Source, SourceContext, SourceOptions};
 pub use store::{Location, StorageOptions, StoreRegistry, redact};
 pub use table::{TableHandle, Tables};
+pub use web::DownloadOptions;

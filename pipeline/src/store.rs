@@ -5,7 +5,7 @@
 //! form: [`redact`] strips user info and query strings (SAS tokens, presigned signatures) from anything printed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::PipelineError;
+use crate::web::{DownloadOptions, WebFetcher};
 
 /// How hard to retry and how long to wait on object storage.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -32,7 +33,7 @@ pub struct StorageOptions {
     pub backoff_s: f64,
     /// Timeout of one request, in seconds.
     pub request_timeout_s: f64,
-    /// Concurrent GETs when items are separate objects (manifests, loose files).
+    /// Concurrent GETs when items are separate objects (manifests, loose files); web URLs use `[download]`.
     pub concurrency: usize,
     /// Part size of multipart uploads, in bytes (S3 needs at least 5 MiB); smaller shards go up in one PUT.
     pub upload_part_bytes: usize,
@@ -126,15 +127,37 @@ impl Location {
 pub struct StoreRegistry {
     options: StorageOptions,
     stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    /// How image URLs are fetched from the web (see [`crate::web`]); the fetcher starts on first use.
+    download: DownloadOptions,
+    web: OnceLock<Arc<WebFetcher>>,
 }
 
 impl StoreRegistry {
     pub fn new(options: StorageOptions) -> Self {
-        StoreRegistry { options, stores: Mutex::new(HashMap::new()) }
+        StoreRegistry { options, ..Default::default() }
+    }
+
+    /// This registry, fetching image URLs from the web as `download` says.
+    pub fn with_download(mut self, download: DownloadOptions) -> Self {
+        self.download = download;
+        self
     }
 
     pub fn options(&self) -> &StorageOptions {
         &self.options
+    }
+
+    pub fn download_options(&self) -> &DownloadOptions {
+        &self.download
+    }
+
+    /// The process's web fetcher, for `http(s)` image URLs (object-store reads keep going through [`Self::locate`]).
+    pub fn web(&self) -> Result<Arc<WebFetcher>, PipelineError> {
+        if let Some(web) = self.web.get() {
+            return Ok(web.clone());
+        }
+        let web = Arc::new(WebFetcher::new(self.download.clone())?);
+        Ok(self.web.get_or_init(|| web).clone())
     }
 
     /// The location a URI or a plain filesystem path names.

@@ -6,6 +6,7 @@
 
 pub mod formats;
 pub mod scenes;
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};

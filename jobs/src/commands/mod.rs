@@ -47,7 +47,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn registry(spec: &JobSpec) -> Arc<StoreRegistry> {
-    Arc::new(StoreRegistry::new(spec.storage))
+    Arc::new(StoreRegistry::new(spec.storage).with_download(spec.download.clone()))
 }
 
 /// Refuses an output that lies inside the input (or is it): a later run would list the output's own shards as

@@ -1,9 +1,13 @@
 //! Items whose image is a separate object (manifest rows, Parquet path columns, COCO images, loose files):
-//! resolving the reference against the store and fetching many at once, in order.
+//! resolving the reference against the store (or the web, for `http(s)` URLs: see [`crate::web`]) and fetching
+//! many at once, handing the items on in order.
 
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use object_store::GetOptions;
 use object_store::path::Path;
 
@@ -11,6 +15,7 @@ use super::{Emitter, SourceContext};
 use crate::PipelineError;
 use crate::item::{ItemError, RawItem, SourceRecord};
 use crate::store::{Location, StorageOptions, redact, redact_secrets};
+use crate::web::{Fetched, is_web_url};
 
 /// An item that names its image instead of holding it.
 #[derive(Debug, Clone, Default)]
@@ -34,7 +39,11 @@ pub(crate) fn parent(path: &Path) -> Path {
     Path::from_iter(parts[..parts.len().saturating_sub(1)].iter().cloned())
 }
 
-/// Resolves each item's image and pushes the items, in order, fetching up to the configured concurrency at once.
+/// Resolves each item's image and pushes the items, in order. Fetches complete in any order: up to the configured
+/// concurrency are in flight at once (`[download] concurrency` when the items name web URLs, else `[storage]`), and
+/// a slow or hanging URL holds one of them while the others go on. Items fetched ahead of a slow one wait for it,
+/// up to `[download] max_bytes_in_flight` bytes of them, so that the unit's records still go out in input order:
+/// what a shard holds, and where it is cut, then never depends on which answer came first.
 /// `base` is the folder relative references are resolved against, unless `image_prefix` is set.
 pub(crate) async fn fetch_all(
     ctx: &SourceContext,
@@ -46,11 +55,41 @@ pub(crate) async fn fetch_all(
         Some(prefix) => ctx.registry.locate(prefix)?,
         None => base.clone(),
     };
-    let concurrency = ctx.registry.options().concurrency.max(1);
-    let mut results =
-        futures::stream::iter(items.into_iter().map(|item| fetch_one(ctx, &prefix, item))).buffered(concurrency);
-    while let Some(result) = results.next().await {
-        emitter.push(result?).await?;
+    let download = ctx.registry.download_options();
+    let web = matches!(prefix.base().scheme(), "http" | "https")
+        || items.iter().any(|item| item.reference.as_deref().is_some_and(is_web_url));
+    let concurrency = if web { download.concurrency.max(1) } else { ctx.registry.options().concurrency.max(1) };
+    let budget = download.max_bytes_in_flight.max(1);
+    // Items launched ahead of the first unfinished one. Object stores keep their old window (what `buffered` held);
+    // the web's is wider, so a hanging URL lets many others by, and bounded, as error rows weigh no bytes.
+    let window = if web { concurrency.saturating_mul(64) } else { concurrency };
+    let record_bytes = |record: &SourceRecord| match record {
+        SourceRecord::Raw(raw) => raw.bytes.len() as u64,
+        SourceRecord::Error(_) => 0,
+    };
+    let mut pending = items.into_iter().enumerate();
+    let mut running = FuturesUnordered::new();
+    // Fetched records waiting for those before them, by their index in the unit.
+    let mut done: BTreeMap<usize, SourceRecord> = BTreeMap::new();
+    let mut waiting_bytes = 0u64;
+    let (mut launched, mut next) = (0usize, 0usize);
+    loop {
+        // The item `next` is always running or done, so this never waits on nothing.
+        while running.len() < concurrency && waiting_bytes < budget && launched - next < window {
+            let Some((index, item)) = pending.next() else { break };
+            launched += 1;
+            let prefix = &prefix;
+            running.push(async move { (index, fetch_one(ctx, prefix, item).await) });
+        }
+        let Some((index, record)) = running.next().await else { break };
+        let record = record?;
+        waiting_bytes += record_bytes(&record);
+        done.insert(index, record);
+        while let Some(record) = done.remove(&next) {
+            waiting_bytes -= record_bytes(&record);
+            emitter.push(record).await?;
+            next += 1;
+        }
     }
     Ok(())
 }
@@ -84,15 +123,54 @@ async fn fetch_one(
             ItemError::new("read", "missing_image", "the row names no image"),
         ));
     };
-    let location = match resolve(ctx, prefix, &reference) {
-        Ok(location) => location,
-        Err(error) => return Ok(SourceRecord::error(&key, &source, error)),
+    let limit = ctx.options.max_image_bytes;
+    // A web URL is fetched as written, query string and all (a signed URL needs its signature).
+    let web_url = if is_web_url(&reference) {
+        reference.trim().to_string()
+    } else {
+        let location = match resolve(ctx, prefix, &reference) {
+            Ok(location) => location,
+            Err(error) => return Ok(SourceRecord::error(&key, &source, error)),
+        };
+        if !matches!(location.base().scheme(), "http" | "https") {
+            return match get_limited(&location, limit, ctx.registry.options()).await {
+                Ok(Ok(bytes)) => Ok(raw(bytes, Some(reference))),
+                Ok(Err(error)) => Ok(SourceRecord::error(&key, &source, error)),
+                Err(error) => Err(error),
+            };
+        }
+        location.uri()
     };
-    match get_limited(&location, ctx.options.max_image_bytes, ctx.registry.options()).await {
-        Ok(Ok(bytes)) => Ok(raw(bytes, Some(reference))),
-        Ok(Err(error)) => Ok(SourceRecord::error(&key, &source, error)),
-        Err(error) => Err(error),
+    match ctx.registry.web()?.get(&web_url, limit).await {
+        Ok(fetched) => {
+            let meta = with_provenance(meta.clone(), &fetched);
+            Ok(SourceRecord::Raw(RawItem {
+                key: key.clone(),
+                source: source.clone(),
+                image_path: Some(reference),
+                captions: captions.clone(),
+                meta,
+                bytes: fetched.bytes,
+            }))
+        }
+        Err(error) => Ok(SourceRecord::error(&key, &source, error)),
     }
+}
+
+/// `meta` with where a web image came from, under `download`: the URL it was served from after redirects
+/// (credentials are removed from it as from every URL kept), the HTTP status and the content type. A `meta` that
+/// is not a JSON object, or already has a `download` field, is left as it is.
+fn with_provenance(meta: Option<String>, fetched: &Fetched) -> Option<String> {
+    use serde_json::{Map, Value, json};
+    let mut fields = match meta.as_deref().map(serde_json::from_str::<Value>) {
+        None => Map::new(),
+        Some(Ok(Value::Object(fields))) if !fields.contains_key("download") => fields,
+        Some(_) => return meta,
+    };
+    let provenance =
+        json!({"url": fetched.final_url, "status": fetched.status, "content_type": fetched.content_type});
+    fields.insert("download".into(), provenance);
+    Some(Value::Object(fields).to_string())
 }
 
 /// The location an image reference names: a URL of its own, or a path under `prefix`.
