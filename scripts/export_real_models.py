@@ -41,7 +41,10 @@ The contracts, one graph (or pair) each:
 Beside the graphs it writes `photos/` (photos of mixed shapes, one EXIF-rotated) and `reference.json`: for each
 photo, what the reference Python of each ecosystem gives on the same graphs' weights (RAM's tagging rule,
 transformers' `post_process_grounded_object_detection` then class-agnostic NMS, segment-anything's `SamPredictor`
-with the box, transformers' `SamProcessor.post_process_masks`), which the Rust tests compare against.
+with the box, transformers' `SamProcessor.post_process_masks`), which the Rust tests compare against. Each
+detection carries its margin (how far its deciding logits were from a threshold or a tie), and `detection_rivals`
+the boxes a tie could keep instead (tests/reference/real_tiny_margins.py): the tests leave ties out, since which way
+one goes depends on the CPU's kernels.
 """
 
 import argparse
@@ -505,22 +508,26 @@ def nms(boxes, scores, iou):
     return keep
 
 
-def gdino_reference(graph, tokenizer, photos, tags, box_threshold, text_threshold, iou, max_detections):
-    """transformers' post_process_grounded_object_detection on the HF graph's outputs, then class-agnostic NMS.
+def gdino_reference(graph, tokenizer, photos, tags, settings):
+    """transformers' post_process_grounded_object_detection on the HF graph's outputs, then class-agnostic NMS; with
+    each detection's margin, and the rivals a tie could keep instead (tests/reference/real_tiny_margins.py).
 
     The graph runs in ONNX Runtime, not the PyTorch module: with random weights, the two-stage query selection turns
     the last-bit differences between the two backends into other queries now and then, and what is compared here is
-    the pre- and post-processing around the same graph."""
+    the pre- and post-processing around the same graph. Returns (detections, rivals), each by photo."""
     from types import SimpleNamespace
 
+    from real_tiny_margins import annotate
     from transformers import GroundingDinoProcessor
 
     post = GroundingDinoProcessor.post_process_grounded_object_detection
-    result = {}
+    box_threshold, text_threshold = settings["box_threshold"], settings["text_threshold"]
+    iou, max_detections = settings["iou_threshold"], settings["max_detections"]
+    result, rivals = {}, {}
     with torch.no_grad():
         for name, img in photos.items():
             if not tags[name]:
-                result[name] = []
+                result[name], rivals[name] = [], []
                 continue
             ids, types, mask = text_inputs(tokenizer, prompt_of(tags[name]))
             pixels = dino_input(img, GDINO_HF_SIZE)
@@ -539,7 +546,9 @@ def gdino_reference(graph, tokenizer, photos, tags, box_threshold, text_threshol
             scores = found["scores"].tolist()
             keep = nms(boxes, scores, iou)[:max_detections]
             result[name] = [{"box": boxes[i], "score": scores[i], "phrase": found["text_labels"][i]} for i in keep]
-    return result
+            rivals[name] = annotate(result[name], logits[0], outputs.pred_boxes[0].numpy(), img.width, img.height,
+                                    settings)
+    return result, rivals
 
 
 # --- SAM ----------------------------------------------------------------------------------------------------------
@@ -854,9 +863,8 @@ def main():
     if not segmenters_only and ("gdino" in only or "sam" in only or "hf_sam" in only):
         export_gdino(out, tiny, tokenizer)
         if not args.no_reference:
-            reference["detections"] = gdino_reference(session(out / "gdino_hf.onnx"), tokenizer, photos,
-                                                      reference["tags"], s["box_threshold"], s["text_threshold"],
-                                                      s["iou_threshold"], s["max_detections"])
+            reference["detections"], reference["detection_rivals"] = gdino_reference(
+                session(out / "gdino_hf.onnx"), tokenizer, photos, reference["tags"], s)
             print("gdino:", {k: len(v) for k, v in reference["detections"].items()})
     if "gdino_800" in only:
         export_gdino_traced_800(out, tiny, tokenizer)

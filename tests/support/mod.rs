@@ -208,8 +208,20 @@ pub fn fault_stats(proxy: &Server) -> serde_json::Value {
 // ---------------------------------------------------------------------------------------------------------------
 // Running lyrics-prep and Python
 
+/// Runs lyrics-prep; through `LYRICS_TEST_EMULATOR` where that is set, a command line that runs an x86-64 binary on
+/// another CPU (`qemu-x86_64 -cpu Haswell`: the kernels ONNX Runtime picks without AVX-512).
 pub fn lyrics(args: &[&str], env: &Env) -> Output {
-    Command::new(bin())
+    let emulator = std::env::var("LYRICS_TEST_EMULATOR").unwrap_or_default();
+    let mut words = emulator.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(bin());
+            command
+        }
+        None => Command::new(bin()),
+    };
+    command
         .args(args)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("LYRICS_LOG", "info")
