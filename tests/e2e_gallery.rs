@@ -10,10 +10,6 @@ use std::process::Command;
 use support::scenes::{GREY, Kind, PALETTE, Scene, encode_png};
 use support::*;
 
-fn s(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
 /// What tests/browser/gallery.cjs reports of a page.
 fn open_in_chromium(page: &Path, shot: &Path) -> serde_json::Value {
     let root = repo_root();

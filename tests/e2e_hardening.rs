@@ -8,20 +8,6 @@ use std::path::Path;
 
 use support::*;
 
-fn s(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
-fn run_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["run", "--input", input, "--output", output, "--progress", "off"];
-    args.extend_from_slice(extra);
-    args
-}
-
-fn fixture_models() -> String {
-    s(&repo_root().join("examples/models/fixtures.toml"))
-}
-
 /// A JSONL manifest whose rows name `000000.jpg`, `000001.jpg`, … beside it, one per key.
 fn manifest_corpus(dir: &Path, keys: &[&str]) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();

@@ -12,20 +12,6 @@ use std::process::{Command, Output, Stdio};
 use support::scenes::{Kind, Scene, encode_png};
 use support::*;
 
-fn s(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
-fn run_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["run", "--input", input, "--output", output, "--progress", "off"];
-    args.extend_from_slice(extra);
-    args
-}
-
-fn fixture_models() -> String {
-    s(&repo_root().join("examples/models/fixtures.toml"))
-}
-
 /// lyrics-prep run in the folder `cwd`.
 fn lyrics_in(cwd: &Path, args: &[&str]) -> Output {
     Command::new(bin()).args(args).current_dir(cwd).env("LYRICS_LOG", "info").output().expect("run lyrics-prep")

@@ -15,16 +15,6 @@ use std::sync::{Arc, Mutex};
 
 use support::*;
 
-fn s(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
-fn run_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["run", "--input", input, "--output", output, "--progress", "off"];
-    args.extend_from_slice(extra);
-    args
-}
-
 /// What the stand-in web answers to one GET: a status and a body, of which only the first `sent` bytes go out
 /// before the connection is closed (`Content-Length` always declares the whole body).
 struct Answer {

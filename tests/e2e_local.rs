@@ -9,16 +9,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn run_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["run", "--input", input, "--output", output, "--progress", "off"];
-    args.extend_from_slice(extra);
-    args
-}
-
-fn s(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
 #[test]
 fn bundled_sample_corpus_is_read_alike_by_four_readers() {
     let out = tempfile::tempdir().unwrap();

@@ -12,10 +12,6 @@ use lyrics_schemas::SampleRow;
 use support::scenes::{decode_rle, mask_iou};
 use support::*;
 
-fn s(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
 fn real_tiny() -> PathBuf {
     repo_root().join("examples/models/real-tiny")
 }

@@ -11,10 +11,6 @@ use lyrics_schemas::SampleRow;
 use support::scenes::{Kind, Scene, box_iou, decode_rle, encode_png, mask_iou};
 use support::*;
 
-fn s(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
 fn models_dir() -> PathBuf {
     repo_root().join("examples/models")
 }

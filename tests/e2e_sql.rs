@@ -10,10 +10,6 @@ use std::path::{Path, PathBuf};
 use support::scenes::{Kind, Scene, encode_png};
 use support::*;
 
-fn s(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
 /// Runs a query and returns its rows as JSON objects.
 fn query(output: &str, sql: &str, env: &Env) -> Vec<serde_json::Map<String, serde_json::Value>> {
     let result = lyrics(&["sql", "--output", output, "--format", "json", sql], env);

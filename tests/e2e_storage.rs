@@ -4,13 +4,7 @@
 
 use crate::support;
 
-use std::path::Path;
-
 use support::*;
-
-fn s(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
 
 fn run(input: &str, output: &str, extra: &[&str], env: &Env) -> String {
     let mut args = vec!["run", "--input", input, "--output", output, "--progress", "off"];

@@ -11,10 +11,6 @@ use lyrics_schemas::{InstructRow, PretrainRow};
 use support::scenes::{Kind, Scene, box_iou, encode_png};
 use support::*;
 
-fn s(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
 fn table<T>(dir: &Path, name: &str, read: impl Fn(&arrow::array::RecordBatch) -> Vec<T>) -> Vec<T> {
     let mut files: Vec<_> =
         walk(&dir.join(name)).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();

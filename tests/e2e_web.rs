@@ -15,10 +15,6 @@ use std::time::{Duration, Instant};
 use support::web::{Answer, Web};
 use support::*;
 
-fn s(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
-}
-
 /// A JSONL manifest of `(key, url)` rows.
 fn url_manifest(dir: &Path, rows: &[(String, String)]) -> String {
     std::fs::create_dir_all(dir).unwrap();

@@ -26,6 +26,23 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_lyrics-prep")
 }
 
+/// A path as the command line takes it.
+pub fn s(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// `lyrics-prep run` of `input` into `output`, quiet, with `extra` arguments.
+pub fn run_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--input", input, "--output", output, "--progress", "off"];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The refiner's fixture models file.
+pub fn fixture_models() -> String {
+    s(&repo_root().join("examples/models/fixtures.toml"))
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
