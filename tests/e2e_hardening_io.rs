@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use support::web::read_request_head;
 use support::*;
 
 /// What the stand-in web answers to one GET: a status and a body, of which only the first `sent` bytes go out
@@ -80,18 +81,7 @@ impl Web {
 
 fn serve(stream: TcpStream, counts: &Mutex<BTreeMap<String, usize>>, answer: &Answers) {
     let mut reader = BufReader::new(stream);
-    let mut first = String::new();
-    if reader.read_line(&mut first).is_err() {
-        return;
-    }
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) if line == "\r\n" => break,
-            Ok(_) => {}
-        }
-    }
+    let Some(first) = read_request_head(&mut reader) else { return };
     let mut words = first.split_whitespace();
     let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
     let path = target.split('?').next().unwrap_or_default().to_string();

@@ -155,20 +155,24 @@ fn bind_all(hosts: usize) -> Vec<TcpListener> {
     panic!("no port free on 127.0.0.1 to 127.0.0.{hosts}");
 }
 
-fn serve(host: usize, stream: TcpStream, log: &Mutex<Log>, stop: &AtomicBool, router: &Router) {
-    let mut reader = BufReader::new(stream);
+/// Reads an HTTP request's head from `reader`; its request line (`GET /x HTTP/1.1`), or `None` when the client
+/// went away first.
+pub fn read_request_head(reader: &mut BufReader<TcpStream>) -> Option<String> {
     let mut first = String::new();
-    if reader.read_line(&mut first).is_err() {
-        return;
-    }
+    reader.read_line(&mut first).ok()?;
     loop {
         let mut line = String::new();
         match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) if line == "\r\n" => break,
+            Ok(0) | Err(_) => return None,
+            Ok(_) if line == "\r\n" => return Some(first),
             Ok(_) => {}
         }
     }
+}
+
+fn serve(host: usize, stream: TcpStream, log: &Mutex<Log>, stop: &AtomicBool, router: &Router) {
+    let mut reader = BufReader::new(stream);
+    let Some(first) = read_request_head(&mut reader) else { return };
     let target = first.split_whitespace().nth(1).unwrap_or_default().to_string();
     let n = {
         let mut log = log.lock().unwrap();
