@@ -715,7 +715,8 @@ def hf_sam_reference(model, photos, detections, points=False):
     """transformers' SamProcessor: preprocessing, the prompts in the resized frame, and `post_process_masks`; of the
     three masks the one with the best predicted IoU. The prompts are the boxes, or with `points` (what a transformers
     user gets from a points-only SAM with a detector's boxes) each box's centre as a positive point, the mask then
-    kept inside the box's pixels (floor of its start, ceil of its end)."""
+    kept inside the box's pixels (floor of its start, ceil of its end). Each mask records its margin, the best
+    predicted IoU's lead over the second (tests/reference/real_tiny_margins.py)."""
     import math
 
     from transformers import SamProcessor
@@ -753,7 +754,9 @@ def hf_sam_reference(model, photos, detections, points=False):
                     kept = np.zeros_like(mask)
                     kept[y0:y1, x0:x1] = mask[y0:y1, x0:x1]
                     mask = kept
-                found.append({"rle": rle(mask), "score": float(scores[k, best])})
+                # The best mask's lead over the second: a tie where the kernels may choose either.
+                lead = float(scores[k, best] - torch.topk(scores[k], 2).values[1])
+                found.append({"rle": rle(mask), "score": float(scores[k, best]), "margin": round(lead, 9)})
             result[name] = found
     return result
 

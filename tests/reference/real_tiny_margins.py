@@ -14,11 +14,16 @@ Each query's margin, in logit units, is the smallest of:
   the graph's top-k makes), or where the IoU is within rounding of the threshold;
 - the margin of every such box scoring above it: NMS keeps or drops a box by what the boxes above it became.
 
+The masks of transformers' SAM (`hf_sam`, `hf_sam_points`) are each the best of three by predicted IoU: their margin
+is the best predicted IoU's lead over the second (random weights predict IoUs around 1e-3, some within 1e-7 of each
+other, and the three masks differ).
+
     real_tiny_margins.py MODELS_DIR [--write]
 
-runs the committed `gdino_hf.onnx` with ONNX Runtime on the reference's own inputs, on this machine's kernels, and
-checks that every decision of MODELS_DIR/reference.json comes out the same here but for ties; with `--write` it then
-records the margins and rivals found here in reference.json. It needs numpy, ONNX Runtime, Pillow and tokenizers
+runs the committed `gdino_hf.onnx` with ONNX Runtime on the reference's own inputs, and transformers' SAM split
+(`hf_sam_*.onnx`) on SamProcessor's, on this machine's kernels, and checks that every decision of
+MODELS_DIR/reference.json comes out the same here but for ties; with `--write` it then records the margins and
+rivals found here in reference.json. It needs numpy, ONNX Runtime, Pillow and tokenizers
 only; scripts/export_real_models.py calls `annotate` on the outputs it post-processes.
 """
 import json
@@ -30,6 +35,9 @@ import numpy as np
 
 # The parity test's tie threshold (`TIE` in tests/e2e_real_models.rs): what a CPU may decide either way.
 TIE = 1e-3
+# The parity test's tie threshold for a mask choice (`MASK_TIE`), in predicted-IoU units: PyTorch's and ONNX
+# Runtime's predicted IoUs differ by up to 8e-8 on these graphs.
+MASK_TIE = 1e-5
 # Rivals (boxes the reference suppressed or cut at the threshold) are recorded up to this margin.
 RECORDED = 0.1
 # Scores this many float32 units apart or closer are a tie: two sigmoid implementations may round them either way.
@@ -129,6 +137,45 @@ def dino_input(img):
     return ((x - MEAN) / STD).transpose(2, 0, 1)[None].copy()
 
 
+def sam_input(img):
+    """transformers' SamImageProcessor (PIL backend): the longest side to 1024 (each side rounded half up) with PIL's
+    bilinear filter, rescaled, ImageNet-normalized, padded to 1024x1024 at the bottom and right. Returns the tensor
+    and the resized (width, height)."""
+    from PIL import Image
+
+    scale = 1024 / max(img.width, img.height)
+    w, h = int(img.width * scale + 0.5), int(img.height * scale + 0.5)
+    x = np.asarray(img.resize((w, h), Image.BILINEAR)).astype(np.float32) * np.float32(1 / 255)
+    padded = np.zeros((1024, 1024, 3), np.float32)
+    padded[:h, :w] = (x - MEAN) / STD
+    return padded.transpose(2, 0, 1)[None].copy(), (w, h)
+
+
+def mask_margins(encoder, decoders, img, detections, count):
+    """The predicted IoUs of transformers' SAM for the first `count` detections, as hf_sam_reference in
+    scripts/export_real_models.py prompts it: {"hf_sam": the boxes, "hf_sam_points": each box's centre}, each a list
+    of the three predicted IoUs per box."""
+    pixels, (w, h) = sam_input(img)
+    embeddings, positional = encoder.run(None, {"pixel_values": pixels})
+    boxes = [[max(0.0, min(v, lim)) for v, lim in zip(d["box"], [img.width, img.height] * 2)]
+             for d in detections[:count]]
+    scale = np.array([w / img.width, h / img.height], np.float32)
+    corners = (np.array(boxes, np.float32).reshape(-1, 2, 2) * scale).reshape(1, -1, 4)
+    centres = np.array([[[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2]] for b in boxes], np.float32)[None] * scale
+    image = {"image_embeddings": embeddings, "image_positional_embeddings": positional}
+    return {
+        "hf_sam": decoders["hf_sam"].run(["iou_scores"], {**image, "input_boxes": corners})[0][0].tolist(),
+        "hf_sam_points": decoders["hf_sam_points"].run(["iou_scores"], {
+            **image, "input_points": centres, "input_labels": np.ones((1, len(boxes), 1), np.int64)})[0][0].tolist(),
+    }
+
+
+def choice_margin(predicted):
+    """The best of three predicted IoUs' lead over the second."""
+    first, second = sorted(predicted, reverse=True)[:2]
+    return first - second
+
+
 def prompt_of(tags):
     caption = " | ".join(t["tag"] for t in tags).replace(" |", ",").lower().strip()
     return caption if caption.endswith(".") else caption + "."
@@ -145,7 +192,11 @@ def main():
     reference = json.loads(path.read_text())
     settings = reference["settings"]
     tokenizer = Tokenizer.from_file(str(models / "tokenizer.json"))
-    graph = ort.InferenceSession(str(models / "gdino_hf.onnx"), providers=["CPUExecutionProvider"])
+    session = lambda name: ort.InferenceSession(str(models / name), providers=["CPUExecutionProvider"])  # noqa: E731
+    graph = session("gdino_hf.onnx")
+    encoder = session("hf_sam_vision_encoder.onnx")
+    decoders = {"hf_sam": session("hf_sam_prompt_encoder_mask_decoder_boxes.onnx"),
+                "hf_sam_points": session("hf_sam_prompt_encoder_mask_decoder.onnx")}
     rivals = {}
     for name, detections in reference["detections"].items():
         img = ImageOps.exif_transpose(Image.open(models / "photos" / f"{name}.png")).convert("RGB")
@@ -164,8 +215,19 @@ def main():
         # A tie here that the reference does not count as one (or the other way) would be a kernel difference
         # beyond what the parity test allows for.
         moved = sum(r is None or (r < TIE) != (d["margin"] < TIE) for r, d in zip(recorded, detections))
+        masks, mask_ties = 0, 0
+        for key, predicted in mask_margins(encoder, decoders, img, detections, len(reference["hf_sam"][name])).items():
+            for mask, scores in zip(reference[key][name], predicted):
+                margin = choice_margin(scores)
+                tie = margin < MASK_TIE
+                # Outside a tie the mask chosen here is the reference's: its predicted IoU is the reference's best.
+                assert tie or abs(max(scores) - mask["score"]) < 1e-6, f"{name}/{key}: {scores} against {mask['score']}"
+                moved += "margin" not in mask or (mask["margin"] < MASK_TIE) != tie
+                mask["margin"] = round(margin, 9)
+                masks, mask_ties = masks + 1, mask_ties + tie
         print(f"{name}: the reference's {len(detections)} detections here, {ties} within {TIE} of a decision, "
-              f"{len(rivals[name])} rivals; {moved} ties other than recorded")
+              f"{len(rivals[name])} rivals; {masks} masks chosen of three, {mask_ties} within {MASK_TIE}; "
+              f"{moved} ties other than recorded")
     if write:
         reference["detection_rivals"] = rivals
         path.write_text(json.dumps(reference, separators=(",", ":")) + "\n")
