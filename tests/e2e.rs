@@ -20,6 +20,8 @@ mod e2e_local;
 mod e2e_real_models;
 #[path = "e2e_refiner.rs"]
 mod e2e_refiner;
+#[path = "e2e_retry.rs"]
+mod e2e_retry;
 #[path = "e2e_scaleout.rs"]
 mod e2e_scaleout;
 #[path = "e2e_sql.rs"]

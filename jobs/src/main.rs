@@ -226,6 +226,10 @@ pub struct RunArgs {
     /// Delete an output written by a different job spec or input instead of refusing to resume it.
     #[arg(long)]
     force: bool,
+    /// Read again the items of committed units whose error rows are of these kinds (comma-separated, e.g.
+    /// timeout,connect,http_5xx,http_429; http_5xx is any 5xx status), and rewrite only those units.
+    #[arg(long, value_delimiter = ',', value_name = "KINDS", conflicts_with_all = ["claim", "force"])]
+    retry_errors: Vec<String>,
     /// Decode threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,

@@ -141,6 +141,12 @@ pub fn summary_json(report: &RunReport, metrics: &Metrics, worker: &str) -> serd
         // The summary's busy line at full precision: benchmarks divide these by counts of boxes.
         "busy_s": metrics.busy().into_iter().map(|(stage, t)| (stage, t.as_secs_f64())).collect::<std::collections::BTreeMap<_, _>>(),
         "complete": report.finalized.is_some(),
+        "retried": report.retried.map(|r| serde_json::json!({
+            "units": r.units,
+            "units_done": r.units_done,
+            "items": r.items,
+            "recovered": r.recovered,
+        })),
     })
 }
 
@@ -240,6 +246,12 @@ pub fn summary(report: &RunReport, metrics: &Metrics, worker: &str) -> String {
     let busy: Vec<String> =
         metrics.busy().iter().map(|(stage, t)| format!("{stage} {:.2} s", t.as_secs_f64())).collect();
     out += &format!("  busy     {}\n", busy.join(", "));
+    if let Some(retried) = report.retried {
+        out += &format!(
+            "  retried  {} items of {} units read again ({} units rewritten): {} are samples now\n",
+            retried.items, retried.units, retried.units_done, retried.recovered
+        );
+    }
     if !report.taken.is_empty() {
         let units: Vec<String> = report.taken.iter().map(u64::to_string).collect();
         out += &format!(

@@ -123,7 +123,11 @@ pub(crate) async fn get_json<T: for<'de> Deserialize<'de>>(
     }
 }
 
-async fn put_json<T: Serialize>(output: &Location, relative: &str, value: &T) -> Result<(), PipelineError> {
+pub(crate) async fn put_json<T: Serialize>(
+    output: &Location,
+    relative: &str,
+    value: &T,
+) -> Result<(), PipelineError> {
     let path = output.child(relative);
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| PipelineError::Internal(e.to_string()))?;
     bytes.push(b'\n');
@@ -370,6 +374,10 @@ pub async fn finalize(output: &Location, record: &PlanRecord) -> Result<Option<F
     let committed = committed_units(output).await?;
     let all: Vec<u64> = record.plan.units.iter().map(|u| u.id).collect();
     if !all.iter().all(|u| committed.contains(u)) {
+        return Ok(None);
+    }
+    // A unit being amended (`--retry-errors`) is not final yet.
+    if crate::retry::pending(output).await? {
         return Ok(None);
     }
     let mut markers = read_markers(output, &all).await?;

@@ -228,7 +228,7 @@ type BatchStream = parquet::arrow::async_reader::ParquetRecordBatchStream<Parque
 
 /// A stream of the shard's rows, all columns or those named.
 #[allow(deprecated)]
-async fn open(
+pub(crate) async fn open(
     output: &Location,
     shard: &ShardInfo,
     columns: Option<&[&str]>,
@@ -305,14 +305,14 @@ async fn amend(
 }
 
 /// The sequence number of a shard path (`…/part-UUUUUU-SSS.parquet`).
-fn seq_of(path: &str) -> Option<u32> {
+pub(crate) fn seq_of(path: &str) -> Option<u32> {
     path.rsplit('/').next()?.strip_suffix(".parquet")?.rsplit('-').next()?.parse().ok()
 }
 
 /// Rewrites `shard` without the rows of `keys`, in place; returns its new record. A shard that holds none of
 /// them is left as it is (perhaps rewritten already by a finalize that was killed), and its record is read from
 /// the file.
-async fn rewrite_without(
+pub(crate) async fn rewrite_without(
     output: &Location,
     sink: &SinkOptions,
     shard: &ShardInfo,

@@ -4,7 +4,8 @@
 //!
 //! Points: `before-rename` (a shard of the unit is written whole to its local staging file, not yet renamed into
 //! place), `after-shard` (a shard of the unit is complete, the unit is not), `before-marker` (every shard of the
-//! unit is complete, its commit marker is not written), `before-amended-marker` (finalizing has rewritten the
+//! unit is complete, its commit marker is not written), `before-retry-marker` (a retried unit's new shards are whole
+//! and recorded, its old error rows and marker not yet replaced), `before-amended-marker` (finalizing has rewritten the
 //! unit's shards without its cross-unit duplicates, and not yet its marker).
 //!
 //! With `LYRICS_FAILPOINT_ONCE=FILE` a crash point fires once across processes (the first creates FILE).

@@ -6,7 +6,7 @@
 //! stalls the ones before it, and memory is Σ capacity × batch size whatever the corpus size. Order is kept end to
 //! end, which is what makes a unit's output deterministic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -21,6 +21,7 @@ use crate::item::{ItemError, Msg, Record, SourceRecord};
 use crate::metrics::Metrics;
 use crate::partition::Worker;
 use crate::plan::{self, InputFormat, WorkUnit};
+use crate::retry::{RetryKinds, RetryUnit};
 use crate::sink::{SinkOptions, UnitWriter};
 use crate::source::{Emitter, Source, SourceOptions};
 use crate::store::{Location, StoreRegistry, redact};
@@ -95,6 +96,9 @@ pub struct RunConfig {
     pub claim: Option<std::time::Duration>,
     /// Process only these units (a task per unit on an engine such as Ray), instead of a worker's share.
     pub units: Option<Vec<u64>>,
+    /// Read again the items of this worker's committed units whose error rows are of these kinds, and amend those
+    /// units (see [`crate::retry`]).
+    pub retry_errors: Option<RetryKinds>,
 }
 
 /// How a run ended.
@@ -115,6 +119,21 @@ pub struct RunReport {
     /// lease (`None` when it could not be read): if that worker is gone, a rerun after the lease runs out takes
     /// them over.
     pub held: Vec<(u64, Option<Lease>)>,
+    /// What `retry_errors` did, when it was asked for.
+    pub retried: Option<Retried>,
+}
+
+/// What a run with `retry_errors` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retried {
+    /// Committed units that held error rows of the kinds retried.
+    pub units: u64,
+    /// Of them, those amended.
+    pub units_done: u64,
+    /// Items read again.
+    pub items: u64,
+    /// Of them, those that are samples now.
+    pub recovered: u64,
 }
 
 /// The units this worker claimed and has not ended yet, with the tasks renewing their leases.
@@ -153,6 +172,12 @@ pub async fn run<S: Send + 'static>(
         plan: plan.clone(),
     };
     commit::open_output(&output, &mut record, config.earlier_spec_hash.as_deref(), config.force).await?;
+    let owned = |id: u64| match &config.units {
+        Some(chosen) => chosen.contains(&id),
+        None => config.claim.is_some() || config.worker.owns(id),
+    };
+    // What a killed retry of this worker's units left is completed or undone before anything else.
+    crate::retry::recover(&output, &config.sink, owned).await?;
     let committed = commit::committed_units(&output).await?;
     if let Some(missing) = config.units.iter().flatten().find(|id| **id >= plan.units.len() as u64) {
         return Err(PipelineError::Config(format!(
@@ -160,16 +185,40 @@ pub async fn run<S: Send + 'static>(
             plan.units.len().saturating_sub(1)
         )));
     }
-    let mine: Vec<&WorkUnit> = plan
-        .units
-        .iter()
-        .filter(|u| match &config.units {
-            Some(chosen) => chosen.contains(&u.id),
-            None => config.claim.is_some() || config.worker.owns(u.id),
-        })
-        .collect();
-    let todo: Vec<WorkUnit> = mine.iter().filter(|u| !committed.contains(&u.id)).map(|u| (*u).clone()).collect();
+    let mine: Vec<&WorkUnit> = plan.units.iter().filter(|u| owned(u.id)).collect();
+    let mut todo: Vec<WorkUnit> =
+        mine.iter().filter(|u| !committed.contains(&u.id)).map(|u| (*u).clone()).collect();
     let skipped = (mine.len() - todo.len()) as u64;
+    let mut retried = None;
+    let mut retrying: BTreeMap<u64, RetryUnit> = BTreeMap::new();
+    if let Some(kinds) = &config.retry_errors {
+        let done: Vec<u64> = mine.iter().map(|u| u.id).filter(|id| committed.contains(id)).collect();
+        let chosen = crate::retry::select(&output, &done, kinds).await?;
+        if !chosen.is_empty() {
+            crate::retry::unfinish(&output).await?;
+        }
+        for unit in chosen {
+            crate::retry::begin(&output, &unit).await?;
+            retrying.insert(unit.marker.unit, unit);
+        }
+        retried = Some(Retried {
+            units: retrying.len() as u64,
+            items: retrying.values().map(|u| u.keys.len() as u64).sum(),
+            ..Retried::default()
+        });
+        tracing::info!(
+            kinds = %kinds.names().join(","),
+            units = retrying.len(),
+            items = retried.map_or(0, |r| r.items),
+            "reading again the items that failed so"
+        );
+        todo.extend(plan.units.iter().filter(|u| retrying.contains_key(&u.id)).cloned());
+        todo.sort_by_key(|u| u.id);
+    }
+    let only: HashMap<u64, Arc<HashSet<String>>> = retrying
+        .iter()
+        .map(|(id, unit)| (*id, Arc::new(unit.keys.iter().cloned().collect::<HashSet<String>>())))
+        .collect();
     Metrics::add(&metrics.units_total, mine.len() as u64);
     Metrics::add(&metrics.units_skipped, skipped);
     tracing::info!(
@@ -193,7 +242,7 @@ pub async fn run<S: Send + 'static>(
         others: others.clone(),
     });
     let reader =
-        tokio::spawn(read_all(planned.source, todo, read_tx, config.batch_size, metrics.clone(), claiming));
+        tokio::spawn(read_all(planned.source, todo, only, read_tx, config.batch_size, metrics.clone(), claiming));
     let fatal: Arc<Mutex<Option<PipelineError>>> = Arc::default();
     let mut threads = Vec::new();
     let part_bytes = registry.options().upload_part_bytes;
@@ -213,8 +262,11 @@ pub async fn run<S: Send + 'static>(
         metrics: &metrics,
         claims: held,
         stale: Mutex::new(stale),
+        retrying: &retrying,
+        recovered: std::sync::atomic::AtomicU64::new(0),
+        amended: std::sync::atomic::AtomicU64::new(0),
     };
-    let (done, failed, taken) = match stages.len() {
+    let outcome = match stages.len() {
         0 => writer.write_all::<SourceRecord, S>(read_rx).await,
         _ => {
             let mut stages = stages.into_iter();
@@ -228,6 +280,11 @@ pub async fn run<S: Send + 'static>(
             writer.write_all::<Record<S>, S>(rx).await
         }
     };
+    let (done, failed, taken) = outcome;
+    if let Some(retried) = &mut retried {
+        retried.units_done = writer.amended.load(std::sync::atomic::Ordering::Relaxed);
+        retried.recovered = writer.recovered.load(std::sync::atomic::Ordering::Relaxed);
+    }
     reader.await.map_err(|e| PipelineError::Internal(format!("read task failed: {e}")))?;
     for thread in threads {
         thread.join().map_err(|_| PipelineError::Internal("a stage thread panicked".into()))?;
@@ -255,6 +312,7 @@ pub async fn run<S: Send + 'static>(
         finalized,
         taken,
         held: held_by_others,
+        retried,
     })
 }
 
@@ -372,6 +430,7 @@ async fn claim_unit(claiming: &Claiming, unit: u64) -> bool {
 async fn read_all(
     source: Box<dyn Source>,
     units: Vec<WorkUnit>,
+    only: HashMap<u64, Arc<HashSet<String>>>,
     tx: mpsc::Sender<Msg<SourceRecord>>,
     batch_size: usize,
     metrics: Arc<Metrics>,
@@ -385,7 +444,8 @@ async fn read_all(
             Metrics::add(&metrics.units_skipped, 1);
             continue;
         }
-        let mut emitter = Emitter::new(unit.id, tx.clone(), batch_size, metrics.clone());
+        let mut emitter =
+            Emitter::new(unit.id, tx.clone(), batch_size, metrics.clone()).only(only.get(&unit.id).cloned());
         let mut result = source.read(&unit, &mut emitter).await;
         if result.is_ok() {
             result = emitter.flush().await.map_err(PipelineError::from);
@@ -414,10 +474,15 @@ struct OpenUnit {
     failure: Option<String>,
     /// Set when another worker took the claimed unit over: it ends without writing or deleting anything.
     taken: bool,
+    /// When the unit is amended (see [`crate::retry`]): the keys of the items read again.
+    retried: Option<BTreeSet<String>>,
 }
 
 impl OpenUnit {
     async fn push<S>(&mut self, record: Record<S>) -> Result<(), PipelineError> {
+        if let Some(keys) = &mut self.retried {
+            keys.insert(record.identity().0.to_string());
+        }
         match record {
             Record::Sample(sample) => {
                 self.rows += 1;
@@ -460,6 +525,12 @@ struct Writer<'a> {
     claims: Claims,
     /// Staging files killed writers left, by unit, removed when the unit is opened.
     stale: Mutex<BTreeMap<u64, Vec<std::path::PathBuf>>>,
+    /// The committed units being amended.
+    retrying: &'a BTreeMap<u64, RetryUnit>,
+    /// Items read again that are samples now.
+    recovered: std::sync::atomic::AtomicU64,
+    /// Units amended.
+    amended: std::sync::atomic::AtomicU64,
 }
 
 impl Writer<'_> {
@@ -467,8 +538,21 @@ impl Writer<'_> {
         let stale = self.stale.lock().ok().and_then(|mut stale| stale.remove(&unit)).unwrap_or_default();
         crate::direct::remove_stale(&stale).map_err(|e| PipelineError::sink(self.output.uri(), e))?;
         let claim = self.claims.lock().ok().and_then(|held| held.get(&unit).map(|(claim, _)| claim.clone()));
-        let writer = UnitWriter::new(self.output, self.tables, self.sink, self.part_bytes, unit, claim)?;
-        Ok(OpenUnit { unit, writer, rows: 0, errors: 0, errors_by_kind: BTreeMap::new(), failure, taken: false })
+        let mut writer = UnitWriter::new(self.output, self.tables, self.sink, self.part_bytes, unit, claim)?;
+        let retry = self.retrying.get(&unit);
+        if let Some(retry) = retry {
+            writer = writer.numbered_from(&retry.first_seq());
+        }
+        Ok(OpenUnit {
+            unit,
+            writer,
+            rows: 0,
+            errors: 0,
+            errors_by_kind: BTreeMap::new(),
+            failure,
+            taken: false,
+            retried: retry.map(|_| BTreeSet::new()),
+        })
     }
 
     /// Ends the claim of `unit`, if it was claimed: its lease is no longer renewed.
@@ -540,7 +624,8 @@ impl Writer<'_> {
                             continue;
                         }
                     };
-                    let outcome = commit_unit(current, items, warnings, result, self.output).await;
+                    let retry = self.retrying.get(&unit).map(|retry| (retry, self.sink));
+                    let outcome = commit_unit(current, items, warnings, result, self.output, retry).await;
                     self.release(unit);
                     match outcome {
                         Err(message) if message == TAKEN => {
@@ -549,6 +634,10 @@ impl Writer<'_> {
                         }
                         Ok(marker) => {
                             done += 1;
+                            if self.retrying.contains_key(&unit) {
+                                self.amended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                self.recovered.fetch_add(marker.rows, std::sync::atomic::Ordering::Relaxed);
+                            }
                             self.metrics.record_unit(&marker);
                             tracing::debug!(unit, rows = marker.rows, errors = marker.errors, "unit committed");
                         }
@@ -581,6 +670,7 @@ async fn commit_unit(
     warnings: BTreeMap<String, u64>,
     read: Result<(), String>,
     output: &crate::store::Location,
+    retry: Option<(&RetryUnit, SinkOptions)>,
 ) -> Result<UnitMarker, String> {
     let failure = match (read, &current.failure) {
         (Err(e), _) => Some(e),
@@ -599,7 +689,7 @@ async fn commit_unit(
         current.writer.abort().await;
         return Err(failure);
     }
-    let OpenUnit { unit, writer, rows, errors, errors_by_kind, .. } = current;
+    let OpenUnit { unit, writer, rows, errors, errors_by_kind, retried, .. } = current;
     let claim = writer.claim();
     let shards = match writer.finish().await {
         Ok(shards) => shards,
@@ -608,6 +698,14 @@ async fn commit_unit(
     };
     let marker =
         UnitMarker { unit, items, rows, errors, errors_by_kind, warnings_by_kind: warnings, shards, duplicates: 0 };
+    if let Some((retry, sink)) = retry {
+        // An amended unit: its marker is rebuilt from its old shards and these (see `crate::retry`); what this
+        // run counts is what it wrote.
+        crate::retry::commit(output, &sink, retry, retried.unwrap_or_default(), marker.shards.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(marker);
+    }
     crate::failpoint::hit("before-marker", unit);
     crate::failpoint::pause("before-marker", unit);
     if let Some(claim) = claim

@@ -370,6 +370,15 @@ impl UnitWriter {
         Ok(UnitWriter { tables })
     }
 
+    /// Numbers each table's shards from `first` on (by table name; 0 for a table not named), for the shards an
+    /// amended unit adds after its own (see [`crate::retry`]).
+    pub fn numbered_from(mut self, first: &std::collections::BTreeMap<String, u32>) -> Self {
+        for table in &mut self.tables {
+            table.next_seq = first.get(table.table.name()).copied().unwrap_or(0);
+        }
+        self
+    }
+
     /// The unit's claim, when units are shared by claims.
     pub fn claim(&self) -> Option<Arc<Claim>> {
         self.tables.first().and_then(|t| t.claim.clone())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use lyrics_operators::image::ImageOperator;
 use lyrics_operators::text::TextOptions;
-use lyrics_pipeline::{Metrics, RunConfig, Stage, Tables, Worker, redact};
+use lyrics_pipeline::{Metrics, RetryKinds, RunConfig, Stage, Tables, Worker, redact};
 
 use super::{input_of, load_spec, refuse_output_inside_input, registry, runtime};
 use crate::RunArgs;
@@ -34,6 +34,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         spec.refine.device = device.clone();
     }
     spec.validate()?;
+    let retry_errors = if args.retry_errors.is_empty() { None } else { Some(RetryKinds::new(&args.retry_errors)?) };
     let input = input_of(&spec)?;
     let output =
         spec.output.uri.clone().context("no output: pass --output URI or set output.uri in the job spec")?;
@@ -103,6 +104,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         force: args.force,
         claim: args.claim.then(|| Duration::from_secs_f64(args.lease_s)),
         units: (!args.unit.is_empty()).then(|| args.unit.clone()),
+        retry_errors,
     };
     let reporter = Reporter::start(mode, metrics.clone(), Duration::from_secs_f64(args.log_every.max(0.1)));
     let report = runtime.block_on(lyrics_pipeline::run(config, registry, stages, tables, metrics.clone()));

@@ -98,6 +98,12 @@ pub fn finalize(args: FinalizeArgs) -> Result<ExitCode> {
         if swept > 0 {
             eprintln!("{shown}: removed {swept} staging files that killed writers left behind");
         }
+        // Units a killed `run --retry-errors` was amending: completed or undone (no worker is at work now).
+        let sink = view.plan.sink.unwrap_or_default();
+        let recovered = lyrics_pipeline::retry::recover(&output, &sink, |_| true).await?;
+        if recovered > 0 {
+            eprintln!("{shown}: finished what killed retries left in {recovered} units");
+        }
         if view.complete() {
             eprintln!("{shown} is complete already");
             return Ok(ExitCode::SUCCESS);

@@ -67,6 +67,8 @@ pub(crate) async fn fetch_all(
         SourceRecord::Raw(raw) => raw.bytes.len() as u64,
         SourceRecord::Error(_) => 0,
     };
+    // Read again for some keys only (`--retry-errors`): the others' images are not fetched at all.
+    let items: Vec<ImageRefItem> = items.into_iter().filter(|item| emitter.wants(&item.key)).collect();
     let mut pending = items.into_iter().enumerate();
     let mut running = FuturesUnordered::new();
     // Fetched records waiting for those before them, by their index in the unit.

@@ -38,7 +38,7 @@ mod webdataset;
 
 use std::sync::Arc;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::future::BoxFuture;
 use object_store::ObjectMeta;
@@ -204,6 +204,9 @@ pub struct Emitter {
     pub(crate) items: u64,
     /// Problems that cost an item nothing but are worth counting (a second image member under one key).
     pub(crate) warnings: BTreeMap<String, u64>,
+    /// When the unit is read again for some keys only (`run --retry-errors`): those keys; other items are
+    /// passed over without a word (their rows are already written).
+    only: Option<Arc<HashSet<String>>>,
 }
 
 impl Emitter {
@@ -222,12 +225,31 @@ impl Emitter {
             seen: HashMap::new(),
             items: 0,
             warnings: BTreeMap::new(),
+            only: None,
         }
+    }
+
+    /// An emitter that lets through the items of `keys` only (see [`crate::retry`]).
+    pub(crate) fn only(mut self, keys: Option<Arc<HashSet<String>>>) -> Self {
+        self.only = keys;
+        self
     }
 
     /// A stand-in left behind while the emitter is lent to a blocking thread.
     pub(crate) fn detached(&self) -> Emitter {
-        Emitter::new(self.unit, self.tx.clone(), self.batch_size, self.metrics.clone())
+        Emitter::new(self.unit, self.tx.clone(), self.batch_size, self.metrics.clone()).only(self.only.clone())
+    }
+
+    /// Whether an item of `key` is wanted in this reading of the unit: a source may then skip fetching the
+    /// others' images. Keys are compared as they would be stored (cut to the longest accepted).
+    pub fn wants(&self, key: &str) -> bool {
+        let Some(only) = &self.only else { return true };
+        if only.contains(key) {
+            return true;
+        }
+        let mut stored = key.to_string();
+        truncate_key(&mut stored);
+        only.contains(&stored)
     }
 
     /// Counts a warning of `kind` for this unit (it goes into the unit's marker and the run's summary).
@@ -284,6 +306,9 @@ impl Emitter {
     }
 
     pub async fn push(&mut self, record: SourceRecord) -> Result<(), Closed> {
+        if !self.wants(record.identity().0) {
+            return Ok(());
+        }
         let record = self.admit(record);
         self.batch.push(record);
         if self.batch.len() >= self.batch_size {
@@ -294,6 +319,9 @@ impl Emitter {
 
     /// [`Emitter::push`] from a blocking thread.
     pub fn push_blocking(&mut self, record: SourceRecord) -> Result<(), Closed> {
+        if !self.wants(record.identity().0) {
+            return Ok(());
+        }
         let record = self.admit(record);
         self.batch.push(record);
         if self.batch.len() >= self.batch_size {
