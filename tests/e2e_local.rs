@@ -312,6 +312,8 @@ fn plan_and_status_report_the_job() {
     assert_eq!((summary["rows"]["samples"].as_u64(), &summary["complete"]), (Some(4), &serde_json::json!(false)));
     // The busy line at full precision, for benchmarks.
     assert!(summary["busy_s"]["decode"].as_f64().is_some_and(|s| s > 0.0), "{summary}");
+    // And the decode threads' own CPU time, summed from their thread clocks.
+    assert!(summary["busy_s"]["decode.cpu"].as_f64().is_some_and(|s| s > 0.0), "{summary}");
     let status = Command::new(bin()).args(["status", "--output", &s(&out), "--json"]).output().unwrap();
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(

@@ -48,6 +48,10 @@ fn check_time_accounting(models: &str, output: &std::process::Output) {
     assert!(session > 0.0 && session <= infer, "{models}: {summary}");
     // Each clock is read a few microseconds apart from the other around every run.
     assert!(cpu_outside > 0.0 && cpu_outside <= infer - session + 0.005, "{models}: {summary}");
+    // The CPU stages around the sessions report their threads' own CPU time.
+    for stage in ["decode.cpu", "refine.prepare.cpu", "refine.finish.cpu"] {
+        assert!(busy(stage) > 0.0, "{models}: no {stage} in {summary}");
+    }
 }
 
 /// Every contract: no error rows, every photo's displayed size, every box inside the image, a mask for every box

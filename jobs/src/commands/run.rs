@@ -63,23 +63,24 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let refining = spec.refine.models.is_some();
     let operator =
         ImageOperator { limits: spec.decode, resize: spec.resize, encode: spec.encode, keep_pixels: refining };
-    let mut stages: Vec<Box<dyn Stage<State>>> = vec![Box::new(DecodeStage::new(operator, pool.clone()))];
+    let mut stages: Vec<Box<dyn Stage<State>>> =
+        vec![Box::new(DecodeStage::new(operator, pool.clone(), metrics.clone()))];
     let mut tables = Tables::default();
     let mut refiner_description = String::new();
     if let Some(models_uri) = &spec.refine.models {
         let refiner = runtime.block_on(start_refiner(&spec, models_uri, &registry, mode))?;
         refiner_description = refiner.description.clone();
         let description: Arc<str> = Arc::from(refiner.description.as_str());
-        stages.push(Box::new(refine_prepare(refiner.layout, pool.clone())));
+        stages.push(Box::new(refine_prepare(refiner.layout, pool.clone()).measured(metrics.clone())));
         stages.push(Box::new(RefineInferStage::new(refiner.sessions, metrics.clone())));
-        stages.push(Box::new(refine_finish(description, pool.clone())));
+        stages.push(Box::new(refine_finish(description, pool.clone()).measured(metrics.clone())));
         if spec.text.enabled {
             let options = TextOptions {
                 formats: spec.text.formats.clone(),
                 inline_format: spec.text.inline_format,
                 instruct: spec.text.instruct.clone(),
             };
-            stages.push(Box::new(text(Arc::new(options), pool.clone(), &mut tables)?));
+            stages.push(Box::new(text(Arc::new(options), pool.clone(), &mut tables)?.measured(metrics.clone())));
         }
         // Model inputs are large: smaller batches and queues keep memory bounded.
         spec.pipeline.batch_size = spec.refine.batch_size;
