@@ -53,6 +53,37 @@ impl Rle {
         Rle { size: [height, width], counts: counts_to_string(&runs) }
     }
 
+    /// Encodes a mask that is background outside the rectangle `[x0, y0, x1, y1)` of a `height` × `width` image
+    /// and `region` inside it (row-major, `x1 − x0` wide, nonzero is foreground); returns the RLE and the
+    /// foreground area. The pixels outside the rectangle cost nothing: whole columns of background are one step.
+    pub fn encode_region(height: u32, width: u32, rect: [usize; 4], region: &[u8]) -> Result<(Rle, u64), RleError> {
+        let (h, w) = (height as usize, width as usize);
+        let [x0, y0, x1, y1] = rect;
+        let (x1, y1) = (x1.min(w), y1.min(h));
+        let (x0, y0) = (x0.min(x1), y0.min(y1));
+        let rw = x1 - x0;
+        if region.len() != rw * (y1 - y0) {
+            return Err(RleError::Size { len: region.len(), height: (y1 - y0) as u32, width: rw as u32 });
+        }
+        let mut runs = Runs { runs: Vec::new(), current: false, run: 0 };
+        let mut area = 0u64;
+        for x in 0..w {
+            if x < x0 || x >= x1 || y0 == y1 {
+                runs.add(false, h as u64);
+                continue;
+            }
+            runs.add(false, y0 as u64);
+            for y in y0..y1 {
+                let v = region[(y - y0) * rw + (x - x0)] != 0;
+                area += u64::from(v);
+                runs.add(v, 1);
+            }
+            runs.add(false, (h - y1) as u64);
+        }
+        runs.runs.push(runs.run);
+        Ok((Rle { size: [height, width], counts: counts_to_string(&runs.runs) }, area))
+    }
+
     /// The run lengths (zeros first).
     pub fn runs(&self) -> Result<Vec<u64>, RleError> {
         let runs = counts_from_string(&self.counts)?;
@@ -84,6 +115,28 @@ impl Rle {
     /// Foreground pixels.
     pub fn area(&self) -> Result<u64, RleError> {
         Ok(self.runs()?.iter().skip(1).step_by(2).sum())
+    }
+}
+
+/// Runs being counted, column-major, zeros first.
+struct Runs {
+    runs: Vec<u64>,
+    current: bool,
+    run: u64,
+}
+
+impl Runs {
+    /// `n` more pixels of value `v`.
+    fn add(&mut self, v: bool, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if v != self.current {
+            self.runs.push(self.run);
+            self.run = 0;
+            self.current = v;
+        }
+        self.run += n;
     }
 }
 
@@ -183,6 +236,30 @@ mod tests {
             let rle = Rle::encode(&mask, h, w).unwrap();
             prop_assert_eq!(rle.decode().unwrap(), mask.clone());
             prop_assert_eq!(rle.area().unwrap(), mask.iter().filter(|m| **m).count() as u64);
+        }
+
+        #[test]
+        fn a_region_encodes_as_the_whole_mask_it_stands_for(
+            h in 1u32..20, w in 1u32..20, a in 0usize..22, b in 0usize..22, c in 0usize..22, d in 0usize..22,
+            seed in any::<u64>(),
+        ) {
+            let rect = [a.min(b), c.min(d), a.max(b), c.max(d)];
+            let (x1, y1) = (rect[2].min(w as usize), rect[3].min(h as usize));
+            let (x0, y0) = (rect[0].min(x1), rect[1].min(y1));
+            let mut state = seed | 1;
+            let region: Vec<u8> = (0..(x1 - x0) * (y1 - y0)).map(|_| {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                u8::from(state % 3 == 0)
+            }).collect();
+            let mut whole = vec![false; (h * w) as usize];
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    whole[y * w as usize + x] = region[(y - y0) * (x1 - x0) + (x - x0)] != 0;
+                }
+            }
+            let (rle, area) = Rle::encode_region(h, w, rect, &region).unwrap();
+            prop_assert_eq!(&rle, &Rle::encode(&whole, h, w).unwrap());
+            prop_assert_eq!(area, whole.iter().filter(|m| **m).count() as u64);
         }
 
         #[test]

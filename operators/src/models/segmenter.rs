@@ -132,7 +132,9 @@ fn taps(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
         .collect()
 }
 
-/// `src` (row-major `sw`×`sh`) resized to `dw`×`dh` by [`taps`], rows then columns.
+/// `src` (row-major `sw`×`sh`) resized to `dw`×`dh` by [`taps`], rows then columns: the whole computation
+/// [`resize_region`] is held to.
+#[cfg(test)]
 fn resize_plane(src: &[f32], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<f32> {
     let (tx, ty) = (taps(sw, dw), taps(sh, dh));
     let mut rows = vec![0f32; dw * sh];
@@ -151,10 +153,35 @@ fn resize_plane(src: &[f32], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<
     out
 }
 
+/// `src` (row-major, `sw` wide) resized by the taps of some output columns (`tx`) and rows (`ty`) only, as
+/// [`resize_plane`] computes them (the same products and sums, in the same order): the `ty.len()` × `tx.len()`
+/// values, row-major. Only the source rows the wanted rows read are interpolated.
+fn resize_region(src: &[f32], sw: usize, tx: &[(usize, usize, f32)], ty: &[(usize, usize, f32)]) -> Vec<f32> {
+    let (Some(first), Some(last)) = (ty.first(), ty.last()) else { return Vec::new() };
+    let (r0, r1) = (first.0, last.1);
+    let n = tx.len();
+    let mut rows = vec![0f32; n * (r1 - r0 + 1)];
+    for (y, out) in (r0..=r1).zip(rows.chunks_exact_mut(n.max(1))) {
+        let line = &src[y * sw..(y + 1) * sw];
+        for (o, &(x0, x1, w)) in out.iter_mut().zip(tx) {
+            *o = line[x0] * (1.0 - w) + line[x1] * w;
+        }
+    }
+    let mut out = Vec::with_capacity(n * ty.len());
+    for &(y0, y1, w) in ty {
+        let (a, b) = (&rows[(y0 - r0) * n..][..n], &rows[(y1 - r0) * n..][..n]);
+        out.extend(a.iter().zip(b).map(|(a, b)| a * (1.0 - w) + b * w));
+    }
+    out
+}
+
 /// The mask of low-resolution logits, as `SamProcessor.post_process_masks` (padded frame: to the input side, the
 /// resized image cropped, to the original size) or SAM 2's predictor (stretched: straight to the original size)
-/// make it, thresholded at 0, and kept inside `within` when given. The last resize is evaluated per pixel as the
-/// RLE is written, so no full-resolution float plane is held.
+/// make it, thresholded at 0, and kept inside `within` when given.
+///
+/// Only what the mask's pixels read is computed: of the intermediate resize, the cells inside the crop that the
+/// final resize reads (rows and columns of the kept rectangle); of the final one, the kept rectangle's pixels,
+/// row by row. The values are those of the whole computation, bit for bit (a test holds them to it).
 fn upsample_mask(
     logits: &[f32],
     side: usize,
@@ -165,31 +192,49 @@ fn upsample_mask(
     within: Option<[u32; 4]>,
 ) -> Mask {
     let (w, h) = (width as usize, height as usize);
-    let (plane, pw, ph) = match frame {
+    let [x0, y0, x1, y1] = within.map_or([0, 0, w, h], |r| r.map(|v| v as usize));
+    let (x1, y1) = (x1.min(w), y1.min(h));
+    let (x0, y0) = (x0.min(x1), y0.min(y1));
+    let (rw, rh) = (x1 - x0, y1 - y0);
+    // The plane the last resize reads: the crop of the padded input, or the logits themselves.
+    let (pw, ph) = match frame {
         Frame::Padded { resized, side: input } => {
             let input = input as usize;
-            let full = resize_plane(logits, side, side, input, input);
-            let (rw, rh) = ((resized.0 as usize).clamp(1, input), (resized.1 as usize).clamp(1, input));
-            let mut crop = Vec::with_capacity(rw * rh);
-            for y in 0..rh {
-                crop.extend_from_slice(&full[y * input..y * input + rw]);
-            }
-            (crop, rw, rh)
+            ((resized.0 as usize).clamp(1, input), (resized.1 as usize).clamp(1, input))
         }
-        Frame::Stretched => (logits.to_vec(), side, side),
+        Frame::Stretched => (side, side),
     };
-    let (tx, ty) = (taps(pw, w), taps(ph, h));
-    let [x0, y0, x1, y1] = within.map_or([0, 0, w, h], |r| r.map(|v| v as usize));
-    Mask::encode(width, height, score, |i| {
-        let (x, y) = (i % w, i / w);
-        if x < x0 || x >= x1 || y < y0 || y >= y1 {
-            return false;
+    let (all_x, all_y) = (taps(pw, w), taps(ph, h));
+    let (tx, ty) = (&all_x[x0..x1], &all_y[y0..y1]);
+    let mut region = vec![0u8; rw * rh];
+    if let (Some(fx), Some(lx), Some(fy), Some(ly)) = (tx.first(), tx.last(), ty.first(), ty.last()) {
+        // The plane's cells those pixels read: columns c0..=c1, rows r0..=r1 (taps only move forward).
+        let (c0, c1, r0, r1) = (fx.0, lx.1, fy.0, ly.1);
+        let nc = c1 - c0 + 1;
+        let plane: Vec<f32> = match frame {
+            Frame::Padded { side: input, .. } => {
+                let inner = taps(side, input as usize);
+                resize_region(logits, side, &inner[c0..=c1], &inner[r0..=r1])
+            }
+            Frame::Stretched => {
+                (r0..=r1).flat_map(|r| logits[r * side + c0..=r * side + c1].iter().copied()).collect()
+            }
+        };
+        for (&(ya, yb, wy), out) in ty.iter().zip(region.chunks_exact_mut(rw)) {
+            let (top_row, bottom_row) = (&plane[(ya - r0) * nc..][..nc], &plane[(yb - r0) * nc..][..nc]);
+            for (o, &(xa, xb, wx)) in out.iter_mut().zip(tx) {
+                let (xa, xb) = (xa - c0, xb - c0);
+                let top = top_row[xa] * (1.0 - wx) + top_row[xb] * wx;
+                let bottom = bottom_row[xa] * (1.0 - wx) + bottom_row[xb] * wx;
+                *o = u8::from(top * (1.0 - wy) + bottom * wy > 0.0);
+            }
         }
-        let ((x0, x1, wx), (y0, y1, wy)) = (tx[x], ty[y]);
-        let top = plane[y0 * pw + x0] * (1.0 - wx) + plane[y0 * pw + x1] * wx;
-        let bottom = plane[y1 * pw + x0] * (1.0 - wx) + plane[y1 * pw + x1] * wx;
-        top * (1.0 - wy) + bottom * wy > 0.0
-    })
+    }
+    match Rle::encode_region(height, width, [x0, y0, x1, y1], &region) {
+        Ok((rle, area)) => Mask { width, height, rle, area, score },
+        // The region is sized from the rectangle above; a mismatch would be a bug here, and costs the mask only.
+        Err(_) => Mask::encode(width, height, score, |_| false),
+    }
 }
 
 /// What [`Segmenter::prepare`] computes from the image alone: the encoder's input and its shape.
@@ -824,6 +869,72 @@ mod tests {
         let [x0, y0, x1, y1] = pixel_rect(&BoxXyxy([20.0, 20.0, 30.0, 30.0]), 8, 6);
         assert!(x0 <= x1 && y0 <= y1);
         assert_eq!(upsample_mask(&logits, 4, Frame::Stretched, 8, 6, 0.5, Some([x0, y0, x1, y1])).area, 0);
+    }
+
+    /// The upsampling as it was written first: the whole intermediate plane, then every pixel of the image.
+    fn upsample_whole(
+        logits: &[f32],
+        side: usize,
+        frame: Frame,
+        width: u32,
+        height: u32,
+        within: Option<[u32; 4]>,
+    ) -> Vec<bool> {
+        let (w, h) = (width as usize, height as usize);
+        let (plane, pw, ph) = match frame {
+            Frame::Padded { resized, side: input } => {
+                let input = input as usize;
+                let full = resize_plane(logits, side, side, input, input);
+                let (rw, rh) = ((resized.0 as usize).clamp(1, input), (resized.1 as usize).clamp(1, input));
+                let mut crop = Vec::with_capacity(rw * rh);
+                for y in 0..rh {
+                    crop.extend_from_slice(&full[y * input..y * input + rw]);
+                }
+                (crop, rw, rh)
+            }
+            Frame::Stretched => (logits.to_vec(), side, side),
+        };
+        let (tx, ty) = (taps(pw, w), taps(ph, h));
+        let [x0, y0, x1, y1] = within.map_or([0, 0, w, h], |r| r.map(|v| v as usize));
+        (0..w * h)
+            .map(|i| {
+                let (x, y) = (i % w, i / w);
+                if x < x0 || x >= x1 || y < y0 || y >= y1 {
+                    return false;
+                }
+                let ((x0, x1, wx), (y0, y1, wy)) = (tx[x], ty[y]);
+                let top = plane[y0 * pw + x0] * (1.0 - wx) + plane[y0 * pw + x1] * wx;
+                let bottom = plane[y1 * pw + x0] * (1.0 - wx) + plane[y1 * pw + x1] * wx;
+                top * (1.0 - wy) + bottom * wy > 0.0
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn upsampling_only_what_the_mask_reads_gives_the_whole_computations_pixels(
+            side in 1usize..9, grow in 0usize..14, rw in 1usize..24, rh in 1usize..24,
+            w in 1u32..40, h in 1u32..40, padded in proptest::bool::ANY,
+            rect in proptest::option::of((0u32..44, 0u32..44, 0u32..44, 0u32..44)),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut state = seed | 1;
+            let logits: Vec<f32> = (0..side * side).map(|_| {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                (state % 2001) as f32 / 1000.0 - 1.0
+            }).collect();
+            let input = side + grow;
+            let frame = if padded {
+                Frame::Padded { resized: (rw.min(input) as u32, rh.min(input) as u32), side: input as u32 }
+            } else {
+                Frame::Stretched
+            };
+            let within = rect.map(|(a, b, c, d)| [a.min(c), b.min(d), a.max(c), b.max(d)]);
+            let mask = upsample_mask(&logits, side, frame, w, h, 0.5, within);
+            let expected = upsample_whole(&logits, side, frame, w, h, within);
+            proptest::prop_assert_eq!(mask.pixels().unwrap(), expected.clone());
+            proptest::prop_assert_eq!(mask.area, expected.iter().filter(|p| **p).count() as u64);
+        }
     }
 
     #[test]
