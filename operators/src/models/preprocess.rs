@@ -55,8 +55,8 @@ pub const SAM_PIXELS: Normalization =
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 /// Pillow's `precompute_coeffs` for the bilinear filter: for each output sample, the first source index and the
-/// fixed-point weights of the source samples it reads.
-fn pillow_coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i64>)> {
+/// fixed-point weights of the source samples it reads (`INT32`, as `normalize_coeffs_8bpc` makes them).
+fn pillow_coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filterscale;
@@ -77,7 +77,7 @@ fn pillow_coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i64>)
                 .map(|w| {
                     let k = if total != 0.0 { w / total } else { *w };
                     let v = k * f64::from(1u32 << PRECISION_BITS);
-                    (if v < 0.0 { v - 0.5 } else { v + 0.5 }) as i64
+                    (if v < 0.0 { v - 0.5 } else { v + 0.5 }) as i32
                 })
                 .collect();
             (xmin, fixed)
@@ -85,12 +85,15 @@ fn pillow_coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i64>)
         .collect()
 }
 
-fn clip8(v: i64) -> u8 {
+/// Pillow's `clip8`. Sums stay in `i32` as Pillow's do: the weights of one sample add up to 2^22, so a sum of
+/// 8-bit values is below 2^30.
+fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
 /// `image` resized to `w`×`h` exactly as PIL's `Image.resize((w, h), Image.BILINEAR)` (the image itself when
-/// already that size).
+/// already that size). Integer sums, so the order they are taken in changes nothing: the vertical pass runs over
+/// whole rows at a time, which the compiler vectorizes.
 pub fn resize_bilinear(image: &RgbImage, w: u32, h: u32) -> Result<RgbImage, ModelError> {
     let (w, h) = (w.max(1), h.max(1));
     if image.dimensions() == (w, h) {
@@ -102,7 +105,7 @@ pub fn resize_bilinear(image: &RgbImage, w: u32, h: u32) -> Result<RgbImage, Mod
     }
     let (ow, oh) = (w as usize, h as usize);
     let raw = image.as_raw();
-    let half = 1i64 << (PRECISION_BITS - 1);
+    let half = 1i32 << (PRECISION_BITS - 1);
     let vertical = pillow_coefficients(ih, oh);
     // Only the source rows the vertical pass reads go through the horizontal pass, as in Pillow.
     let first = vertical.first().map_or(0, |(start, _)| *start);
@@ -110,17 +113,16 @@ pub fn resize_bilinear(image: &RgbImage, w: u32, h: u32) -> Result<RgbImage, Mod
     let rows: Vec<u8> = if ow != iw {
         let horizontal = pillow_coefficients(iw, ow);
         let mut out = vec![0u8; (last - first) * ow * 3];
-        for y in first..last {
-            let line = &raw[y * iw * 3..(y + 1) * iw * 3];
-            let dst = &mut out[(y - first) * ow * 3..(y - first + 1) * ow * 3];
-            for (x, (start, k)) in horizontal.iter().enumerate() {
-                for c in 0..3 {
-                    let mut acc = half;
-                    for (i, weight) in k.iter().enumerate() {
-                        acc += i64::from(line[(start + i) * 3 + c]) * weight;
-                    }
-                    dst[x * 3 + c] = clip8(acc);
+        for (line, dst) in raw[first * iw * 3..last * iw * 3].chunks_exact(iw * 3).zip(out.chunks_exact_mut(ow * 3))
+        {
+            for ((start, k), px) in horizontal.iter().zip(dst.chunks_exact_mut(3)) {
+                let (mut r, mut g, mut b) = (half, half, half);
+                for (src, &weight) in line[start * 3..].chunks_exact(3).zip(k) {
+                    r += i32::from(src[0]) * weight;
+                    g += i32::from(src[1]) * weight;
+                    b += i32::from(src[2]) * weight;
                 }
+                px.copy_from_slice(&[clip8(r), clip8(g), clip8(b)]);
             }
         }
         out
@@ -128,14 +130,19 @@ pub fn resize_bilinear(image: &RgbImage, w: u32, h: u32) -> Result<RgbImage, Mod
         raw[first * iw * 3..last * iw * 3].to_vec()
     };
     let out = if oh != ih {
-        let mut out = vec![0u8; oh * ow * 3];
-        for (y, (start, k)) in vertical.iter().enumerate() {
-            for x in 0..ow * 3 {
-                let mut acc = half;
-                for (i, weight) in k.iter().enumerate() {
-                    acc += i64::from(rows[(start - first + i) * ow * 3 + x]) * weight;
+        let width = ow * 3;
+        let mut out = vec![0u8; oh * width];
+        let mut sums = vec![0i32; width];
+        for ((start, k), dst) in vertical.iter().zip(out.chunks_exact_mut(width)) {
+            sums.fill(half);
+            for (i, &weight) in k.iter().enumerate() {
+                let row = &rows[(start - first + i) * width..][..width];
+                for (sum, &v) in sums.iter_mut().zip(row) {
+                    *sum += i32::from(v) * weight;
                 }
-                out[y * ow * 3 + x] = clip8(acc);
+            }
+            for (o, &sum) in dst.iter_mut().zip(&sums) {
+                *o = clip8(sum);
             }
         }
         out
@@ -227,6 +234,51 @@ mod tests {
         let img = row(&[0, 100, 200, 255]);
         assert_eq!(resize_bilinear(&img, 2, 1).unwrap(), row(&[71, 209]));
         assert_eq!(resize_bilinear(&img, 6, 1).unwrap(), row(&[0, 50, 117, 183, 228, 255]));
+    }
+
+    /// Pillow's `ImagingResampleHorizontal_8bpc` / `ImagingResampleVertical_8bpc` as written there: one output
+    /// value at a time, its taps in order.
+    fn resize_one_at_a_time(image: &RgbImage, ow: usize, oh: usize) -> Vec<u8> {
+        let (iw, ih) = (image.width() as usize, image.height() as usize);
+        let half = 1i32 << (PRECISION_BITS - 1);
+        let (horizontal, vertical) = (pillow_coefficients(iw, ow), pillow_coefficients(ih, oh));
+        let raw = image.as_raw();
+        let mut rows = vec![0u8; ih * ow * 3];
+        for y in 0..ih {
+            for (x, (start, k)) in horizontal.iter().enumerate() {
+                for c in 0..3 {
+                    let sum = k
+                        .iter()
+                        .enumerate()
+                        .fold(half, |s, (i, w)| s + i32::from(raw[(y * iw + start + i) * 3 + c]) * w);
+                    rows[(y * ow + x) * 3 + c] = clip8(sum);
+                }
+            }
+        }
+        let mut out = vec![0u8; oh * ow * 3];
+        for (y, (start, k)) in vertical.iter().enumerate() {
+            for x in 0..ow * 3 {
+                let sum =
+                    k.iter().enumerate().fold(half, |s, (i, w)| s + i32::from(rows[(start + i) * ow * 3 + x]) * w);
+                out[y * ow * 3 + x] = clip8(sum);
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn resizing_gives_pillows_values_whichever_way_it_goes(
+            iw in 1u32..40, ih in 1u32..40, ow in 1u32..60, oh in 1u32..60, seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut state = seed | 1;
+            let image = RgbImage::from_fn(iw, ih, |_, _| {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                image::Rgb([state as u8, (state >> 8) as u8, (state >> 16) as u8])
+            });
+            let resized = resize_bilinear(&image, ow, oh).unwrap();
+            proptest::prop_assert_eq!(resized.into_raw(), resize_one_at_a_time(&image, ow as usize, oh as usize));
+        }
     }
 
     #[test]
