@@ -213,3 +213,41 @@ fn the_output_does_not_depend_on_the_order_answers_come_in() {
     run(&manifest, &off, &s(&spec_off));
     assert!(samples(&off).iter().any(|r| r.key == "k25"), "with opt_out = [] the image is kept");
 }
+
+/// A unit is as slow as its slowest URL; the next units are fetched meanwhile (`download.units_ahead`), and their
+/// rows still go out whole and in order. With `units_ahead = 1` the units are fetched one after the other.
+#[test]
+fn a_hanging_url_holds_up_its_own_unit_only() {
+    let photo = jpeg(32, 24, 5);
+    let p = photo.clone();
+    let web = Web::start(2, move |host, _, _| if host == 2 { Answer::Hang } else { Answer::image(&p) });
+    let dir = tempfile::tempdir().unwrap();
+    // Three units of five rows; the first unit's third URL never answers.
+    let rows: Vec<(String, String)> = (0..15)
+        .map(|i| {
+            let url = if i == 2 { web.url(2, "/hang.jpg") } else { web.url(1, &format!("/u{}-{i:02}.jpg", i / 5)) };
+            (format!("k{i:02}"), url)
+        })
+        .collect();
+    let manifest = url_manifest(&dir.path().join("corpus"), &rows);
+    let settings = "[input]\nrows_per_unit = 5\n[download]\ntimeout_s = 1\nretries = 1\n";
+    let (ahead, one) = (dir.path().join("ahead"), dir.path().join("one"));
+    run(&manifest, &ahead, &spec(dir.path(), settings));
+    // Where each later unit's first request came, against the dead URL's second attempt.
+    let order = web.order();
+    let second_hang = order.iter().enumerate().filter(|(_, (h, _))| *h == 2).nth(1).map(|(i, _)| i).unwrap();
+    let last_later = order.iter().rposition(|(_, t)| t.starts_with("/u1-") || t.starts_with("/u2-")).unwrap();
+    assert!(last_later < second_hang, "units 1 and 2 were fetched while unit 0 waited: {order:?}");
+    let kinds: Vec<_> = errors(&ahead).into_iter().map(|e| (e.key, e.kind)).collect();
+    assert_eq!(kinds, [("k02".to_string(), "timeout".to_string())]);
+    assert_eq!(samples(&ahead).len(), 14);
+
+    let sequential = spec(dir.path(), &format!("{settings}units_ahead = 1\n"));
+    let before = web.order().len();
+    run(&manifest, &one, &sequential);
+    let order: Vec<_> = web.order().into_iter().skip(before).collect();
+    let second_hang = order.iter().enumerate().filter(|(_, (h, _))| *h == 2).nth(1).map(|(i, _)| i).unwrap();
+    let first_later = order.iter().position(|(_, t)| t.starts_with("/u1-")).unwrap();
+    assert!(first_later > second_hang, "one unit at a time: unit 1 waited for unit 0: {order:?}");
+    assert_eq!(support::shards(&one), support::shards(&ahead), "the same shards either way");
+}

@@ -205,6 +205,7 @@ impl JobSpec {
         range("download.concurrency", self.download.concurrency, 1, 65_536)?;
         range("download.per_host", self.download.per_host, 1, 65_536)?;
         range("download.max_bytes_in_flight", self.download.max_bytes_in_flight, 1 << 20, 1 << 40)?;
+        range("download.units_ahead", self.download.units_ahead, 1, 1024)?;
         range("download.retry_after_max_s", self.download.retry_after_max_s, 0.0, 86_400.0)?;
         if let Some(rate) = self.download.per_host_rate {
             range("download.per_host_rate", rate, 0.001, 1e9)?;

@@ -11,6 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures::StreamExt;
 use lyrics_schemas::ErrorRow;
 use tokio::sync::mpsc;
 
@@ -23,7 +24,7 @@ use crate::partition::Worker;
 use crate::plan::{self, InputFormat, WorkUnit};
 use crate::retry::{RetryKinds, RetryUnit};
 use crate::sink::{SinkOptions, UnitWriter};
-use crate::source::{Emitter, Source, SourceOptions};
+use crate::source::{Emitter, ReadAhead, Source, SourceOptions};
 use crate::store::{Location, StoreRegistry, redact};
 use crate::table::{ERRORS, SAMPLES, Tables};
 
@@ -241,8 +242,17 @@ pub async fn run<S: Send + 'static>(
         held: held.clone(),
         others: others.clone(),
     });
-    let reader =
-        tokio::spawn(read_all(planned.source, todo, only, read_tx, config.batch_size, metrics.clone(), claiming));
+    let download = registry.download_options();
+    let reader = tokio::spawn(read_all(
+        planned.source,
+        todo,
+        only,
+        read_tx,
+        config.batch_size,
+        metrics.clone(),
+        claiming,
+        (download.units_ahead, download.max_bytes_in_flight),
+    ));
     let fatal: Arc<Mutex<Option<PipelineError>>> = Arc::default();
     let mut threads = Vec::new();
     let part_bytes = registry.options().upload_part_bytes;
@@ -427,6 +437,11 @@ async fn claim_unit(claiming: &Claiming, unit: u64) -> bool {
     }
 }
 
+/// Reads `units` in order and hands their records on. Sources that fetch each item's image ([`Source::reads_ahead`])
+/// read up to `ahead.0` units at once, within `ahead.1` bytes read ahead (see [`ReadAhead`]): a unit is as slow
+/// as its slowest fetch (a host that never answers costs its URLs their timeouts), and the next units' fetches
+/// go on meanwhile. Units are still handed on one after the other, each whole, in order.
+#[allow(clippy::too_many_arguments)]
 async fn read_all(
     source: Box<dyn Source>,
     units: Vec<WorkUnit>,
@@ -435,32 +450,94 @@ async fn read_all(
     batch_size: usize,
     metrics: Arc<Metrics>,
     claiming: Option<Claiming>,
+    ahead: (usize, u64),
 ) {
     let started = Instant::now();
-    for unit in units {
-        if let Some(claiming) = &claiming
-            && !claim_unit(claiming, unit.id).await
-        {
-            Metrics::add(&metrics.units_skipped, 1);
-            continue;
+    let emitter_of = |unit: &WorkUnit, tx: &mpsc::Sender<Msg<SourceRecord>>| {
+        Emitter::new(unit.id, tx.clone(), batch_size, metrics.clone()).only(only.get(&unit.id).cloned())
+    };
+    let claimed = |unit: u64| {
+        let claiming = claiming.as_ref();
+        let metrics = &metrics;
+        async move {
+            if let Some(claiming) = claiming
+                && !claim_unit(claiming, unit).await
+            {
+                Metrics::add(&metrics.units_skipped, 1);
+                return false;
+            }
+            true
         }
-        let mut emitter =
-            Emitter::new(unit.id, tx.clone(), batch_size, metrics.clone()).only(only.get(&unit.id).cloned());
-        let mut result = source.read(&unit, &mut emitter).await;
-        if result.is_ok() {
-            result = emitter.flush().await.map_err(PipelineError::from);
+    };
+    let (units_ahead, limit) = ahead;
+    if units_ahead <= 1 || !source.reads_ahead() {
+        for unit in units {
+            if claimed(unit.id).await && !read_unit(&*source, &unit, emitter_of(&unit, &tx), &tx).await {
+                break;
+            }
         }
-        let end = Msg::UnitEnd {
-            unit: unit.id,
-            items: emitter.items,
-            warnings: std::mem::take(&mut emitter.warnings),
-            result: result.map_err(|e| e.to_string()),
+    } else {
+        let budget = Arc::new(ReadAhead::new(limit));
+        let mut readers = Vec::with_capacity(units.len());
+        let mut handed = Vec::with_capacity(units.len());
+        for unit in units {
+            // Counted in bytes by the budget, not in batches: a unit's batches always fit.
+            let (unit_tx, unit_rx) = mpsc::channel::<Msg<SourceRecord>>(1 << 16);
+            let head = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            handed.push((unit_rx, head.clone()));
+            readers.push((unit, unit_tx, head));
+        }
+        let source = &*source;
+        let budget = &budget;
+        let read = futures::stream::iter(readers)
+            .map(|(unit, unit_tx, head)| async move {
+                if claimed(unit.id).await {
+                    let emitter = emitter_of(&unit, &unit_tx).ahead(budget.clone(), head);
+                    read_unit(source, &unit, emitter, &unit_tx).await;
+                }
+            })
+            .buffered(units_ahead)
+            .for_each(|_| async {});
+        let forward = async {
+            for (mut unit_rx, head) in handed {
+                budget.promote(&head);
+                while let Some(msg) = unit_rx.recv().await {
+                    let bytes = match &msg {
+                        Msg::Batch { records, .. } => records.iter().map(crate::source::record_bytes).sum(),
+                        _ => 0,
+                    };
+                    let sent = tx.send(msg).await;
+                    budget.release(bytes);
+                    if sent.is_err() {
+                        budget.close();
+                        return;
+                    }
+                }
+            }
         };
-        if tx.send(end).await.is_err() {
-            break;
-        }
+        futures::future::join(read, forward).await;
     }
     metrics.add_busy("read", started.elapsed().saturating_sub(metrics.read_blocked_total()));
+}
+
+/// Reads one unit through `emitter`, then sends its end on `tx`; `false` when nothing takes records any more.
+async fn read_unit(
+    source: &dyn Source,
+    unit: &WorkUnit,
+    mut emitter: Emitter,
+    tx: &mpsc::Sender<Msg<SourceRecord>>,
+) -> bool {
+    let mut result = source.read(unit, &mut emitter).await;
+    if result.is_ok() {
+        result = emitter.flush().await.map_err(PipelineError::from);
+    }
+    let end = Msg::UnitEnd {
+        unit: unit.id,
+        items: emitter.items,
+        warnings: std::mem::take(&mut emitter.warnings),
+        result: result.map_err(|e| e.to_string()),
+    };
+    tx.send(end).await.is_ok()
 }
 
 /// The unit being written.

@@ -54,6 +54,9 @@ pub struct DownloadOptions {
     pub per_host_rate: Option<f64>,
     /// Bytes of image bodies being received, and of fetched images waiting for their turn, at once.
     pub max_bytes_in_flight: u64,
+    /// Work units whose images are fetched at once (manifests, Parquet, COCO and loose files; a tar is read one
+    /// unit at a time): a unit's slowest URL then holds up its own unit only, while the next ones are fetched.
+    pub units_ahead: usize,
     /// The longest `Retry-After` waited for; a longer one makes the item's error final.
     pub retry_after_max_s: f64,
     /// The `User-Agent` header.
@@ -72,6 +75,7 @@ impl Default for DownloadOptions {
             per_host: 16,
             per_host_rate: None,
             max_bytes_in_flight: 512 << 20,
+            units_ahead: 4,
             retry_after_max_s: 60.0,
             user_agent: default_user_agent(),
             opt_out: DEFAULT_OPT_OUT.iter().map(|s| s.to_string()).collect(),

@@ -54,6 +54,10 @@ impl Source for CocoSource {
         })
     }
 
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
     fn read<'a>(
         &'a self,
         unit: &'a WorkUnit,

@@ -49,6 +49,10 @@ impl Source for LooseFiles {
         })
     }
 
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
     fn read<'a>(
         &'a self,
         unit: &'a WorkUnit,

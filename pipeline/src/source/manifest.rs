@@ -43,6 +43,10 @@ impl Source for Manifest {
         })
     }
 
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
     fn read<'a>(
         &'a self,
         unit: &'a WorkUnit,

@@ -118,6 +118,79 @@ pub trait Source: Send + Sync {
     /// Pushes one record per item of `unit` into `emitter`, in a deterministic order.
     fn read<'a>(&'a self, unit: &'a WorkUnit, emitter: &'a mut Emitter)
     -> BoxFuture<'a, Result<(), PipelineError>>;
+
+    /// Whether the engine may read several units at once (see [`ReadAhead`]): sources that fetch each item's
+    /// image, whose unit is only as quick as its slowest fetch. They push with [`Emitter::push`] only.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+}
+
+/// The bytes of items read ahead of the unit the engine is handing on (the *head*), shared by the units being
+/// read at once. An emitter of a unit that is not the head waits while the bytes read ahead are over the limit;
+/// the head's never waits (its items are what frees the bytes), so reading ahead cannot hold the head up, and the
+/// memory held is the limit plus the head's own items.
+#[derive(Debug)]
+pub(crate) struct ReadAhead {
+    limit: u64,
+    held: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
+    /// Set when nothing is handed on any more (the run stops): no emitter waits then.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl ReadAhead {
+    pub(crate) fn new(limit: u64) -> Self {
+        ReadAhead {
+            limit,
+            held: Default::default(),
+            changed: tokio::sync::Notify::new(),
+            closed: Default::default(),
+        }
+    }
+
+    /// Counts `bytes` read for a unit, first waiting, unless it is the `head`, for room under the limit.
+    async fn charge(&self, bytes: u64, head: &std::sync::atomic::AtomicBool) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let held = self.held.load(Ordering::Acquire);
+            let free = head.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire);
+            if free || held == 0 || held + bytes <= self.limit {
+                break;
+            }
+            changed.await;
+        }
+        self.held.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// The bytes of records handed on.
+    pub(crate) fn release(&self, bytes: u64) {
+        self.held.fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    /// Nothing is handed on any more: emitters stop waiting (their sends then fail).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Makes a unit the head: its emitter stops waiting.
+    pub(crate) fn promote(&self, head: &std::sync::atomic::AtomicBool) {
+        head.store(true, std::sync::atomic::Ordering::Release);
+        self.changed.notify_waiters();
+    }
+}
+
+/// The bytes a record weighs in [`ReadAhead`].
+pub(crate) fn record_bytes(record: &SourceRecord) -> u64 {
+    match record {
+        SourceRecord::Raw(raw) => raw.bytes.len() as u64,
+        SourceRecord::Error(_) => 0,
+    }
 }
 
 /// The source of `format`.
@@ -207,6 +280,9 @@ pub struct Emitter {
     /// When the unit is read again for some keys only (`run --retry-errors`): those keys; other items are
     /// passed over without a word (their rows are already written).
     only: Option<Arc<HashSet<String>>>,
+    /// When the unit is read ahead of the one being handed on: the shared byte count, and whether this unit is
+    /// the head now.
+    ahead: Option<(Arc<ReadAhead>, Arc<std::sync::atomic::AtomicBool>)>,
 }
 
 impl Emitter {
@@ -226,7 +302,14 @@ impl Emitter {
             items: 0,
             warnings: BTreeMap::new(),
             only: None,
+            ahead: None,
         }
+    }
+
+    /// An emitter of a unit read ahead (see [`ReadAhead`]).
+    pub(crate) fn ahead(mut self, budget: Arc<ReadAhead>, head: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.ahead = Some((budget, head));
+        self
     }
 
     /// An emitter that lets through the items of `keys` only (see [`crate::retry`]).
@@ -237,7 +320,10 @@ impl Emitter {
 
     /// A stand-in left behind while the emitter is lent to a blocking thread.
     pub(crate) fn detached(&self) -> Emitter {
-        Emitter::new(self.unit, self.tx.clone(), self.batch_size, self.metrics.clone()).only(self.only.clone())
+        let mut detached =
+            Emitter::new(self.unit, self.tx.clone(), self.batch_size, self.metrics.clone()).only(self.only.clone());
+        detached.ahead = self.ahead.clone();
+        detached
     }
 
     /// Whether an item of `key` is wanted in this reading of the unit: a source may then skip fetching the
@@ -310,6 +396,10 @@ impl Emitter {
             return Ok(());
         }
         let record = self.admit(record);
+        // Charged as handed on: an item refused here weighs nothing.
+        if let Some((budget, head)) = &self.ahead {
+            budget.charge(record_bytes(&record), head).await;
+        }
         self.batch.push(record);
         if self.batch.len() >= self.batch_size {
             self.flush().await?;

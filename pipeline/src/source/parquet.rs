@@ -95,6 +95,10 @@ impl Source for ParquetSource {
         })
     }
 
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+
     fn read<'a>(
         &'a self,
         unit: &'a WorkUnit,
