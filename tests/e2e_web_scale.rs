@@ -105,9 +105,24 @@ fn twenty_thousand_urls_end_as_one_row_each_in_bounded_memory() {
     assert!(errors.iter().all(|key| key[1..].parse::<usize>().unwrap() % 40 == 39), "{errors:?}");
 }
 
-/// `rows` URLs on 4 hosts, every 100th of which hangs when `hang` is set (else answers like the others), run
-/// with `timeout_s = 1`, `retries = 2`; the run's wall time.
-fn timed_run(dir: &Path, rows: usize, hang: bool) -> Duration {
+/// A Parquet manifest of `(key, url)` rows with a caption, in one row group (one unit).
+fn url_parquet(dir: &Path, rows: &[(String, String)]) -> String {
+    let batch = RecordBatch::try_from_iter(vec![
+        ("key", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))) as ArrayRef),
+        ("url", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))) as ArrayRef),
+        ("caption", Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "a photo"))) as ArrayRef),
+    ])
+    .unwrap();
+    let path = dir.join("urls.parquet");
+    let mut writer = ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    s(&path)
+}
+
+/// `rows` URLs on 4 hosts, every 100th of which hangs when `hang` is set (else answers like the others), in a
+/// JSONL or a Parquet manifest, run with `timeout_s = 1`, `retries = 2`; the run's wall time.
+fn timed_run(dir: &Path, rows: usize, hang: bool, parquet: bool) -> Duration {
     let photo = jpeg(32, 24, 7);
     let web = Web::start(4, move |_, target, _| {
         if hang && target.starts_with("/hang/") {
@@ -122,9 +137,10 @@ fn timed_run(dir: &Path, rows: usize, hang: bool) -> Duration {
             (format!("u{i:05}"), web.url(i % 4 + 1, &path))
         })
         .collect();
-    let run_dir = dir.join(if hang { "hang" } else { "answer" });
+    let run_dir =
+        dir.join(format!("{}-{}", if hang { "hang" } else { "answer" }, if parquet { "parquet" } else { "jsonl" }));
     std::fs::create_dir_all(&run_dir).unwrap();
-    let input = url_manifest(&run_dir, &urls);
+    let input = if parquet { url_parquet(&run_dir, &urls) } else { url_manifest(&run_dir, &urls) };
     let spec = spec(&run_dir, "job.toml", "[download]\ntimeout_s = 1\nretries = 2\n");
     let out = run_dir.join("out");
     let started = Instant::now();
@@ -147,22 +163,26 @@ fn timed_run(dir: &Path, rows: usize, hang: bool) -> Duration {
 
 /// Ten URLs of a unit that never answer are waited for at once: together they cost the unit about one attempt
 /// budget, `timeout_s × (retries + 1)` (plus the backoffs between attempts), however many there are, while the
-/// others are fetched meanwhile. Units are read one after another, so each unit with a hanging URL costs that much
-/// again: this test keeps to one unit (1,000 rows, the default `rows_per_unit`).
+/// others are fetched meanwhile; in a Parquet manifest too, whose unit is read in batches of 256 rows. Units are
+/// read one after another, so each unit with a hanging URL costs that much again: this test keeps to one unit
+/// (1,000 rows, the default `rows_per_unit`).
 #[test]
 fn urls_that_never_answer_cost_a_unit_about_one_attempt_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let answering = timed_run(dir.path(), 1000, false);
-    let hanging = timed_run(dir.path(), 1000, true);
     let (timeout_s, attempts) = (1.0, 3.0);
-    let extra = hanging.as_secs_f64() - answering.as_secs_f64();
-    eprintln!("answering: {answering:.1?}, with 1% hanging: {hanging:.1?}");
-    // Each hanging URL alone takes its 3 attempts of 1 s and backoffs of 0.25 s and 0.5 s.
-    assert!(hanging.as_secs_f64() >= timeout_s * attempts, "the hanging URLs were waited for: {hanging:?}");
-    assert!(
-        extra <= 2.0 * timeout_s * attempts,
-        "1% of URLs hanging added {extra:.1} s to a run of {answering:?}, more than 2 × timeout_s × (retries + 1)"
-    );
+    for parquet in [false, true] {
+        let answering = timed_run(dir.path(), 1000, false, parquet);
+        let hanging = timed_run(dir.path(), 1000, true, parquet);
+        let extra = hanging.as_secs_f64() - answering.as_secs_f64();
+        eprintln!("parquet {parquet}: answering: {answering:.1?}, with 1% hanging: {hanging:.1?}");
+        // Each hanging URL alone takes its 3 attempts of 1 s and backoffs of 0.25 s and 0.5 s.
+        assert!(hanging.as_secs_f64() >= timeout_s * attempts, "the hanging URLs were waited for: {hanging:?}");
+        assert!(
+            extra <= 2.0 * timeout_s * attempts,
+            "parquet {parquet}: 1% of URLs hanging added {extra:.1} s to a run of {answering:?}, more than \
+             2 × timeout_s × (retries + 1)"
+        );
+    }
 }
 
 /// A Parquet file of `groups` row groups of `group_rows` URL rows each (`url`, `caption`), written a group at a time.
