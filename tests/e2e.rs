@@ -32,5 +32,7 @@ mod e2e_storage;
 mod e2e_text;
 #[path = "e2e_web.rs"]
 mod e2e_web;
+#[path = "e2e_web_scale.rs"]
+mod e2e_web_scale;
 #[path = "e2e_web_units.rs"]
 mod e2e_web_units;

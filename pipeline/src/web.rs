@@ -75,7 +75,7 @@ impl Default for DownloadOptions {
             per_host: 16,
             per_host_rate: None,
             max_bytes_in_flight: 512 << 20,
-            units_ahead: 4,
+            units_ahead: 8,
             retry_after_max_s: 60.0,
             user_agent: default_user_agent(),
             opt_out: DEFAULT_OPT_OUT.iter().map(|s| s.to_string()).collect(),
