@@ -25,7 +25,21 @@ pub struct SpanRow {
 
 /// The grounded formats' columns of `pretrain`, in order: the names of the text stage's format registry, which
 /// checks that the two lists agree.
-pub const FORMAT_COLUMNS: &[&str] = &["lyrics", "qwen", "kosmos2", "shikra"];
+pub const FORMAT_COLUMNS: &[&str] = &[
+    "lyrics",
+    "qwen",
+    "kosmos2",
+    "shikra",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "internvl",
+    "minigpt_v2",
+    "paligemma",
+    "florence2",
+    "llava",
+    "ferret",
+];
 
 /// The frame a format's boxes are measured in, when it is not the displayed image: its size in pixels, so a reader
 /// can map the boxes back (a padded square's side, a resized image's width and height).

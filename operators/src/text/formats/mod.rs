@@ -65,6 +65,15 @@ registry! {
     qwen::Qwen,
     kosmos2::Kosmos2,
     shikra::Shikra,
+    qwen2_vl::Qwen2Vl,
+    qwen2_5_vl::Qwen25Vl,
+    qwen3_vl::Qwen3Vl,
+    internvl::InternVl,
+    minigpt_v2::MiniGptV2,
+    paligemma::PaliGemma,
+    florence2::Florence2,
+    llava::Llava,
+    ferret::Ferret,
 }
 
 pub use kosmos2::{from_patch_indices, to_patch_indices};
