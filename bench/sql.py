@@ -94,18 +94,18 @@ def synthesize(work, binary, images, seed=7):
         path = f"samples/part-{unit:06d}-000.parquet"
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / path, compression="zstd")
         shards.append({"path": path, "table": "samples", "rows": len(rows), "bytes": (out / path).stat().st_size,
-                       "schema_version": "1"})
+                       "schema_version": "2"})
     errors = [{"key": f"e{i}", "source": "s3://corpus/x.tar", "stage": s, "kind": k, "error": f"{k} of e{i}"}
               for i in range(5000) for s, k in [rng.choice(KINDS)]]
     path = "errors/part-000000-000.parquet"
     pq.write_table(pa.Table.from_pylist(errors, schema=error_schema), out / path, compression="zstd")
     shards.append({"path": path, "table": "errors", "rows": len(errors), "bytes": (out / path).stat().st_size,
-                   "schema_version": "1"})
+                   "schema_version": "2"})
     units = [{"id": u, "object": f"corpus/shard-{u:05d}.tar"} for u in range(len(shards) - 1)]
     plan = {"created_by": "bench/sql.py", "spec_hash": "bench", "plan_hash": "bench", "input": "s3://corpus/",
             "tables": ["samples", "errors"], "format": "webdataset", "units": units}
     (out / "_lyrics" / "plan.json").write_text(json.dumps(plan))
-    manifest = {"created_by": "bench/sql.py", "schema_version": "1", "spec_hash": "bench", "units": len(units),
+    manifest = {"created_by": "bench/sql.py", "schema_version": "2", "spec_hash": "bench", "units": len(units),
                 "items": images + len(errors), "rows": {"samples": images, "errors": len(errors)},
                 "errors_by_kind": {}, "shards": shards}
     (out / "_lyrics" / "manifest.json").write_text(json.dumps(manifest))

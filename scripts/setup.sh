@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! python3 -c "import moto, boto3, pyarrow, duckdb, polars, datasets, PIL, azure.storage.blob, onnxruntime, onnx, tokenizers, ray" 2>/dev/null \
+# qwen-vl-utils imports torch, which the tests do without: it is looked up, not imported.
+if ! python3 -c "import moto, boto3, pyarrow, duckdb, polars, datasets, PIL, azure.storage.blob, onnxruntime, onnx, tokenizers, ray, transformers, importlib.util as u; assert u.find_spec('qwen_vl_utils')" 2>/dev/null \
     || ! command -v moto_server >/dev/null || ! command -v ray >/dev/null; then
     echo "setup: installing Python test packages" >&2
     python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt

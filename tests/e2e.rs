@@ -6,6 +6,8 @@ mod support;
 
 #[path = "e2e_faults.rs"]
 mod e2e_faults;
+#[path = "e2e_formats.rs"]
+mod e2e_formats;
 #[path = "e2e_gallery.rs"]
 mod e2e_gallery;
 #[path = "e2e_hardening.rs"]

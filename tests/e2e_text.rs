@@ -6,7 +6,7 @@ use crate::support;
 
 use std::path::Path;
 
-use lyrics_operators::text::{GroundedFormat, parse_objects};
+use lyrics_operators::text::{GroundedFormat, Size};
 use lyrics_schemas::{InstructRow, PretrainRow};
 use support::scenes::{Kind, Scene, box_iou, encode_png};
 use support::*;
@@ -68,14 +68,13 @@ fn grounded_texts_carry_the_drawn_coordinates_and_instructions_load_in_trainers(
         let row = pretrain.iter().find(|r| r.key == *key).unwrap();
         assert_eq!(row.caption.as_deref(), Some(*caption));
         assert!(row.image.bytes.is_some(), "pretrain rows carry the image");
-        let texts = [
-            (GroundedFormat::Lyrics, row.lyrics.as_deref().unwrap(), 0.95),
-            (GroundedFormat::Qwen, row.qwen.as_deref().unwrap(), 0.95),
-            (GroundedFormat::Shikra, row.shikra.as_deref().unwrap(), 0.95),
-            (GroundedFormat::Kosmos2, row.kosmos2.as_deref().unwrap(), 0.7),
-        ];
-        for (format, text, min_iou) in texts {
-            let parsed = parse_objects(format, text);
+        let image = Size::new(scene.width, scene.height);
+        assert_eq!(row.formats.len(), 4, "the default formats: {:?}", row.formats);
+        for (name, text) in &row.formats {
+            let format = GroundedFormat::named(name).unwrap();
+            // Kosmos-2's 32×32 grid decodes to cell centres.
+            let min_iou = if format.name() == "kosmos2" { 0.7 } else { 0.95 };
+            let parsed = format.parse_objects(text, image);
             assert_eq!(parsed.len(), scene.shapes.len(), "{key} {format:?}: {text}");
             for shape in &scene.shapes {
                 let got = parsed
@@ -86,7 +85,11 @@ fn grounded_texts_carry_the_drawn_coordinates_and_instructions_load_in_trainers(
                 assert!(iou >= min_iou, "{key} {format:?} {}: IoU {iou} in {text}", shape.name());
             }
         }
-        assert!(row.lyrics.as_deref().unwrap().ends_with(caption), "the Lyrics input ends with the caption");
+        assert!(row.format("lyrics").unwrap().ends_with(caption), "the Lyrics input ends with the caption");
+        let frames: Vec<(&str, i32, i32)> =
+            row.frames.iter().map(|f| (f.format.as_str(), f.width, f.height)).collect();
+        let side = scene.width.max(scene.height) as i32;
+        assert!(frames.contains(&("shikra", side, side)), "{key}: Shikra's padded square is recorded: {frames:?}");
     }
     // Caption grounding: the colour words of the captions are grounded, character offsets and all.
     let a = pretrain.iter().find(|r| r.key == "a").unwrap();

@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 use lyrics_operators::draw::label_colour;
+use lyrics_operators::text::GroundedFormat;
 use lyrics_schemas::{ErrorRow, InstructRow, PretrainRow, SampleRow};
 
 /// Text made safe for HTML element content and quoted attribute values.
@@ -239,17 +240,13 @@ pub fn sample_card(
     }
     if let Some(p) = pretrain {
         c.push_str("<details><summary>grounded text</summary>");
-        let formats = [
-            ("grounded caption", &p.grounded_caption),
-            ("lyrics", &p.lyrics),
-            ("qwen", &p.qwen),
-            ("kosmos2", &p.kosmos2),
-            ("shikra", &p.shikra),
-        ];
-        for (name, text) in formats {
-            if let Some(text) = text {
-                let _ = write!(c, "<p><strong>{name}</strong><br><code>{}</code></p>", esc(text));
-            }
+        // The registry's order, whatever the row holds.
+        let formats = GroundedFormat::all().iter().filter_map(|f| Some((f.name(), p.format(f.name())?)));
+        for (name, text) in std::iter::once(("grounded caption", p.grounded_caption.as_deref()))
+            .filter_map(|(n, t)| Some((n, t?)))
+            .chain(formats)
+        {
+            let _ = write!(c, "<p><strong>{name}</strong><br><code>{}</code></p>", esc(text));
         }
         c.push_str("</details>");
     }

@@ -32,7 +32,7 @@ pub struct JobSpec {
 pub struct TextSection {
     /// Write the `pretrain` and `instruct` tables when the refiner runs.
     pub enabled: bool,
-    /// Grounded formats written as columns of `pretrain`.
+    /// Grounded formats written as columns of `pretrain` (any registered format).
     pub formats: Vec<GroundedFormat>,
     /// Format of the boxes inserted into `grounded_caption`.
     pub inline_format: GroundedFormat,
@@ -44,8 +44,12 @@ impl Default for TextSection {
     fn default() -> Self {
         TextSection {
             enabled: true,
-            formats: GroundedFormat::ALL.to_vec(),
-            inline_format: GroundedFormat::Kosmos2,
+            // The formats of schema version 1; the others are opted into by name.
+            formats: ["lyrics", "qwen", "kosmos2", "shikra"]
+                .iter()
+                .filter_map(|n| GroundedFormat::named(n))
+                .collect(),
+            inline_format: GroundedFormat::KOSMOS2,
             instruct: InstructOptions::default(),
         }
     }

@@ -15,11 +15,12 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type};
 use datafusion::common::{DataFusionError, Result, exec_err};
 use datafusion::logical_expr::{
-    ColumnarValue, DocSection, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, DocSection, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    TypeSignature, Volatility,
 };
 use datafusion::prelude::SessionContext;
 use lyrics_operators::geometry::{BoxXyxy, Rle, iou};
-use lyrics_operators::text::{GroundedFormat, format_box};
+use lyrics_operators::text::{Frame, GroundedFormat, Size};
 
 /// The functions, in the order of [`DOCS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,11 +70,14 @@ static DOCS: LazyLock<Vec<Documentation>> = LazyLock::new(|| {
         .build(),
         Documentation::builder(
             SECTION,
-            "A box written as one of the grounded formats of the text stage.",
-            "box_format(box, format)",
+            "A box written as one of the grounded formats of the text stage, in the format's frame: formats measured on \
+             a padded square or a resized image need the image's width and height.",
+            "box_format(box, format[, width, height])",
         )
         .with_argument("box", boxed)
-        .with_argument("format", "'lyrics', 'qwen', 'kosmos2' or 'shikra'")
+        .with_argument("format", "a format of `[text] formats`, e.g. 'qwen2_vl' or 'shikra'")
+        .with_argument("width", "the image's width in pixels, e.g. `width` of `samples`")
+        .with_argument("height", "the image's height in pixels")
         .build(),
         Documentation::builder(SECTION, "The number of pixels a mask covers.", "rle_area(mask)")
             .with_argument("mask", mask)
@@ -177,21 +181,43 @@ impl ScalarUDFImpl for AnnotationUdf {
             Function::BoxFormat => {
                 let b = boxes(f, 1, &arrays[0])?;
                 let formats = strings(f, 2, &arrays[1])?;
+                let sizes = match arrays.len() {
+                    4 => Some((ints(f, 3, &arrays[2])?, ints(f, 4, &arrays[3])?)),
+                    _ => None,
+                };
                 let mut out = Vec::with_capacity(b.len());
-                for (b, name) in b.iter().zip(formats.iter()) {
-                    out.push(match (b, name) {
-                        (Some(b), Some(name)) => {
-                            let format =
-                                GroundedFormat::ALL.into_iter().find(|g| g.name() == name).ok_or_else(|| {
-                                    DataFusionError::Execution(format!(
-                                        "box_format: argument 2 (format) must be 'lyrics', 'qwen', 'kosmos2' or \
-                                     'shikra', not '{name}'"
-                                    ))
-                                })?;
-                            Some(format_box(format, b.map(|v| v as f32)))
+                for (i, (b, name)) in b.iter().zip(formats.iter()).enumerate() {
+                    let (Some(b), Some(name)) = (b, name) else {
+                        out.push(None);
+                        continue;
+                    };
+                    let format = GroundedFormat::named(name).ok_or_else(|| {
+                        let names = GroundedFormat::names().iter().map(|n| format!("'{n}'")).collect::<Vec<_>>();
+                        DataFusionError::Execution(format!(
+                            "box_format: argument 2 (format) must be one of {}, not '{name}'",
+                            names.join(", ")
+                        ))
+                    })?;
+                    let size = match &sizes {
+                        Some((w, h)) => {
+                            match ((!w.is_null(i)).then(|| w.value(i)), (!h.is_null(i)).then(|| h.value(i))) {
+                                (Some(w), Some(h)) if w > 0 && h > 0 => Some(Size::new(w as u32, h as u32)),
+                                (Some(_), Some(_)) => {
+                                    return exec_err!("box_format: the width and height must be positive");
+                                }
+                                _ => None,
+                            }
                         }
-                        _ => None,
-                    });
+                        None if format.frame() == Frame::Displayed => Some(Size::new(1, 1)),
+                        None => {
+                            return exec_err!(
+                                "box_format: '{name}' measures boxes on the {}; pass the image's width and height: \
+                                 box_format(box, '{name}', width, height)",
+                                format.frame().describe()
+                            );
+                        }
+                    };
+                    out.push(size.map(|size| format.format_box(b.map(|v| v as f32), size)));
                 }
                 Arc::new(StringArray::from(out))
             }
@@ -372,7 +398,14 @@ fn mask_box(rle: &Rle) -> Result<Option<[f64; 4]>> {
 /// Registers the functions on `ctx`.
 pub fn register(ctx: &SessionContext) {
     for function in FUNCTIONS {
-        let signature = Signature::any(function.arity(), Volatility::Immutable);
+        let signature = match function {
+            // The image's size is optional for formats measured on the displayed image.
+            Function::BoxFormat => Signature::one_of(
+                vec![TypeSignature::Any(function.arity()), TypeSignature::Any(function.arity() + 2)],
+                Volatility::Immutable,
+            ),
+            _ => Signature::any(function.arity(), Volatility::Immutable),
+        };
         ctx.register_udf(ScalarUDF::new_from_impl(AnnotationUdf { function, signature }));
     }
 }

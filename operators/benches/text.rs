@@ -103,8 +103,8 @@ fn row(i: u64, rng: &mut Rng, image: &[u8]) -> SampleRow {
 fn text_stage(c: &mut Criterion) {
     let rows: u64 = std::env::var("TEXT_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let options = TextOptions {
-        formats: GroundedFormat::ALL.to_vec(),
-        inline_format: GroundedFormat::Kosmos2,
+        formats: GroundedFormat::all().to_vec(),
+        inline_format: GroundedFormat::KOSMOS2,
         instruct: InstructOptions::default(),
     };
     let image = vec![0x5a; 48 * 1024];

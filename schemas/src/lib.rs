@@ -23,7 +23,9 @@ pub use error::SchemaError;
 pub use features::huggingface_features;
 pub use refined::{MaskRow, ObjectRow, TagRow, object_fields, tag_fields};
 pub use rows::{ErrorRow, ImageRef, SampleRow};
-pub use text::{InstructRow, PretrainRow, SpanRow, span_fields, turn_fields};
+pub use text::{
+    FORMAT_COLUMNS, FrameRow, InstructRow, PretrainRow, SpanRow, frame_fields, span_fields, turn_fields,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,7 +34,7 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 
 /// Version of the table layout, written to every file's key-value metadata under [`META_SCHEMA_VERSION`].
 /// Bump it whenever a column is added, removed, renamed or retyped.
-pub const SCHEMA_VERSION: &str = "1";
+pub const SCHEMA_VERSION: &str = "2";
 
 /// Parquet/Arrow key-value metadata key holding [`SCHEMA_VERSION`].
 pub const META_SCHEMA_VERSION: &str = "lyrics.schema_version";
@@ -73,10 +75,7 @@ pub mod col {
     pub const MASK_AREA: &str = "mask_area";
     pub const MASK_SCORE: &str = "mask_score";
     pub const REFINER: &str = "refiner";
-    pub const LYRICS: &str = "lyrics";
-    pub const QWEN: &str = "qwen";
-    pub const KOSMOS2: &str = "kosmos2";
-    pub const SHIKRA: &str = "shikra";
+    pub const FRAMES: &str = "frames";
     pub const GROUNDED_CAPTION: &str = "grounded_caption";
     pub const CAPTION_SPANS: &str = "caption_spans";
     pub const START: &str = "start";
@@ -227,14 +226,16 @@ pub fn pretrain_schema() -> SchemaRef {
             required_text(col::KEY),
             Field::new(col::IMAGE, DataType::Struct(image_fields()), true),
             utf8(col::CAPTION),
-            utf8(col::LYRICS),
-            utf8(col::QWEN),
-            utf8(col::KOSMOS2),
-            utf8(col::SHIKRA),
+        ]
+        .into_iter()
+        .chain(FORMAT_COLUMNS.iter().map(|name| utf8(name)))
+        .chain([
+            struct_list(col::FRAMES, frame_fields()),
             utf8(col::GROUNDED_CAPTION),
             struct_list(col::CAPTION_SPANS, span_fields()),
             struct_list(col::OBJECTS, object_fields()),
-        ],
+        ])
+        .collect(),
     )
 }
 

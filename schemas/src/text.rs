@@ -1,5 +1,5 @@
-//! The tables of grounded text: `pretrain` (one row per refined sample: the grounded formats, the grounded caption
-//! and its GRIT-style spans, the objects) and `instruct` (one row per LLaVA/ShareGPT conversation).
+//! The tables of grounded text: `pretrain` (one row per refined sample: a column per grounded format, the frames
+//! of the formats not measured on the displayed image, the grounded caption and its GRIT-style spans, the objects) and `instruct` (one row per LLaVA/ShareGPT conversation).
 
 use std::sync::Arc;
 
@@ -23,17 +23,44 @@ pub struct SpanRow {
     pub bbox: [f32; 4],
 }
 
+/// The grounded formats' columns of `pretrain`, in order: the names of the text stage's format registry, which
+/// checks that the two lists agree.
+pub const FORMAT_COLUMNS: &[&str] = &[
+    "lyrics",
+    "qwen",
+    "kosmos2",
+    "shikra",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "internvl",
+    "minigpt_v2",
+    "paligemma",
+    "florence2",
+    "llava",
+    "ferret",
+];
+
+/// The frame a format's boxes are measured in, when it is not the displayed image: its size in pixels, so a reader
+/// can map the boxes back (a padded square's side, a resized image's width and height).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameRow {
+    pub format: String,
+    pub width: i32,
+    pub height: i32,
+}
+
 /// One row of `pretrain`: a refined sample's caption in each grounded format, the caption with boxes inline, its grounded spans and the objects.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PretrainRow {
     pub key: String,
     pub image: ImageRef,
     pub caption: Option<String>,
-    /// The objects and caption in the `lyrics` format; this and the next three formats are `None` when not enabled.
-    pub lyrics: Option<String>,
-    pub qwen: Option<String>,
-    pub kosmos2: Option<String>,
-    pub shikra: Option<String>,
+    /// `(format, text)`: the objects (and for `lyrics` the caption) in each enabled format, in the order of
+    /// [`FORMAT_COLUMNS`]; a format left out is null in its column.
+    pub formats: Vec<(String, String)>,
+    /// The frames of the enabled formats that are not measured on the displayed image.
+    pub frames: Vec<FrameRow>,
     /// The caption with boxes inline after the spans they ground.
     pub grounded_caption: Option<String>,
     pub caption_spans: Vec<SpanRow>,
@@ -78,16 +105,23 @@ pub fn turn_fields() -> Fields {
 impl PretrainRow {
     /// Approximate in-memory size, for cutting shards by bytes.
     pub fn approx_bytes(&self) -> usize {
-        let texts = [&self.caption, &self.lyrics, &self.qwen, &self.kosmos2, &self.shikra, &self.grounded_caption];
+        let texts = [&self.caption, &self.grounded_caption];
         self.key.len()
             + self.image.bytes.as_ref().map_or(0, Vec::len)
             + texts.iter().map(|t| t.as_ref().map_or(0, String::len)).sum::<usize>()
+            + self.formats.iter().map(|(f, t)| f.len() + t.len()).sum::<usize>()
+            + self.frames.len() * 24
             + self.caption_spans.len() * 32
             + self
                 .objects
                 .iter()
                 .map(|o| o.label.len() + o.phrase.len() + o.mask.as_ref().map_or(0, |m| m.counts.len()) + 40)
                 .sum::<usize>()
+    }
+
+    /// The text of `format`, when it was enabled.
+    pub fn format(&self, format: &str) -> Option<&str> {
+        self.formats.iter().find(|(f, _)| f == format).map(|(_, t)| t.as_str())
     }
 
     /// A `pretrain` batch of `rows`.
@@ -119,19 +153,24 @@ impl PretrainRow {
             Arc::new(span_values),
             None,
         );
+        if let Some((format, _)) =
+            rows.iter().flat_map(|r| &r.formats).find(|(f, _)| !FORMAT_COLUMNS.contains(&f.as_str()))
+        {
+            return Err(SchemaError::MissingColumn(format.clone()));
+        }
         let objects: Vec<Option<&Vec<ObjectRow>>> = rows.iter().map(|r| Some(&r.objects)).collect();
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.key))),
             Arc::new(image_array(rows.iter().map(|r| &r.image))),
             text(&|r| r.caption.as_deref()),
-            text(&|r| r.lyrics.as_deref()),
-            text(&|r| r.qwen.as_deref()),
-            text(&|r| r.kosmos2.as_deref()),
-            text(&|r| r.shikra.as_deref()),
+        ];
+        columns.extend(FORMAT_COLUMNS.iter().map(|name| text(&|r| r.format(name))));
+        columns.extend([
+            frames_array(rows),
             text(&|r| r.grounded_caption.as_deref()),
             Arc::new(span_lists),
             objects_array(&objects),
-        ];
+        ]);
         Ok(RecordBatch::try_new(pretrain_schema(), columns)?)
     }
 
@@ -139,11 +178,12 @@ impl PretrainRow {
     pub fn from_batch(batch: &RecordBatch) -> Result<Vec<PretrainRow>, SchemaError> {
         let key = strings(batch, col::KEY)?;
         let images = image_refs(batch)?;
-        let [caption, lyrics, qwen, kosmos2, shikra, grounded] =
-            [col::CAPTION, col::LYRICS, col::QWEN, col::KOSMOS2, col::SHIKRA, col::GROUNDED_CAPTION]
-                .map(|c| strings(batch, c));
-        let (caption, lyrics, qwen, kosmos2, shikra, grounded) =
-            (caption?, lyrics?, qwen?, kosmos2?, shikra?, grounded?);
+        let (caption, grounded) = (strings(batch, col::CAPTION)?, strings(batch, col::GROUNDED_CAPTION)?);
+        let formats = FORMAT_COLUMNS
+            .iter()
+            .map(|name| Ok((*name, strings(batch, name)?)))
+            .collect::<Result<Vec<_>, SchemaError>>()?;
+        let frames = struct_rows(column(batch, col::FRAMES)?, col::FRAMES)?;
         let spans = struct_rows(column(batch, col::CAPTION_SPANS)?, col::CAPTION_SPANS)?;
         let objects = objects_from(column(batch, col::OBJECTS)?)?;
         let mut rows = Vec::with_capacity(batch.num_rows());
@@ -156,10 +196,14 @@ impl PretrainRow {
                 key: key[i].clone().unwrap_or_default(),
                 image: images[i].clone(),
                 caption: caption[i].clone(),
-                lyrics: lyrics[i].clone(),
-                qwen: qwen[i].clone(),
-                kosmos2: kosmos2[i].clone(),
-                shikra: shikra[i].clone(),
+                formats: formats
+                    .iter()
+                    .filter_map(|(name, texts)| Some((name.to_string(), texts[i].clone()?)))
+                    .collect(),
+                frames: match &frames[i] {
+                    Some(f) => frames_of(f)?,
+                    None => Vec::new(),
+                },
                 grounded_caption: grounded[i].clone(),
                 caption_spans,
                 objects: objects[i].clone().unwrap_or_default(),
@@ -167,6 +211,53 @@ impl PretrainRow {
         }
         Ok(rows)
     }
+}
+
+/// The struct fields of one `frames` item.
+pub fn frame_fields() -> Fields {
+    Fields::from(vec![
+        Field::new(col::FORMAT, DataType::Utf8, false),
+        Field::new(col::WIDTH, DataType::Int32, false),
+        Field::new(col::HEIGHT, DataType::Int32, false),
+    ])
+}
+
+fn frames_array(rows: &[PretrainRow]) -> ArrayRef {
+    let frames: Vec<&FrameRow> = rows.iter().flat_map(|r| r.frames.iter()).collect();
+    let values = StructArray::new(
+        frame_fields(),
+        vec![
+            Arc::new(StringArray::from_iter_values(frames.iter().map(|f| &f.format))) as ArrayRef,
+            Arc::new(Int32Array::from_iter_values(frames.iter().map(|f| f.width))),
+            Arc::new(Int32Array::from_iter_values(frames.iter().map(|f| f.height))),
+        ],
+        None,
+    );
+    Arc::new(ListArray::new(
+        item(DataType::Struct(frame_fields())),
+        OffsetBuffer::from_lengths(rows.iter().map(|r| r.frames.len())),
+        Arc::new(values),
+        None,
+    ))
+}
+
+/// The frames of one `pretrain` row.
+fn frames_of(s: &StructArray) -> Result<Vec<FrameRow>, SchemaError> {
+    let int = |name: &str| -> Result<Int32Array, SchemaError> {
+        let a = s.column_by_name(name).ok_or_else(|| SchemaError::MissingColumn(name.into()))?;
+        Ok(a.as_primitive_opt::<Int32Type>().ok_or_else(|| SchemaError::column_type(name, a.data_type()))?.clone())
+    };
+    let (widths, heights) = (int(col::WIDTH)?, int(col::HEIGHT)?);
+    let formats = strings_of(s.column_by_name(col::FORMAT), col::FORMAT)?;
+    Ok(formats
+        .into_iter()
+        .enumerate()
+        .map(|(j, format)| FrameRow {
+            format: format.unwrap_or_default(),
+            width: widths.value(j),
+            height: heights.value(j),
+        })
+        .collect())
 }
 
 /// The caption spans of one `pretrain` row.
@@ -271,10 +362,12 @@ mod tests {
             key: "k".into(),
             image: ImageRef { bytes: Some(vec![1, 2]), path: Some("k.jpg".into()) },
             caption: Some("a dog".into()),
-            lyrics: Some("dog: [0.100, 0.100, 0.500, 0.500]. a dog".into()),
-            qwen: None,
-            kosmos2: Some("<phrase>dog</phrase>".into()),
-            shikra: None,
+            formats: vec![
+                ("lyrics".into(), "dog: [0.100, 0.100, 0.500, 0.500]. a dog".into()),
+                ("kosmos2".into(), "<phrase>dog</phrase>".into()),
+                ("shikra".into(), "dog[0.100,0.200,0.500,0.600]".into()),
+            ],
+            frames: vec![FrameRow { format: "shikra".into(), width: 640, height: 640 }],
             grounded_caption: Some("<phrase>a dog</phrase><object></object>".into()),
             caption_spans: vec![SpanRow { start: 0, end: 5, phrase: "dog".into(), bbox: [0.1, 0.1, 0.5, 0.5] }],
             objects: vec![],

@@ -7,7 +7,7 @@
 //! Every mention is grounded with every box of its phrase. CJK characters count as words of their own, since those
 //! scripts do not separate words with spaces.
 
-use super::formats::{GroundedFormat, GroundedObject, format_box, to_patch_indices};
+use super::formats::{GroundedFormat, GroundedObject, Size};
 
 /// A grounded span of a caption.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,9 +140,10 @@ pub fn ground_caption(caption: &str, objects: &[GroundedObject]) -> Vec<Span> {
     spans
 }
 
-/// The caption with each grounded span followed by its boxes in `format`: `<phrase>a dog</phrase><object>…</object>`
-/// (Kosmos-2), `<ref>a dog</ref><box>…</box>` (Qwen-VL), `a dog[…]` (Shikra), `a dog [x1, y1, x2, y2]` (Lyrics).
-pub fn inline_caption(caption: &str, spans: &[Span], format: GroundedFormat) -> String {
+/// The caption with each grounded span followed by its boxes in `format` (on an image of `image`):
+/// `<phrase>a dog</phrase><object>…</object>` (Kosmos-2), `<ref>a dog</ref><box>…</box>` (Qwen-VL), `a dog[…]`
+/// (Shikra), `a dog [x1, y1, x2, y2]` (Lyrics), and so on for every registered format.
+pub fn inline_caption(caption: &str, spans: &[Span], format: GroundedFormat, image: Size) -> String {
     let chars: Vec<char> = caption.chars().collect();
     let mut out = String::with_capacity(caption.len() * 2);
     let mut at = 0;
@@ -152,40 +153,7 @@ pub fn inline_caption(caption: &str, spans: &[Span], format: GroundedFormat) -> 
         }
         out.extend(&chars[at..span.start]);
         let text: String = chars[span.start..span.end].iter().collect();
-        match format {
-            GroundedFormat::Kosmos2 => {
-                let cells: Vec<String> = span
-                    .boxes
-                    .iter()
-                    .map(|b| {
-                        let (ul, lr) = to_patch_indices(*b, 32);
-                        format!("<patch_index_{ul:04}><patch_index_{lr:04}>")
-                    })
-                    .collect();
-                out.push_str(&format!(
-                    "<phrase>{text}</phrase><object>{}</object>",
-                    cells.join("</delimiter_of_multi_objects/>")
-                ));
-            }
-            GroundedFormat::Qwen => {
-                out.push_str(&format!("<ref>{text}</ref>"));
-                for b in &span.boxes {
-                    out.push_str(&format_box(format, *b));
-                }
-            }
-            GroundedFormat::Shikra => {
-                let inner: Vec<String> = span
-                    .boxes
-                    .iter()
-                    .map(|b| format_box(format, *b).trim_matches(['[', ']']).to_string())
-                    .collect();
-                out.push_str(&format!("{text}[{}]", inner.join(";")));
-            }
-            GroundedFormat::Lyrics => {
-                let boxes: Vec<String> = span.boxes.iter().map(|b| format_box(format, *b)).collect();
-                out.push_str(&format!("{text} {}", boxes.join(", ")));
-            }
-        }
+        out.push_str(&format.format_span(&text, &span.boxes, image));
         at = span.end;
     }
     out.extend(&chars[at.min(chars.len())..]);
@@ -244,10 +212,16 @@ mod tests {
         assert_eq!(text, "狗");
     }
 
+    const SQUARE: Size = Size { width: 100, height: 100 };
+
+    fn format(name: &str) -> GroundedFormat {
+        GroundedFormat::named(name).unwrap_or_else(|| panic!("{name} is registered"))
+    }
+
     #[test]
     fn spans_are_plain_when_nothing_grounds_them() {
         assert!(spans("a cat on a mat", &[obj("dog", [0.0; 4])]).is_empty());
-        assert_eq!(inline_caption("a cat on a mat", &[], GroundedFormat::Kosmos2), "a cat on a mat");
+        assert_eq!(inline_caption("a cat on a mat", &[], GroundedFormat::KOSMOS2, SQUARE), "a cat on a mat");
     }
 
     #[test]
@@ -260,20 +234,20 @@ mod tests {
         ];
         let s = ground_caption(caption, &objects);
         assert_eq!(
-            inline_caption(caption, &s, GroundedFormat::Kosmos2),
+            inline_caption(caption, &s, format("kosmos2"), SQUARE),
             "<phrase>a dog</phrase><object><patch_index_0323><patch_index_0913></object> and two \
              <phrase>cats</phrase><object><patch_index_0000><patch_index_0495></delimiter_of_multi_objects/><patch_index_0528><patch_index_1023></object>"
         );
         assert_eq!(
-            inline_caption(caption, &s, GroundedFormat::Qwen),
+            inline_caption(caption, &s, format("qwen"), SQUARE),
             "<ref>a dog</ref><box>(120,340),(560,900)</box> and two <ref>cats</ref><box>(0,0),(500,500)</box><box>(500,500),(999,999)</box>"
         );
         assert_eq!(
-            inline_caption(caption, &s, GroundedFormat::Shikra),
+            inline_caption(caption, &s, format("shikra"), SQUARE),
             "a dog[0.120,0.340,0.560,0.900] and two cats[0.000,0.000,0.500,0.500;0.500,0.500,1.000,1.000]"
         );
         assert_eq!(
-            inline_caption(caption, &s, GroundedFormat::Lyrics),
+            inline_caption(caption, &s, format("lyrics"), SQUARE),
             "a dog [0.120, 0.340, 0.560, 0.900] and two cats [0.000, 0.000, 0.500, 0.500], [0.500, 0.500, 1.000, 1.000]"
         );
     }

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::formats::{GroundedFormat, GroundedObject, format_box};
+use super::formats::{GroundedFormat, GroundedObject, Size};
 use super::grounding::{ground_caption, inline_caption};
 use super::phrasings::*;
 use crate::geometry::{BoxXyxy, iou};
@@ -80,7 +80,7 @@ impl Default for InstructOptions {
         InstructOptions {
             tasks: Task::ALL.to_vec(),
             languages: vec!["en".into(), "zh".into()],
-            box_format: GroundedFormat::Lyrics,
+            box_format: GroundedFormat::LYRICS,
             min_score: 0.0,
             min_box_area: 0.0,
             max_objects: 50,
@@ -169,6 +169,7 @@ fn gpt(answer: String) -> Turn {
 }
 
 struct Context<'a> {
+    image: Size,
     caption: Option<&'a str>,
     tags: &'a [String],
     objects: Vec<Candidate>,
@@ -181,7 +182,7 @@ impl Context<'_> {
     }
 
     fn boxes_text(&self, boxes: &[[f32; 4]], zh: bool) -> String {
-        boxes.iter().map(|b| format_box(self.options.box_format, *b)).collect::<Vec<_>>().join(if zh {
+        boxes.iter().map(|b| self.options.box_format.format_box(*b, self.image)).collect::<Vec<_>>().join(if zh {
             "，"
         } else {
             ", "
@@ -204,7 +205,7 @@ impl Context<'_> {
                 let o = rng.pick(&self.objects).clone();
                 let q = fill(
                     rng.phrasing(zh, &REGION_ZH, &REGION_EN),
-                    &[("box", &format_box(self.options.box_format, o.bbox))],
+                    &[("box", &self.options.box_format.format_box(o.bbox, self.image))],
                 );
                 Some((q, o.phrase))
             }
@@ -220,7 +221,7 @@ impl Context<'_> {
                     return None;
                 }
                 let q = rng.phrasing(zh, &GROUNDED_ZH, &GROUNDED_EN).to_string();
-                Some((q, inline_caption(caption, &spans, self.options.box_format)))
+                Some((q, inline_caption(caption, &spans, self.options.box_format, self.image)))
             }
             Task::TagListing => {
                 if self.tags.is_empty() {
@@ -245,15 +246,16 @@ impl Context<'_> {
     }
 }
 
-/// The conversations of one sample: one per requested task that the sample supports.
+/// The conversations of one sample (an image of `image`): one per requested task that the sample supports.
 pub fn build_conversations(
     key: &str,
+    image: Size,
     caption: Option<&str>,
     tags: &[String],
     objects: &[Candidate],
     options: &InstructOptions,
 ) -> Vec<Conversation> {
-    let ctx = Context { caption, tags, objects: filter_objects(objects, options), options };
+    let ctx = Context { image, caption, tags, objects: filter_objects(objects, options), options };
     let languages: Vec<&'static str> = options
         .languages
         .iter()
@@ -323,6 +325,7 @@ mod tests {
         let tags = vec!["cat".to_string(), "dog".to_string()];
         let conversations = build_conversations(
             "k1",
+            Size::new(640, 480),
             Some("two dogs and a cat"),
             &tags,
             &candidates(),
@@ -340,6 +343,7 @@ mod tests {
         }
         let again = build_conversations(
             "k1",
+            Size::new(640, 480),
             Some("two dogs and a cat"),
             &tags,
             &candidates(),
@@ -348,6 +352,7 @@ mod tests {
         assert_eq!(conversations, again);
         let other = build_conversations(
             "k2",
+            Size::new(640, 480),
             Some("two dogs and a cat"),
             &tags,
             &candidates(),
@@ -364,14 +369,35 @@ mod tests {
             ..InstructOptions::default()
         };
         let objects: Vec<Candidate> = candidates().into_iter().filter(|c| c.label == "dog").take(2).collect();
-        let c = build_conversations("k", None, &[], &objects, &options);
+        let c = build_conversations("k", Size::new(640, 480), None, &[], &objects, &options);
         assert_eq!(c[0].turns[1].value, "There are 2: [0.100, 0.100, 0.400, 0.500], [0.600, 0.100, 0.900, 0.500].");
         assert_eq!(c[1].turns[1].value, "[0.100, 0.100, 0.400, 0.500], [0.600, 0.100, 0.900, 0.500]");
     }
 
+    /// The conversations speak the trainer's convention, in its frame: Shikra's padded square for a 640×480 image
+    /// puts y = 0.1 at (48 + 80) / 640 = 0.2.
+    #[test]
+    fn box_format_is_any_registered_format_in_its_frame() {
+        let options = |name: &str| InstructOptions {
+            tasks: vec![Task::Rec],
+            languages: vec!["en".into()],
+            box_format: GroundedFormat::named(name).expect("registered"),
+            ..InstructOptions::default()
+        };
+        let objects: Vec<Candidate> = candidates().into_iter().take(1).collect();
+        let answer = |name: &str| {
+            build_conversations("k", Size::new(640, 480), None, &[], &objects, &options(name))[0].turns[1]
+                .value
+                .clone()
+        };
+        assert_eq!(answer("shikra"), "[0.100,0.200,0.400,0.500]");
+        assert_eq!(answer("lyrics"), "[0.100, 0.100, 0.400, 0.500]");
+    }
+
     #[test]
     fn samples_without_objects_or_caption_skip_what_they_cannot_support() {
-        let c = build_conversations("k", None, &["sky".into()], &[], &InstructOptions::default());
+        let c =
+            build_conversations("k", Size::new(640, 480), None, &["sky".into()], &[], &InstructOptions::default());
         assert_eq!(c.iter().map(|c| c.task).collect::<Vec<_>>(), vec![Task::TagListing]);
     }
 

@@ -1,5 +1,6 @@
-//! Text from the refiner's objects: the grounded formats trainers read (Lyrics, Qwen-VL, Kosmos-2, Shikra) with their
-//! parsers, captions grounded span by span, and instruction conversations for fine-tuning.
+//! Text from the refiner's objects: the grounded formats trainers read (a registry, one file per format, each in its
+//! trainer's coordinate frame) with their parsers, captions grounded span by span, and instruction conversations for
+//! fine-tuning.
 
 mod formats;
 mod grounding;
@@ -8,8 +9,8 @@ mod phrasings;
 mod rows;
 
 pub use formats::{
-    GroundedFormat, GroundedObject, format_box, format_objects, from_patch_indices, parse_objects, quantize_1000,
-    to_patch_indices,
+    BoxFormat, Frame, GroundedFormat, GroundedObject, Resize, Size, format_box, format_objects, from_patch_indices,
+    parse_objects, quantize_1000, smart_resize, to_patch_indices,
 };
 pub use grounding::{Span, ground_caption, inline_caption};
 pub use instruct::{Candidate, Conversation, InstructOptions, Task, Turn, build_conversations, filter_objects};

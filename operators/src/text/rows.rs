@@ -1,11 +1,11 @@
 //! One refined sample's text products: its `pretrain` row (the grounded formats, the grounded caption and its spans)
 //! and its `instruct` conversations, as the text stage writes them.
 
-use lyrics_schemas::{InstructRow, PretrainRow, SampleRow, SpanRow};
+use lyrics_schemas::{FrameRow, InstructRow, PretrainRow, SampleRow, SpanRow};
 
 use super::{
-    Candidate, GroundedFormat, GroundedObject, InstructOptions, build_conversations, format_objects,
-    ground_caption, inline_caption,
+    Candidate, Frame, GroundedFormat, GroundedObject, InstructOptions, Size, build_conversations, ground_caption,
+    inline_caption,
 };
 
 /// What the text stage writes.
@@ -34,21 +34,33 @@ pub fn texts(row: &SampleRow, options: &TextOptions) -> (PretrainRow, Vec<Instru
     // The Lyrics input names each object by the tag its phrase maps back to.
     let by_label: Vec<GroundedObject> =
         objects.iter().map(|o| GroundedObject { phrase: o.label.clone(), bbox: o.bbox }).collect();
-    let wanted = |f: GroundedFormat| options.formats.contains(&f);
-    let text = |f: GroundedFormat| -> Option<String> {
-        wanted(f)
-            .then(|| format_objects(f, if f == GroundedFormat::Lyrics { &by_label } else { &by_phrase }, caption))
-    };
+    let image = Size::new(row.width.max(1) as u32, row.height.max(1) as u32);
+    // Registry order, whatever the order of `[text] formats`, so the columns and the row agree.
+    let enabled: Vec<GroundedFormat> =
+        GroundedFormat::all().iter().copied().filter(|f| options.formats.contains(f)).collect();
+    let formats = enabled
+        .iter()
+        .map(|f| {
+            let named = if f.names_objects_by_label() { &by_label } else { &by_phrase };
+            (f.name().to_string(), f.format_objects(named, caption, image))
+        })
+        .collect();
+    let frames = enabled
+        .iter()
+        .filter(|f| f.frame() != Frame::Displayed)
+        .map(|f| {
+            let size = f.frame_size(image);
+            FrameRow { format: f.name().to_string(), width: size.width as i32, height: size.height as i32 }
+        })
+        .collect();
     let spans = caption.map(|c| ground_caption(c, &by_phrase)).unwrap_or_default();
     let pretrain = PretrainRow {
         key: row.key.clone(),
         image: row.image.clone(),
         caption: row.caption.clone(),
-        lyrics: text(GroundedFormat::Lyrics),
-        qwen: text(GroundedFormat::Qwen),
-        kosmos2: text(GroundedFormat::Kosmos2),
-        shikra: text(GroundedFormat::Shikra),
-        grounded_caption: caption.map(|c| inline_caption(c, &spans, options.inline_format)),
+        formats,
+        frames,
+        grounded_caption: caption.map(|c| inline_caption(c, &spans, options.inline_format, image)),
         caption_spans: spans
             .iter()
             .flat_map(|s| {
@@ -67,13 +79,13 @@ pub fn texts(row: &SampleRow, options: &TextOptions) -> (PretrainRow, Vec<Instru
         .iter()
         .map(|o| Candidate { label: o.label.clone(), phrase: o.phrase.clone(), score: o.score, bbox: o.bbox })
         .collect();
-    let image = image_file_name(&row.key, &row.format);
-    let instruct = build_conversations(&row.key, caption, &tags, &candidates, &options.instruct)
+    let file = image_file_name(&row.key, &row.format);
+    let instruct = build_conversations(&row.key, image, caption, &tags, &candidates, &options.instruct)
         .into_iter()
         .map(|c| InstructRow {
             id: c.id,
             key: row.key.clone(),
-            image: image.clone(),
+            image: file.clone(),
             task: c.task.name().to_string(),
             language: c.language.to_string(),
             conversations: c.turns.into_iter().map(|t| (t.from.to_string(), t.value)).collect(),
