@@ -63,7 +63,7 @@ fn refine(models: &str, out: &Path) -> BTreeMap<String, SampleRow> {
 }
 
 /// Every photo at its displayed size, every box inside it, one mask per box at the displayed size whose area is
-/// its pixels', `label` the prompt (`phrase`) it answers and `mask_score` its score; returns the objects' count.
+/// its pixels', `label` the prompt (`phrase`) it answers and `mask_score` its score; some objects in all.
 fn check_contract(
     models: &str,
     rows: &BTreeMap<String, SampleRow>,
@@ -119,6 +119,33 @@ fn v1_layout_prompted_with_fixed_classes() {
     for row in rows.values() {
         assert!(row.tags.as_ref().is_none_or(|t| t.is_empty()), "{}: no tagger, no tags", row.key);
     }
+}
+
+#[test]
+fn the_captions_phrases_are_the_prompts_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    for name in ["landscape", "tiny"] {
+        std::fs::copy(real_tiny().join(format!("photos/{name}.png")), photos.join(format!("{name}.png"))).unwrap();
+    }
+    std::fs::write(photos.join("landscape.txt"), "A Dog, next to a red car.").unwrap();
+    // tiny has no caption: nothing to look for, and no error either.
+    let models = models_file(dir.path(), "sam3_v1.toml", |t| {
+        t.replace("prompt = [\"person\", \"dog\", \"red car\"]", "prompt = \"caption\"")
+    });
+    let out = dir.path().join("out");
+    let args = ["run", "--input", &s(&photos), "--format", "images", "--output", &s(&out), "--models", &models];
+    let output = lyrics(&[&args[..], &["--progress", "off"]].concat(), &Env::new());
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(errors(&out).is_empty(), "{:#?}", errors(&out));
+    let rows: BTreeMap<String, SampleRow> = samples(&out).into_iter().map(|r| (r.key.clone(), r)).collect();
+    let objects = rows["landscape"].objects.as_ref().unwrap();
+    assert!(!objects.is_empty(), "nothing found from the caption");
+    for object in objects {
+        assert!(["a dog", "next to a red car"].contains(&object.phrase.as_str()), "{object:?}");
+    }
+    assert!(rows["tiny"].objects.as_ref().is_none_or(|o| o.is_empty()));
 }
 
 /// A run is a tie when the reference's closest decision (a score to the threshold, an IoU to the NMS threshold)
