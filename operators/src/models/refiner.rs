@@ -10,6 +10,7 @@ use super::batching::in_chunks;
 use super::detector::Phrases;
 use super::runtime::Device;
 use super::segmenter::{MaskOut, SegmenterImage, SegmenterInput};
+use super::segmenting::{SegmentingDetector, StretchedInput, phrase_prompts};
 use super::{
     Detector, DetectorImage, DetectorPrompt, ModelError, ModelsConfig, PromptSource, Segmenter, Tag, Tagger,
     caption_prompt, classes_prompt, prompt_of,
@@ -26,7 +27,7 @@ pub struct ModelPaths {
 }
 
 impl ModelPaths {
-    fn get(&self, key: &str) -> Result<&PathBuf, ModelError> {
+    pub(crate) fn get(&self, key: &str) -> Result<&PathBuf, ModelError> {
         self.paths.get(key).ok_or_else(|| ModelError::Config(format!("{key} has no local file")))
     }
 
@@ -40,7 +41,7 @@ impl ModelPaths {
 /// What the loaded graphs say about the inputs they take: sizes to resize to and encoder layouts. Read from the
 /// graphs when they are loaded (a contract is what the graph declares, not what the models file assumes), and used
 /// by [`prepare`] on the CPU threads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Layout {
     /// The tagger's input (width, height); `None` without a tagger.
     pub tagger: Option<(u32, u32)>,
@@ -48,6 +49,9 @@ pub struct Layout {
     pub detector: Option<Option<(u32, u32)>>,
     /// The segmenter's encoder input.
     pub segmenter: SegmenterInput,
+    /// The image input of a detector that segments, when one runs (its prepared image goes in
+    /// [`Prepared::detector`]).
+    pub segmenting: Option<StretchedInput>,
 }
 
 /// The model inputs of one image that depend on the image alone.
@@ -67,7 +71,10 @@ pub struct Prepared {
 pub fn prepare(layout: &Layout, image: &RgbImage) -> Result<Prepared, ModelError> {
     Ok(Prepared {
         tagger: layout.tagger.map(|side| Tagger::prepare(image, side)).transpose()?,
-        detector: layout.detector.map(|size| Detector::prepare(image, size)).transpose()?,
+        detector: match layout.segmenting {
+            Some(input) => Some(input.prepare(image)?),
+            None => layout.detector.map(|size| Detector::prepare(image, size)).transpose()?,
+        },
         segmenter: Segmenter::prepare(layout.segmenter, image)?,
         caption: None,
     })
@@ -181,6 +188,8 @@ pub struct Refiner {
     config: ModelsConfig,
     tagger: Option<Tagger>,
     detector: Option<Detector>,
+    /// A detector that segments, in place of `detector` (and of any segmenter).
+    segmenting: Option<Box<dyn SegmentingDetector>>,
     segmenter: Option<Segmenter>,
     description: String,
 }
@@ -207,15 +216,21 @@ impl Refiner {
             }
             None => None,
         };
+        let segmenting: Option<Box<dyn SegmentingDetector>> = match &config.detector {
+            Some(d) if d.family == super::DetectorFamily::Sam3 => {
+                Some(Box::new(super::sam3::Sam3::load(d, files, device, threads)?))
+            }
+            _ => None,
+        };
         let detector = match &config.detector {
-            Some(d) => Some(Detector::load(
+            Some(d) if segmenting.is_none() => Some(Detector::load(
                 d,
                 files.get("detector.model")?,
                 files.get("detector.tokenizer")?,
                 device,
                 threads,
             )?),
-            None => None,
+            _ => None,
         };
         let segmenter = match &config.segmenter {
             Some(s) => {
@@ -230,7 +245,7 @@ impl Refiner {
             None => None,
         };
         let description = describe(config, files);
-        Ok(Refiner { config: config.clone(), tagger, detector, segmenter, description })
+        Ok(Refiner { config: config.clone(), tagger, detector, segmenting, segmenter, description })
     }
 
     /// The models file the refiner was loaded from.
@@ -244,6 +259,7 @@ impl Refiner {
             tagger: self.tagger.as_ref().map(Tagger::side),
             detector: self.detector.as_ref().map(Detector::fixed_size),
             segmenter: self.segmenter.as_ref().map_or(SegmenterInput::None, Segmenter::input),
+            segmenting: self.segmenting.as_ref().map(|s| s.input()),
         }
     }
 
@@ -257,6 +273,9 @@ impl Refiner {
         let mut models: Vec<&super::OnnxModel> = Vec::new();
         models.extend(self.tagger.as_ref().map(Tagger::model));
         models.extend(self.detector.as_ref().map(Detector::model));
+        if let Some(s) = &self.segmenting {
+            models.extend(s.models());
+        }
         if let Some(s) = &self.segmenter {
             models.extend(s.models());
         }
@@ -292,8 +311,12 @@ impl Refiner {
                 }
             }
         }
-        let Some(detector) = self.detector.as_mut() else { return results };
         let prompt = self.config.detector.as_ref().map(|d| d.prompt.clone()).unwrap_or_default();
+        if let Some(segmenting) = self.segmenting.as_mut() {
+            segment_each(segmenting.as_mut(), &prompt, &batch, &mut results);
+            return results;
+        }
+        let Some(detector) = self.detector.as_mut() else { return results };
         // Every tag is at least its `,`, so the first `max_text_len` tags already make a prompt longer than the model
         // sees: the tokens it keeps, and their masks, are the whole prompt's. Thousands of tags (RAM's 4,585 can all
         // pass) would otherwise be tokenized on the inference thread for nothing, ~15 ms an image.
@@ -370,6 +393,43 @@ impl Refiner {
             }
         }
         results
+    }
+}
+
+/// Runs a detector that segments on each image still without an error: one prompt per tag, class or caption phrase
+/// ([`phrase_prompts`]); the image prepared here if the prepare stage did not.
+fn segment_each(
+    segmenting: &mut dyn SegmentingDetector,
+    prompt: &DetectorPrompt,
+    batch: &[(&RgbImage, &Prepared)],
+    results: &mut [Result<Inferred, ModelError>],
+) {
+    for ((image, prepared), result) in batch.iter().zip(results.iter_mut()) {
+        let Ok(current) = result.as_mut() else { continue };
+        current.vocabulary = match prompt {
+            DetectorPrompt::Classes(classes) => Some(classes.clone()),
+            _ => None,
+        };
+        let prompts = phrase_prompts(prompt, &current.tags, prepared.caption.as_deref());
+        if prompts.is_empty() {
+            continue;
+        }
+        let outcome = (|| -> Result<Vec<(super::Detection, Option<MaskOut>)>, ModelError> {
+            let owned;
+            let input = match &prepared.detector {
+                Some(input) => input,
+                None => {
+                    owned = segmenting.input().prepare(image)?;
+                    &owned
+                }
+            };
+            let found = segmenting.infer(input, &prompts, image.width(), image.height())?;
+            Ok(found.into_iter().map(|(detection, mask)| (detection, Some(mask))).collect())
+        })();
+        match outcome {
+            Ok(objects) => current.objects = objects,
+            Err(e) => *result = Err(e),
+        }
     }
 }
 
@@ -452,7 +512,9 @@ pub fn describe(config: &ModelsConfig, files: &ModelPaths) -> String {
         }
         out.insert("tagger".into(), v);
     }
-    if let Some(d) = &config.detector {
+    if let Some(d) = config.detector.as_ref().filter(|d| d.family == super::DetectorFamily::Sam3) {
+        out.insert("detector".into(), super::sam3::describe(config, files, d));
+    } else if let Some(d) = &config.detector {
         let mut v = json!({
             "family": d.family, "export": d.export, "model": file("detector.model"), "tokenizer": file("detector.tokenizer"),
             "box_threshold": num(d.box_threshold), "text_threshold": num(d.text_threshold), "iou_threshold": num(d.iou_threshold),
