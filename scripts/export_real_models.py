@@ -36,7 +36,8 @@ The contracts, one graph (or pair) each:
 - `sam2_encoder.onnx` + `sam2_decoder.onnx`: SAM 2.1 (hiera) as samexporter's `export_sam2.py` exports it.
 - `sam3_vision_encoder.onnx`, `sam3_text_encoder.onnx`, `sam3_geo_encoder_mask_decoder.onnx` (v2) and
   `sam3_v1_decoder.onnx`, `sam3_v1_geometry_encoder.onnx` (v1): transformers' Sam3Model split by usls's own export
-  modules (scripts/usls_sam3/), as the public SAM 3 release is (`images` [B, 3, 1008, 1008] -> FPN features;
+  modules (`--usls-sam3 DIR`: a checkout of github.com/jamjamjon/usls's `scripts/sam3-image`, whose `export.py`
+  and `export_v2.py` define them; tested at commit 67a07a0), as the public SAM 3 release is (`images` [B, 3, 1008, 1008] -> FPN features;
   `input_ids`, `attention_mask` [B, 32] -> `text_features`, `text_mask`; the decoder -> `pred_masks`
   [B, 200, 288, 288], `pred_boxes`, `pred_logits`, `presence_logits`), with `sam3_tokenizer.json`, CLIP's BPE
   tokenizer. `--only sam3` needs neither `--bert-vocab` nor `--ram-data`; its reference is computed at test time
@@ -846,12 +847,17 @@ SAM3_FILES = {
 SAM3_PRESENCE_BIAS = 2.0
 
 
+USLS_SAM3 = None
+
+
 def usls_sam3(name):
-    """usls's own export modules (scripts/usls_sam3/, MIT, vendored unchanged): the wrappers whose graphs the
-    public release holds."""
+    """usls's own export modules (`export.py`, `export_v2.py` of its `scripts/sam3-image`, given by `--usls-sam3`):
+    the wrappers whose graphs the public release holds, used as they are."""
     import importlib.util
 
-    path = pathlib.Path(__file__).parent / "usls_sam3" / f"{name}.py"
+    if USLS_SAM3 is None:
+        sys.exit("--only sam3 needs --usls-sam3 DIR: usls's scripts/sam3-image (github.com/jamjamjon/usls)")
+    path = USLS_SAM3 / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"usls_sam3_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -1021,11 +1027,15 @@ def main():
                         help="folder with RAM's ram_tag_list.txt and ram_tag_list_threshold.txt")
     parser.add_argument("--only", nargs="*", default=None,
                         help="export only these: ram gdino gdino_800 sam hf_sam sam2 sam3")
+    parser.add_argument("--usls-sam3", type=pathlib.Path, default=None,
+                        help="usls's scripts/sam3-image folder, whose export.py and export_v2.py SAM 3 is exported with")
     parser.add_argument("--clip-bpe", type=pathlib.Path, default=None,
                         help="CLIP's bpe_simple_vocab_16e6.txt.gz for SAM 3's tokenizer (default: open-clip-torch's)")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip reference.json (the PyPI models' own inference on the photos; slow at full size)")
     args = parser.parse_args()
+    global USLS_SAM3
+    USLS_SAM3 = args.usls_sam3
     tiny = args.size == "tiny"
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
