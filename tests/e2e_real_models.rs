@@ -6,25 +6,12 @@
 use crate::support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lyrics_schemas::SampleRow;
+use support::real_tiny::{PHOTOS, dir as real_tiny};
 use support::scenes::{decode_rle, mask_iou};
 use support::*;
-
-fn real_tiny() -> PathBuf {
-    repo_root().join("examples/models/real-tiny")
-}
-
-/// The displayed (width, height) of each committed photo.
-const PHOTOS: [(&str, u32, u32); 6] = [
-    ("landscape", 640, 426),
-    ("panorama", 4000, 1000),
-    ("portrait", 480, 640),
-    ("rotated", 400, 600),
-    ("square", 512, 512),
-    ("tiny", 64, 64),
-];
 
 /// `lyrics-prep run` of a committed models file on the photos: its rows by key, and the process's output.
 fn refine(models: &str, out: &Path) -> (BTreeMap<String, SampleRow>, std::process::Output) {

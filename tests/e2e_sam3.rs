@@ -8,25 +8,12 @@
 use crate::support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lyrics_schemas::SampleRow;
+use support::real_tiny::{PHOTOS, dir as real_tiny};
 use support::scenes::{decode_rle, mask_iou};
 use support::*;
-
-fn real_tiny() -> PathBuf {
-    repo_root().join("examples/models/real-tiny")
-}
-
-/// The displayed (width, height) of each committed photo.
-const PHOTOS: [(&str, u32, u32); 6] = [
-    ("landscape", 640, 426),
-    ("panorama", 4000, 1000),
-    ("portrait", 480, 640),
-    ("rotated", 400, 600),
-    ("square", 512, 512),
-    ("tiny", 64, 64),
-];
 
 /// A models file beside the real-tiny graphs (absolute paths), from `base` with `edit` applied.
 fn models_file(dir: &Path, base: &str, edit: impl Fn(String) -> String) -> String {

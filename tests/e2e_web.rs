@@ -12,21 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::web::{Answer, Web};
+use support::web::{Answer, Web, url_manifest};
 use support::*;
-
-/// A JSONL manifest of `(key, url)` rows.
-fn url_manifest(dir: &Path, rows: &[(String, String)]) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut lines = String::new();
-    for (key, url) in rows {
-        lines.push_str(&serde_json::json!({"key": key, "url": url, "caption": "a photo"}).to_string());
-        lines.push('\n');
-    }
-    let manifest = dir.join("urls.jsonl");
-    std::fs::write(&manifest, lines).unwrap();
-    s(&manifest)
-}
 
 fn spec(dir: &Path, text: &str) -> String {
     let spec = dir.join("job.toml");

@@ -14,20 +14,8 @@ use std::time::{Duration, Instant};
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
-use support::web::{Answer, Web};
+use support::web::{Answer, Web, url_manifest};
 use support::*;
-
-/// A JSONL manifest of `(key, url)` rows, each with a caption.
-fn url_manifest(dir: &Path, rows: &[(String, String)]) -> String {
-    let mut lines = String::with_capacity(rows.len() * 80);
-    for (key, url) in rows {
-        lines.push_str(&serde_json::json!({"key": key, "url": url, "caption": "a photo"}).to_string());
-        lines.push('\n');
-    }
-    let manifest = dir.join("urls.jsonl");
-    std::fs::write(&manifest, lines).unwrap();
-    s(&manifest)
-}
 
 fn spec(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod formats;
+pub mod real_tiny;
 pub mod scenes;
 pub mod web;
 

@@ -221,3 +221,16 @@ fn serve(host: usize, stream: TcpStream, log: &Mutex<Log>, stop: &AtomicBool, ro
         }
     }
 }
+
+/// A JSONL manifest of `(key, url)` rows, each with a caption, as `DIR/urls.jsonl`; returns its path.
+pub fn url_manifest(dir: &std::path::Path, rows: &[(String, String)]) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut lines = String::with_capacity(rows.len() * 80);
+    for (key, url) in rows {
+        lines.push_str(&serde_json::json!({"key": key, "url": url, "caption": "a photo"}).to_string());
+        lines.push('\n');
+    }
+    let manifest = dir.join("urls.jsonl");
+    std::fs::write(&manifest, lines).unwrap();
+    super::s(&manifest)
+}
