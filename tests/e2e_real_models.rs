@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use lyrics_schemas::SampleRow;
-use support::real_tiny::{PHOTOS, dir as real_tiny};
+use support::real_tiny::{PHOTOS, check_object, dir as real_tiny};
 use support::scenes::{decode_rle, mask_iou};
 use support::*;
 
@@ -55,16 +55,7 @@ fn check_contract(models: &str) {
         assert_eq!((row.width as u32, row.height as u32), (w, h), "{models}/{key}: displayed size");
         assert!(!row.tags.as_ref().unwrap().is_empty(), "{models}/{key}: no tags");
         for object in row.objects.as_ref().unwrap() {
-            let [x1, y1, x2, y2] = object.bbox;
-            assert!(
-                0.0 <= x1 && x1 <= x2 && x2 <= 1.0 && 0.0 <= y1 && y1 <= y2 && y2 <= 1.0,
-                "{models}/{key}: {:?}",
-                object.bbox
-            );
-            let mask = object.mask.as_ref().unwrap_or_else(|| panic!("{models}/{key}: a box without a mask"));
-            assert_eq!(mask.size, [h as i32, w as i32], "{models}/{key}: mask size");
-            let pixels = decode_rle(mask.size, &mask.counts);
-            assert_eq!(object.mask_area, Some(pixels.iter().filter(|p| **p).count() as i64));
+            check_object(models, key, (w, h), object);
             objects += 1;
         }
     }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use lyrics_schemas::SampleRow;
-use support::real_tiny::{PHOTOS, dir as real_tiny};
+use support::real_tiny::{PHOTOS, check_object, dir as real_tiny};
 use support::scenes::{decode_rle, mask_iou};
 use support::*;
 
@@ -63,19 +63,10 @@ fn check_contract(
         assert_eq!((row.width as u32, row.height as u32), (w, h), "{models}/{key}: displayed size");
         let prompts = prompts_of(row);
         for object in row.objects.as_ref().unwrap() {
-            let [x1, y1, x2, y2] = object.bbox;
-            assert!(
-                0.0 <= x1 && x1 <= x2 && x2 <= 1.0 && 0.0 <= y1 && y1 <= y2 && y2 <= 1.0,
-                "{models}/{key}: {:?}",
-                object.bbox
-            );
+            check_object(models, key, (w, h), object);
             assert!(prompts.contains(&object.phrase), "{models}/{key}: {object:?} answers none of {prompts:?}");
             assert_eq!(object.label, object.phrase, "{models}/{key}");
             assert_eq!(object.mask_score, Some(object.score), "{models}/{key}");
-            let mask = object.mask.as_ref().unwrap_or_else(|| panic!("{models}/{key}: a box without a mask"));
-            assert_eq!(mask.size, [h as i32, w as i32], "{models}/{key}: mask size");
-            let pixels = decode_rle(mask.size, &mask.counts);
-            assert_eq!(object.mask_area, Some(pixels.iter().filter(|p| **p).count() as i64));
             objects += 1;
         }
     }
