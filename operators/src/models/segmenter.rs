@@ -175,6 +175,21 @@ fn resize_region(src: &[f32], sw: usize, tx: &[(usize, usize, f32)], ty: &[(usiz
     out
 }
 
+/// The bounding box `[c0, r0, c1, r1]` (inclusive) of the cells of a `side`² plane above 0; `None` when none is.
+fn positive_cells(logits: &[f32], side: usize) -> Option<[usize; 4]> {
+    let mut found: Option<[usize; 4]> = None;
+    for (r, row) in logits.chunks_exact(side.max(1)).enumerate() {
+        let (Some(c0), Some(c1)) = (row.iter().position(|v| *v > 0.0), row.iter().rposition(|v| *v > 0.0)) else {
+            continue;
+        };
+        found = Some(match found {
+            None => [c0, r, c1, r],
+            Some([a, b, c, _]) => [a.min(c0), b, c.max(c1), r],
+        });
+    }
+    found
+}
+
 /// The mask of low-resolution logits, as `SamProcessor.post_process_masks` (padded frame: to the input side, the
 /// resized image cropped, to the original size) or SAM 2's predictor (stretched: straight to the original size)
 /// make it, thresholded at 0, and kept inside `within` when given.
@@ -192,10 +207,6 @@ fn upsample_mask(
     within: Option<[u32; 4]>,
 ) -> Mask {
     let (w, h) = (width as usize, height as usize);
-    let [x0, y0, x1, y1] = within.map_or([0, 0, w, h], |r| r.map(|v| v as usize));
-    let (x1, y1) = (x1.min(w), y1.min(h));
-    let (x0, y0) = (x0.min(x1), y0.min(y1));
-    let (rw, rh) = (x1 - x0, y1 - y0);
     // The plane the last resize reads: the crop of the padded input, or the logits themselves.
     let (pw, ph) = match frame {
         Frame::Padded { resized, side: input } => {
@@ -205,6 +216,33 @@ fn upsample_mask(
         Frame::Stretched => (side, side),
     };
     let (all_x, all_y) = (taps(pw, w), taps(ph, h));
+    let [x0, y0, x1, y1] = within.map_or([0, 0, w, h], |r| r.map(|v| v as usize));
+    let (x1, y1) = (x1.min(w), y1.min(h));
+    let (x0, y0) = (x0.min(x1), y0.min(y1));
+    // A pixel whose every logit cell is at most 0 is background (a bilinear value is a weighted mean of its cells),
+    // so only the pixels that read a cell of the positive cells' bounding box are computed.
+    let [x0, y0, x1, y1] = match positive_cells(logits, side) {
+        None => [x0, y0, x0, y0],
+        Some([lc0, lr0, lc1, lr1]) => {
+            let inner = match frame {
+                Frame::Padded { side: input, .. } => Some(taps(side, input as usize)),
+                Frame::Stretched => None,
+            };
+            let cells = |t: &(usize, usize, f32)| match &inner {
+                Some(inner) => (inner[t.0].0, inner[t.1].1),
+                None => (t.0, t.1),
+            };
+            let reads = |all: &[(usize, usize, f32)], from: usize, to: usize, lo: usize, hi: usize| {
+                let first = (from..to).find(|&i| cells(&all[i]).1 >= lo).unwrap_or(to);
+                let last = (first..to).rev().find(|&i| cells(&all[i]).0 <= hi).map_or(first, |i| i + 1);
+                (first, last)
+            };
+            let (cx0, cx1) = reads(&all_x, x0, x1, lc0, lc1);
+            let (cy0, cy1) = reads(&all_y, y0, y1, lr0, lr1);
+            [cx0, cy0, cx1.max(cx0), cy1.max(cy0)]
+        }
+    };
+    let (rw, rh) = (x1 - x0, y1 - y0);
     let (tx, ty) = (&all_x[x0..x1], &all_y[y0..y1]);
     let mut region = vec![0u8; rw * rh];
     if let (Some(fx), Some(lx), Some(fy), Some(ly)) = (tx.first(), tx.last(), ty.first(), ty.last()) {
@@ -916,12 +954,12 @@ mod tests {
             side in 1usize..9, grow in 0usize..14, rw in 1usize..24, rh in 1usize..24,
             w in 1u32..40, h in 1u32..40, padded in proptest::bool::ANY,
             rect in proptest::option::of((0u32..44, 0u32..44, 0u32..44, 0u32..44)),
-            seed in proptest::prelude::any::<u64>(),
+            seed in proptest::prelude::any::<u64>(), shift in proptest::sample::select(vec![0.0f32, 0.8, 0.97, 2.0]),
         ) {
             let mut state = seed | 1;
             let logits: Vec<f32> = (0..side * side).map(|_| {
                 state ^= state << 13; state ^= state >> 7; state ^= state << 17;
-                (state % 2001) as f32 / 1000.0 - 1.0
+                (state % 2001) as f32 / 1000.0 - 1.0 - shift
             }).collect();
             let input = side + grow;
             let frame = if padded {
