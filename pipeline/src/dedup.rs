@@ -128,12 +128,7 @@ async fn occurrences(
     let mut stream = open(output, shard, Some(&columns)).await?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| PipelineError::input(&uri, e))?;
-        let text = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_string_opt::<i32>())
-                .ok_or_else(|| PipelineError::input(&uri, format!("no string column `{name}`")))
-        };
+        let text = |name: &str| text_column(&batch, name, &uri);
         let keys = text(col::KEY)?;
         let source_column = if sources { Some(text(col::SOURCE)?) } else { None };
         let stages = if sample { None } else { Some(text(col::STAGE)?) };
@@ -340,10 +335,19 @@ pub(crate) async fn rewrite_without(
 }
 
 fn key_column<'a>(batch: &'a RecordBatch, uri: &str) -> Result<&'a arrow::array::StringArray, PipelineError> {
+    text_column(batch, col::KEY, uri)
+}
+
+/// The string column `name` of a batch read from the shard at `uri`.
+pub(crate) fn text_column<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+    uri: &str,
+) -> Result<&'a arrow::array::StringArray, PipelineError> {
     batch
-        .column_by_name(col::KEY)
+        .column_by_name(name)
         .and_then(|c| c.as_string_opt::<i32>())
-        .ok_or_else(|| PipelineError::input(uri, "no string column `key`"))
+        .ok_or_else(|| PipelineError::input(uri, format!("no string column `{name}`")))
 }
 
 /// The rows of `shard`, how many of them have a key of `keys`, and the file's size.

@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use arrow::array::AsArray;
 use futures::StreamExt;
 use lyrics_schemas::{Table, col};
 use object_store::ObjectStoreExt;
@@ -29,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
 use crate::commit::{MANIFEST_FILE, SUCCESS_FILE, UnitMarker, get_json, list_dir};
+use crate::dedup::text_column;
 use crate::sink::{ShardInfo, SinkOptions, shard_path};
 use crate::store::Location;
 
@@ -179,13 +179,7 @@ async fn error_keys(output: &Location, shard: &ShardInfo) -> Result<Vec<(String,
     let mut found = Vec::new();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| PipelineError::input(&uri, e))?;
-        let text = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_string_opt::<i32>())
-                .ok_or_else(|| PipelineError::input(&uri, format!("no string column `{name}`")))
-        };
-        let (keys, kinds) = (text(col::KEY)?, text(col::KIND)?);
+        let (keys, kinds) = (text_column(&batch, col::KEY, &uri)?, text_column(&batch, col::KIND, &uri)?);
         for row in 0..batch.num_rows() {
             found.push((keys.value(row).to_string(), kinds.value(row).to_string()));
         }
@@ -200,10 +194,7 @@ async fn sample_keys(output: &Location, shard: &ShardInfo) -> Result<Vec<String>
     let mut found = Vec::new();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| PipelineError::input(&uri, e))?;
-        let keys = batch
-            .column_by_name(col::KEY)
-            .and_then(|c| c.as_string_opt::<i32>())
-            .ok_or_else(|| PipelineError::input(&uri, "no string column `key`"))?;
+        let keys = text_column(&batch, col::KEY, &uri)?;
         found.extend(keys.iter().flatten().map(str::to_string));
     }
     Ok(found)
