@@ -1,6 +1,7 @@
 //! End-to-end tests of grounded text and instruction data: fixture scenes through `lyrics-prep run --models`, the
 //! `pretrain` table's formats carrying the drawn shapes' coordinates, and the `instruct` table loading in Hugging
-//! Face `datasets`, passing a LLaVA validator, and exporting as JSON that `json.load` reads.
+//! Face `datasets`, passing a LLaVA validator, and exporting as JSON that `json.load` reads, as ms-swift's grounding
+//! format and as InternVL's JSONL, whose boxes read back as those frameworks read them are the objects' boxes.
 
 use crate::support;
 
@@ -125,6 +126,18 @@ fn grounded_texts_carry_the_drawn_coordinates_and_instructions_load_in_trainers(
         &[&s(&out), &s(&export), "--conversations", &instruct.len().to_string()],
         &Env::new(),
     );
+    // The fine-tuning frameworks' files: every conversation has a template (no caption holds a placeholder), and
+    // the boxes each framework reads back are the objects' boxes.
+    assert!(instruct.iter().all(|r| r.template.is_some()), "every conversation has its template");
+    let (swift, internvl) = (dir.path().join("swift"), dir.path().join("internvl"));
+    lyrics_ok(&["export", "--output", &s(&out), "--format", "swift", "--to", &s(&swift)], &Env::new());
+    lyrics_ok(&["export", "--output", &s(&out), "--format", "internvl", "--to", &s(&internvl)], &Env::new());
+    let checked = python_script(
+        "tests/reference/fine_tuning_exports.py",
+        &[&s(&out), &s(&swift), &s(&internvl), "--conversations", &instruct.len().to_string()],
+        &Env::new(),
+    );
+    assert!(checked.contains("boxes read back"), "{checked}");
 
     // Reruns write the same conversations, byte for byte.
     let again = dir.path().join("again");

@@ -140,7 +140,8 @@ pub struct ExportArgs {
     /// The job's output URI or path.
     #[arg(long)]
     output: String,
-    /// llava-json: one JSON array (llava.json); jsonl: one conversation per line (instruct.jsonl).
+    /// llava-json: one JSON array (llava.json); jsonl: one conversation per line (instruct.jsonl); swift:
+    /// ms-swift's grounding format (swift.jsonl); internvl: InternVL's fine-tuning JSONL (internvl.jsonl).
     #[arg(long, value_enum, default_value = "llava-json")]
     format: ExportFormat,
     /// Folder to write into.
@@ -155,6 +156,8 @@ pub struct ExportArgs {
 pub enum ExportFormat {
     LlavaJson,
     Jsonl,
+    Swift,
+    Internvl,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

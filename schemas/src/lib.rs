@@ -34,7 +34,7 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 
 /// Version of the table layout, written to every file's key-value metadata under [`META_SCHEMA_VERSION`].
 /// Bump it whenever a column is added, removed, renamed or retyped.
-pub const SCHEMA_VERSION: &str = "2";
+pub const SCHEMA_VERSION: &str = "3";
 
 /// Parquet/Arrow key-value metadata key holding [`SCHEMA_VERSION`].
 pub const META_SCHEMA_VERSION: &str = "lyrics.schema_version";
@@ -84,6 +84,9 @@ pub mod col {
     pub const TASK: &str = "task";
     pub const LANGUAGE: &str = "language";
     pub const CONVERSATIONS: &str = "conversations";
+    pub const TEMPLATE: &str = "template";
+    pub const REFS: &str = "refs";
+    pub const BOXES: &str = "boxes";
     pub const FROM: &str = "from";
     pub const VALUE: &str = "value";
 }
@@ -169,6 +172,10 @@ pub fn image_fields() -> Fields {
     ])
 }
 
+fn float_list() -> DataType {
+    DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Float32, true)))
+}
+
 fn utf8_list() -> DataType {
     DataType::List(Arc::new(Field::new(col::LIST_ITEM, DataType::Utf8, true)))
 }
@@ -250,6 +257,9 @@ pub fn instruct_schema() -> SchemaRef {
             required_text(col::TASK),
             required_text(col::LANGUAGE),
             struct_list(col::CONVERSATIONS, turn_fields()),
+            Field::new(col::TEMPLATE, utf8_list(), true),
+            Field::new(col::REFS, utf8_list(), true),
+            Field::new(col::BOXES, DataType::List(Arc::new(Field::new(col::LIST_ITEM, float_list(), true))), true),
         ],
     )
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, AsArray, Float32Array, Int32Array, ListArray, RecordBatch, StringArray, StructArray,
 };
-use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Fields, Int32Type};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::datatypes::{DataType, Field, Fields, Float32Type, Int32Type};
 
 use crate::arrays::{column, strings, strings_of};
 use crate::refined::{boxes_at, objects_array, objects_from, struct_rows};
@@ -68,7 +68,7 @@ pub struct PretrainRow {
 }
 
 /// One row of `instruct`: an instruction conversation about one image.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct InstructRow {
     /// Unique id of the conversation: `<key>-<task>`.
     pub id: String,
@@ -81,6 +81,13 @@ pub struct InstructRow {
     pub language: String,
     /// `(from, value)` turns: `human` and `gpt` alternating, `<image>` in the first human turn.
     pub conversations: Vec<(String, String)>,
+    /// The same turns as ms-swift's grounding template: `<ref-object>` where a phrase refers to boxes, `<bbox>`
+    /// where a box is; `None` when a turn's own text (a caption, a tag) holds one of those placeholders.
+    pub template: Option<Vec<String>>,
+    /// The phrases of the template's `<ref-object>`s, in order.
+    pub refs: Vec<String>,
+    /// The boxes of its `<bbox>`es, in order: `[x1, y1, x2, y2]` fractions of the displayed image.
+    pub boxes: Vec<[f32; 4]>,
 }
 
 fn item(data_type: DataType) -> Arc<Field> {
@@ -289,6 +296,9 @@ impl InstructRow {
             + self.key.len()
             + self.image.len()
             + self.conversations.iter().map(|(f, v)| f.len() + v.len()).sum::<usize>()
+            + self.template.iter().flatten().map(String::len).sum::<usize>()
+            + self.refs.iter().map(String::len).sum::<usize>()
+            + self.boxes.len() * 16
             + 16
     }
 
@@ -316,6 +326,9 @@ impl InstructRow {
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.task))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.language))),
             Arc::new(conversations),
+            string_lists(rows.iter().map(|r| r.template.as_deref())),
+            string_lists(rows.iter().map(|r| Some(r.refs.as_slice()))),
+            box_lists(rows.iter().map(|r| r.boxes.as_slice())),
         ];
         Ok(RecordBatch::try_new(instruct_schema(), columns)?)
     }
@@ -326,6 +339,20 @@ impl InstructRow {
             [col::ID, col::KEY, col::IMAGE, col::TASK, col::LANGUAGE].map(|c| strings(batch, c));
         let (id, key, image, task, language) = (id?, key?, image?, task?, language?);
         let conversations = struct_rows(column(batch, col::CONVERSATIONS)?, col::CONVERSATIONS)?;
+        // Outputs of schema version 2 have no template: their rows read as having none.
+        let n = batch.num_rows();
+        let templates = match batch.column_by_name(col::TEMPLATE) {
+            Some(a) => string_lists_of(a, col::TEMPLATE)?,
+            None => vec![None; n],
+        };
+        let refs = match batch.column_by_name(col::REFS) {
+            Some(a) => string_lists_of(a, col::REFS)?,
+            None => vec![None; n],
+        };
+        let boxes = match batch.column_by_name(col::BOXES) {
+            Some(a) => box_lists_of(a)?,
+            None => vec![Vec::new(); n],
+        };
         let mut rows = Vec::with_capacity(batch.num_rows());
         for (i, s) in conversations.into_iter().enumerate() {
             let (from, text) = match s {
@@ -346,10 +373,76 @@ impl InstructRow {
                     .zip(text)
                     .map(|(f, v)| (f.unwrap_or_default(), v.unwrap_or_default()))
                     .collect(),
+                template: templates[i].clone(),
+                refs: refs[i].clone().unwrap_or_default(),
+                boxes: boxes[i].clone(),
             });
         }
         Ok(rows)
     }
+}
+
+/// A `list<utf8>` column, a row null where it is `None`.
+fn string_lists<'a>(rows: impl Iterator<Item = Option<&'a [String]>>) -> ArrayRef {
+    let rows: Vec<Option<&[String]>> = rows.collect();
+    let values: StringArray = rows.iter().flatten().flat_map(|r| r.iter()).map(Some).collect();
+    Arc::new(ListArray::new(
+        item(DataType::Utf8),
+        OffsetBuffer::from_lengths(rows.iter().map(|r| r.map_or(0, <[String]>::len))),
+        Arc::new(values),
+        Some(NullBuffer::from_iter(rows.iter().map(Option::is_some))),
+    ))
+}
+
+/// A `list<list<float32>>` column of boxes.
+fn box_lists<'a>(rows: impl Iterator<Item = &'a [[f32; 4]]>) -> ArrayRef {
+    let rows: Vec<&[[f32; 4]]> = rows.collect();
+    let n: usize = rows.iter().map(|r| r.len()).sum();
+    let boxes = ListArray::new(
+        item(DataType::Float32),
+        OffsetBuffer::from_lengths(std::iter::repeat_n(4, n)),
+        Arc::new(Float32Array::from_iter_values(rows.iter().flat_map(|r| r.iter().flatten().copied()))),
+        None,
+    );
+    Arc::new(ListArray::new(
+        item(boxes.data_type().clone()),
+        OffsetBuffer::from_lengths(rows.iter().map(|r| r.len())),
+        Arc::new(boxes),
+        None,
+    ))
+}
+
+/// The rows of a `list<utf8>` column.
+fn string_lists_of(array: &ArrayRef, name: &str) -> Result<Vec<Option<Vec<String>>>, SchemaError> {
+    let list = array.as_list_opt::<i32>().ok_or_else(|| SchemaError::column_type(name, array.data_type()))?;
+    (0..list.len())
+        .map(|i| {
+            if list.is_null(i) {
+                return Ok(None);
+            }
+            let values = strings_of(Some(&list.value(i)), name)?;
+            Ok(Some(values.into_iter().map(Option::unwrap_or_default).collect()))
+        })
+        .collect()
+}
+
+/// The rows of a `list<list<float32>>` column of boxes, missing corners read as 0.
+fn box_lists_of(array: &ArrayRef) -> Result<Vec<Vec<[f32; 4]>>, SchemaError> {
+    let bad = |a: &ArrayRef| SchemaError::column_type(col::BOXES, a.data_type());
+    let list = array.as_list_opt::<i32>().ok_or_else(|| bad(array))?;
+    (0..list.len())
+        .map(|i| {
+            let boxes = list.value(i);
+            let boxes = boxes.as_list_opt::<i32>().ok_or_else(|| bad(&boxes))?;
+            (0..boxes.len())
+                .map(|j| {
+                    let b = boxes.value(j);
+                    let b = b.as_primitive_opt::<Float32Type>().ok_or_else(|| bad(&b))?;
+                    Ok([0, 1, 2, 3].map(|k| if k < b.len() { b.value(k) } else { 0.0 }))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -383,7 +476,16 @@ mod tests {
                 ("human".into(), "<image>\nWhere is the dog?".into()),
                 ("gpt".into(), "[0.1, 0.1, 0.5, 0.5]".into()),
             ],
+            template: Some(vec!["<image>\nWhere is the <ref-object>?".into(), "<bbox>".into()]),
+            refs: vec!["dog".into()],
+            boxes: vec![[0.1, 0.1, 0.5, 0.5]],
         }];
+        let mut without_template = instruct.clone();
+        without_template[0].template = None;
+        assert_eq!(
+            InstructRow::from_batch(&InstructRow::to_batch(&without_template).unwrap()).unwrap(),
+            without_template
+        );
         assert_eq!(InstructRow::from_batch(&InstructRow::to_batch(&instruct).unwrap()).unwrap(), instruct);
     }
 }

@@ -62,7 +62,7 @@ def main():
     expect(table.num_rows == args.samples, f"pyarrow reads {table.num_rows} samples")
     expect(sample_columns_ok(table.column_names), f"pyarrow columns {table.column_names}")
     metadata = table.schema.metadata or {}
-    expect(metadata.get(b"lyrics.schema_version") == b"2", "schema version metadata missing")
+    expect(metadata.get(b"lyrics.schema_version") == b"3", "schema version metadata missing")
     expect(b"huggingface" in metadata, "huggingface features metadata missing")
     for f in sample_files:
         expect(pq.ParquetFile(f).metadata.num_rows > 0, f"{f} is empty")

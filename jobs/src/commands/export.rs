@@ -1,8 +1,10 @@
-//! `lyrics-prep export`: the `instruct` table as the JSON files LLaVA-style trainers read (`llava.json`, an array
-//! of `{id, image, conversations}`; or `instruct.jsonl`, one per line), with the images written beside them under
-//! `images/` (pass `--image_folder DIR/images` to the trainer), or left out to be referenced by name. Images are
-//! named after their keys, a segment too long for a file name shortened with a digest
-//! ([`lyrics_pipeline::keys::file_path`]); the JSON, written last, names them so.
+//! `lyrics-prep export`: the `instruct` table as the files fine-tuning frameworks read: LLaVA's (`llava.json`, an
+//! array of `{id, image, conversations}`; or `instruct.jsonl`, one per line), ms-swift's grounding format
+//! (`swift.jsonl`) and InternVL's (`internvl.jsonl`), each record built by [`super::export_records`]. The images
+//! are written beside them under `images/` (pass `--image_folder DIR/images` to LLaVA, `ROOT_IMAGE_DIR=DIR` to
+//! ms-swift, `root: DIR/images` to InternVL), or left out to be referenced by name. Images are named after their
+//! keys, a segment too long for a file name shortened with a digest ([`lyrics_pipeline::keys::file_path`]); the
+//! JSON, written last, names them so.
 
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
@@ -20,11 +22,11 @@ use object_store::ObjectStoreExt;
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
-use serde_json::json;
 
+use super::export_records::{self, RecordError};
 use super::runtime;
 use crate::{ExportArgs, ExportFormat, ExportImages};
-use lyrics_operators::text::image_file_name;
+use lyrics_operators::text::{Size, image_file_name};
 
 /// Calls `each` on every batch of the shards, in order, one batch in memory at a time, with the unit of the
 /// batch's shard; `columns` limits what is read (all columns when empty).
@@ -81,6 +83,23 @@ fn images_of(batch: &RecordBatch) -> Result<Vec<SampleImage>> {
         .collect())
 }
 
+/// The displayed size of each key of a projected `samples` batch.
+fn sizes_of_batch(batch: &RecordBatch) -> Result<Vec<(String, Size)>> {
+    let int = |name: &str| -> Result<&arrow::array::Int32Array> {
+        let column = batch.column_by_name(name).with_context(|| format!("the samples have no `{name}` column"))?;
+        column.as_primitive_opt().with_context(|| format!("`{name}` is not an int32 column"))
+    };
+    let (widths, heights) = (int(col::WIDTH)?, int(col::HEIGHT)?);
+    let keys = batch.column_by_name(col::KEY).context("the samples have no `key` column")?;
+    let keys = keys.as_string_opt::<i32>().context("`key` is not a string column")?;
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            let size = Size::new(widths.value(i).max(1) as u32, heights.value(i).max(1) as u32);
+            (keys.value(i).to_string(), size)
+        })
+        .collect())
+}
+
 pub fn export(args: ExportArgs) -> Result<ExitCode> {
     crate::logging::init("info");
     let registry = StoreRegistry::new(StorageOptions::default());
@@ -100,10 +119,23 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
         if instruct_shards.is_empty() {
             bail!("{} has no instruct table: run the job with --models (and [text] enabled)", redact(&args.output));
         }
-        let file = match args.format {
-            ExportFormat::LlavaJson => to.join("llava.json"),
-            ExportFormat::Jsonl => to.join("instruct.jsonl"),
-        };
+        let file = to.join(match args.format {
+            ExportFormat::LlavaJson => "llava.json",
+            ExportFormat::Jsonl => "instruct.jsonl",
+            ExportFormat::Swift => "swift.jsonl",
+            ExportFormat::Internvl => "internvl.jsonl",
+        });
+        // InternVL's records carry each image's size: read a unit's from its samples (without the image bytes)
+        // when its conversations come, so that memory holds one unit's sizes.
+        let mut sample_shards: HashMap<u64, Vec<String>> = HashMap::new();
+        for shard in shards(Table::Samples) {
+            if let Some(unit) = unit_of_shard(&shard) {
+                sample_shards.entry(unit).or_default().push(shard);
+            }
+        }
+        let mut sizes: HashMap<String, Size> = HashMap::new();
+        let mut sizes_of: Option<u64> = None;
+        let mut no_template = 0usize;
         // The JSON is what a trainer opens, so it appears last and whole: written under a temporary name, renamed
         // once every image is in place. One left by an earlier export goes first, so that a failure here never
         // leaves a JSON that looks complete beside images it did not write.
@@ -133,39 +165,64 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
         if args.format == ExportFormat::LlavaJson {
             writer.write_all(b"[\n")?;
         }
-        for_each_batch(&output, &instruct_shards, &[], |unit, batch| {
-            for row in InstructRow::from_batch(batch)? {
-                if *first_unit.entry(row.key.clone()).or_insert(unit) != unit {
-                    repeated += 1;
-                    continue;
-                }
-                // The image a trainer opens must lie inside the export folder, whatever the output holds.
-                if let Err(why) = safe_join(&folder, &row.image) {
-                    tracing::warn!(id = %row.id, "conversation left out: its image {why}");
-                    refused += 1;
-                    continue;
-                }
-                let conversations: Vec<serde_json::Value> =
-                    row.conversations.iter().map(|(f, v)| json!({ "from": f, "value": v })).collect();
-                let image = file_path(&row.image);
-                let record = json!({ "id": row.id, "image": image, "conversations": conversations });
-                match args.format {
-                    ExportFormat::LlavaJson => {
+        for shard in &instruct_shards {
+            let shard_unit = unit_of_shard(shard);
+            if args.format == ExportFormat::Internvl && shard_unit != sizes_of {
+                sizes.clear();
+                let of_unit = shard_unit.and_then(|u| sample_shards.get(&u)).cloned().unwrap_or_default();
+                for_each_batch(&output, &of_unit, &[col::KEY, col::WIDTH, col::HEIGHT], |_, batch| {
+                    sizes.extend(sizes_of_batch(batch)?);
+                    Ok(())
+                })
+                .await?;
+                sizes_of = shard_unit;
+            }
+            for_each_batch(&output, std::slice::from_ref(shard), &[], |unit, batch| {
+                for row in InstructRow::from_batch(batch)? {
+                    if *first_unit.entry(row.key.clone()).or_insert(unit) != unit {
+                        repeated += 1;
+                        continue;
+                    }
+                    // The image a trainer opens must lie inside the export folder, whatever the output holds.
+                    if let Err(why) = safe_join(&folder, &row.image) {
+                        tracing::warn!(id = %row.id, "conversation left out: its image {why}");
+                        refused += 1;
+                        continue;
+                    }
+                    let image = file_path(&row.image);
+                    let record = match args.format {
+                        ExportFormat::LlavaJson | ExportFormat::Jsonl => Ok(export_records::llava(&row, &image)),
+                        // ms-swift resolves images against the working folder or ROOT_IMAGE_DIR: name them from
+                        // the export folder.
+                        ExportFormat::Swift => export_records::swift(&row, &format!("images/{image}")),
+                        ExportFormat::Internvl => match sizes.get(&row.key) {
+                            Some(size) => export_records::internvl(&row, &image, *size),
+                            None => bail!("{}: the samples have no row of key {:?}", redact(&args.output), row.key),
+                        },
+                    };
+                    let record = match record {
+                        Ok(record) => record,
+                        Err(RecordError::NoTemplate) => {
+                            no_template += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e).with_context(|| format!("conversation {}", row.id)),
+                    };
+                    if args.format == ExportFormat::LlavaJson {
                         if count > 0 {
                             writer.write_all(b",\n")?;
                         }
                         serde_json::to_writer(&mut writer, &record)?;
-                    }
-                    ExportFormat::Jsonl => {
+                    } else {
                         serde_json::to_writer(&mut writer, &record)?;
                         writer.write_all(b"\n")?;
                     }
+                    count += 1;
                 }
-                count += 1;
-            }
-            Ok(())
-        })
-        .await?;
+                Ok(())
+            })
+            .await?;
+        }
         if args.format == ExportFormat::LlavaJson {
             writer.write_all(b"\n]\n")?;
         }
@@ -206,6 +263,12 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
         }
         if refused > 0 {
             eprintln!("left out {refused} conversations or images whose key is not a safe file name");
+        }
+        if no_template > 0 {
+            eprintln!(
+                "left out {no_template} conversations without a template: their text holds <ref-object> or <bbox>, \
+                 or the output was written before schema version 3 (rerun its text stage)"
+            );
         }
         anyhow::Ok(ExitCode::SUCCESS)
     })

@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod export;
+pub mod export_records;
 pub mod plan;
 pub mod render;
 pub mod run;

@@ -8,6 +8,7 @@
 //! scripts do not separate words with spaces.
 
 use super::formats::{GroundedFormat, GroundedObject, Size};
+use super::pieces::{Piece, render};
 
 /// A grounded span of a caption.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,19 +145,28 @@ pub fn ground_caption(caption: &str, objects: &[GroundedObject]) -> Vec<Span> {
 /// `<phrase>a dog</phrase><object>…</object>` (Kosmos-2), `<ref>a dog</ref><box>…</box>` (Qwen-VL), `a dog[…]`
 /// (Shikra), `a dog [x1, y1, x2, y2]` (Lyrics), and so on for every registered format.
 pub fn inline_caption(caption: &str, spans: &[Span], format: GroundedFormat, image: Size) -> String {
+    render(&caption_pieces(caption, spans), format, image)
+}
+
+/// The caption as pieces: its text, and each grounded span with its boxes.
+pub fn caption_pieces(caption: &str, spans: &[Span]) -> Vec<Piece> {
     let chars: Vec<char> = caption.chars().collect();
-    let mut out = String::with_capacity(caption.len() * 2);
+    let mut out = Vec::with_capacity(spans.len() * 2 + 1);
+    let text = |range: &[char], out: &mut Vec<Piece>| {
+        if !range.is_empty() {
+            out.push(Piece::Text(range.iter().collect()));
+        }
+    };
     let mut at = 0;
     for span in spans {
         if span.start < at || span.end > chars.len() {
             continue;
         }
-        out.extend(&chars[at..span.start]);
-        let text: String = chars[span.start..span.end].iter().collect();
-        out.push_str(&format.format_span(&text, &span.boxes, image));
+        text(&chars[at..span.start], &mut out);
+        out.push(Piece::Span(chars[span.start..span.end].iter().collect(), span.boxes.clone()));
         at = span.end;
     }
-    out.extend(&chars[at.min(chars.len())..]);
+    text(&chars[at.min(chars.len())..], &mut out);
     out
 }
 

@@ -2,13 +2,15 @@
 //! referring expression comprehension (phrase → box), region captioning (box → phrase), grounded captioning
 //! (caption with inline boxes), tag listing, counting (with boxes), and multi-turn mixes. The `<image>` placeholder
 //! opens the first human turn. Phrasings and languages are chosen by a seed derived from the sample key, so a rerun
-//! writes the same conversations.
+//! writes the same conversations. Turns are built as [`Piece`]s, so the phrases and boxes in them can be written in
+//! any convention: `box_format` for the `instruct` table, another one by an export.
 
 use serde::{Deserialize, Serialize};
 
 use super::formats::{GroundedFormat, GroundedObject, Size};
-use super::grounding::{ground_caption, inline_caption};
+use super::grounding::{caption_pieces, ground_caption};
 use super::phrasings::*;
+use super::pieces::{Piece, render};
 use crate::geometry::{BoxXyxy, iou};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -40,14 +42,21 @@ impl Task {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Turn {
     /// `human` or `gpt`.
     pub from: &'static str,
-    pub value: String,
+    pub pieces: Vec<Piece>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Turn {
+    /// The turn's text, boxes written in `format`, on an image of `image`.
+    pub fn text(&self, format: GroundedFormat, image: Size) -> String {
+        render(&self.pieces, format, image)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct Conversation {
     pub id: String,
     pub task: Task,
@@ -160,20 +169,40 @@ fn fill(template: &str, pairs: &[(&str, &str)]) -> String {
     pairs.iter().fold(template.to_string(), |text, (k, v)| text.replace(&format!("{{{k}}}"), v))
 }
 
-fn human(first: bool, question: String) -> Turn {
-    Turn { from: "human", value: if first { format!("<image>\n{question}") } else { question } }
+/// `template` with `pairs` filled in as text and each `{slot}` replaced by `value`'s pieces.
+fn fill_pieces(template: &str, pairs: &[(&str, &str)], slot: &str, value: &[Piece]) -> Vec<Piece> {
+    let text = fill(template, pairs);
+    let mut pieces = Vec::new();
+    for (i, part) in text.split(&format!("{{{slot}}}")).enumerate() {
+        if i > 0 {
+            pieces.extend_from_slice(value);
+        }
+        if !part.is_empty() {
+            pieces.push(Piece::Text(part.to_string()));
+        }
+    }
+    pieces
 }
 
-fn gpt(answer: String) -> Turn {
-    Turn { from: "gpt", value: answer }
+fn text(t: impl Into<String>) -> Vec<Piece> {
+    vec![Piece::Text(t.into())]
+}
+
+fn human(first: bool, mut question: Vec<Piece>) -> Turn {
+    if first {
+        question.insert(0, Piece::Text("<image>\n".into()));
+    }
+    Turn { from: "human", pieces: question }
+}
+
+fn gpt(answer: Vec<Piece>) -> Turn {
+    Turn { from: "gpt", pieces: answer }
 }
 
 struct Context<'a> {
-    image: Size,
     caption: Option<&'a str>,
     tags: &'a [String],
     objects: Vec<Candidate>,
-    options: &'a InstructOptions,
 }
 
 impl Context<'_> {
@@ -181,16 +210,19 @@ impl Context<'_> {
         self.objects.iter().filter(|o| pick(o)).map(|o| o.bbox).collect()
     }
 
-    fn boxes_text(&self, boxes: &[[f32; 4]], zh: bool) -> String {
-        boxes.iter().map(|b| self.options.box_format.format_box(*b, self.image)).collect::<Vec<_>>().join(if zh {
-            "，"
-        } else {
-            ", "
-        })
+    fn boxes_pieces(boxes: &[[f32; 4]], zh: bool) -> Vec<Piece> {
+        let mut pieces = Vec::with_capacity(boxes.len() * 2);
+        for (i, b) in boxes.iter().enumerate() {
+            if i > 0 {
+                pieces.push(Piece::Text(if zh { "，" } else { ", " }.into()));
+            }
+            pieces.push(Piece::Box(*b));
+        }
+        pieces
     }
 
     /// One question/answer pair of `task`, or `None` when the sample lacks what the task needs.
-    fn pair(&self, task: Task, rng: &mut Seeded, zh: bool) -> Option<(String, String)> {
+    fn pair(&self, task: Task, rng: &mut Seeded, zh: bool) -> Option<(Vec<Piece>, Vec<Piece>)> {
         if matches!(task, Task::Rec | Task::RegionCaption | Task::Counting) && self.objects.is_empty() {
             return None;
         }
@@ -198,16 +230,13 @@ impl Context<'_> {
             Task::Rec => {
                 let o = rng.pick(&self.objects).clone();
                 let boxes = self.boxes_of(|c| c.phrase == o.phrase);
-                let q = fill(rng.phrasing(zh, &REC_ZH, &REC_EN), &[("phrase", &o.phrase)]);
-                Some((q, self.boxes_text(&boxes, zh)))
+                let q = fill_pieces(rng.phrasing(zh, &REC_ZH, &REC_EN), &[], "phrase", &[Piece::Ref(o.phrase)]);
+                Some((q, Self::boxes_pieces(&boxes, zh)))
             }
             Task::RegionCaption => {
                 let o = rng.pick(&self.objects).clone();
-                let q = fill(
-                    rng.phrasing(zh, &REGION_ZH, &REGION_EN),
-                    &[("box", &self.options.box_format.format_box(o.bbox, self.image))],
-                );
-                Some((q, o.phrase))
+                let q = fill_pieces(rng.phrasing(zh, &REGION_ZH, &REGION_EN), &[], "box", &[Piece::Box(o.bbox)]);
+                Some((q, text(o.phrase)))
             }
             Task::GroundedCaption => {
                 let caption = self.caption.filter(|c| !c.trim().is_empty())?;
@@ -220,25 +249,29 @@ impl Context<'_> {
                 if spans.is_empty() {
                     return None;
                 }
-                let q = rng.phrasing(zh, &GROUNDED_ZH, &GROUNDED_EN).to_string();
-                Some((q, inline_caption(caption, &spans, self.options.box_format, self.image)))
+                let q = text(rng.phrasing(zh, &GROUNDED_ZH, &GROUNDED_EN));
+                Some((q, caption_pieces(caption, &spans)))
             }
             Task::TagListing => {
                 if self.tags.is_empty() {
                     return None;
                 }
-                let q = rng.phrasing(zh, &TAGS_ZH, &TAGS_EN).to_string();
-                Some((q, self.tags.join(if zh { "、" } else { ", " })))
+                let q = text(rng.phrasing(zh, &TAGS_ZH, &TAGS_EN));
+                Some((q, text(self.tags.join(if zh { "、" } else { ", " }))))
             }
             Task::Counting => {
                 let o = rng.pick(&self.objects).clone();
                 let boxes = self.boxes_of(|c| c.label == o.label);
                 let count = boxes.len().to_string();
-                let q = fill(rng.phrasing(zh, &COUNT_ZH, &COUNT_EN), &[("tag", &o.label)]);
+                let q = text(fill(rng.phrasing(zh, &COUNT_ZH, &COUNT_EN), &[("tag", &o.label)]));
                 let verb = if boxes.len() == 1 { "is" } else { "are" };
                 let template = if zh { COUNT_ANSWER_ZH } else { COUNT_ANSWER_EN };
-                let a =
-                    fill(template, &[("verb", verb), ("count", &count), ("boxes", &self.boxes_text(&boxes, zh))]);
+                let a = fill_pieces(
+                    template,
+                    &[("verb", verb), ("count", &count)],
+                    "boxes",
+                    &Self::boxes_pieces(&boxes, zh),
+                );
                 Some((q, a))
             }
             Task::MultiTurn => None,
@@ -249,13 +282,12 @@ impl Context<'_> {
 /// The conversations of one sample (an image of `image`): one per requested task that the sample supports.
 pub fn build_conversations(
     key: &str,
-    image: Size,
     caption: Option<&str>,
     tags: &[String],
     objects: &[Candidate],
     options: &InstructOptions,
 ) -> Vec<Conversation> {
-    let ctx = Context { image, caption, tags, objects: filter_objects(objects, options), options };
+    let ctx = Context { caption, tags, objects: filter_objects(objects, options) };
     let languages: Vec<&'static str> = options
         .languages
         .iter()
@@ -299,6 +331,11 @@ pub fn build_conversations(
 mod tests {
     use super::*;
 
+    /// The turn's text as the `instruct` table has it, on a 640×480 image.
+    fn value(turn: &Turn, format: GroundedFormat) -> String {
+        turn.text(format, Size::new(640, 480))
+    }
+
     fn candidates() -> Vec<Candidate> {
         vec![
             Candidate { label: "dog".into(), phrase: "dog".into(), score: 0.9, bbox: [0.1, 0.1, 0.4, 0.5] },
@@ -325,7 +362,6 @@ mod tests {
         let tags = vec!["cat".to_string(), "dog".to_string()];
         let conversations = build_conversations(
             "k1",
-            Size::new(640, 480),
             Some("two dogs and a cat"),
             &tags,
             &candidates(),
@@ -334,16 +370,16 @@ mod tests {
         assert_eq!(conversations.len(), 6, "{conversations:#?}");
         for c in &conversations {
             assert!(c.turns.len() >= 2 && c.turns.len() % 2 == 0);
-            assert!(c.turns[0].value.starts_with("<image>\n"));
-            assert_eq!(c.turns.iter().map(|t| t.value.matches("<image>").count()).sum::<usize>(), 1);
+            let lyrics = |t: &Turn| value(t, GroundedFormat::LYRICS);
+            assert!(lyrics(&c.turns[0]).starts_with("<image>\n"));
+            assert_eq!(c.turns.iter().map(|t| lyrics(t).matches("<image>").count()).sum::<usize>(), 1);
             for (i, t) in c.turns.iter().enumerate() {
                 assert_eq!(t.from, if i % 2 == 0 { "human" } else { "gpt" });
-                assert!(!t.value.trim().is_empty());
+                assert!(!lyrics(t).trim().is_empty());
             }
         }
         let again = build_conversations(
             "k1",
-            Size::new(640, 480),
             Some("two dogs and a cat"),
             &tags,
             &candidates(),
@@ -352,7 +388,6 @@ mod tests {
         assert_eq!(conversations, again);
         let other = build_conversations(
             "k2",
-            Size::new(640, 480),
             Some("two dogs and a cat"),
             &tags,
             &candidates(),
@@ -369,9 +404,15 @@ mod tests {
             ..InstructOptions::default()
         };
         let objects: Vec<Candidate> = candidates().into_iter().filter(|c| c.label == "dog").take(2).collect();
-        let c = build_conversations("k", Size::new(640, 480), None, &[], &objects, &options);
-        assert_eq!(c[0].turns[1].value, "There are 2: [0.100, 0.100, 0.400, 0.500], [0.600, 0.100, 0.900, 0.500].");
-        assert_eq!(c[1].turns[1].value, "[0.100, 0.100, 0.400, 0.500], [0.600, 0.100, 0.900, 0.500]");
+        let c = build_conversations("k", None, &[], &objects, &options);
+        assert_eq!(
+            value(&c[0].turns[1], options.box_format),
+            "There are 2: [0.100, 0.100, 0.400, 0.500], [0.600, 0.100, 0.900, 0.500]."
+        );
+        assert_eq!(
+            value(&c[1].turns[1], options.box_format),
+            "[0.100, 0.100, 0.400, 0.500], [0.600, 0.100, 0.900, 0.500]"
+        );
     }
 
     /// The conversations speak the trainer's convention, in its frame: Shikra's padded square for a 640×480 image
@@ -386,18 +427,46 @@ mod tests {
         };
         let objects: Vec<Candidate> = candidates().into_iter().take(1).collect();
         let answer = |name: &str| {
-            build_conversations("k", Size::new(640, 480), None, &[], &objects, &options(name))[0].turns[1]
-                .value
-                .clone()
+            value(
+                &build_conversations("k", None, &[], &objects, &options(name))[0].turns[1],
+                options(name).box_format,
+            )
         };
         assert_eq!(answer("shikra"), "[0.100,0.200,0.400,0.500]");
         assert_eq!(answer("lyrics"), "[0.100, 0.100, 0.400, 0.500]");
     }
 
+    /// What an export reads back from the stored template renders, in every format, as the table's text does.
+    #[test]
+    fn the_template_reads_back_to_the_same_text_in_every_format() {
+        use crate::text::pieces::{to_template, turns_from_template};
+        let tags = vec!["cat".to_string(), "dog".to_string()];
+        for key in ["k1", "k2", "k3", "k4", "k5", "k6"] {
+            let c = build_conversations(
+                key,
+                Some("two dogs and a cat"),
+                &tags,
+                &candidates(),
+                &InstructOptions::default(),
+            );
+            for conversation in &c {
+                let pieces: Vec<Vec<Piece>> = conversation.turns.iter().map(|t| t.pieces.clone()).collect();
+                let t = to_template(&pieces).expect("no placeholder in the text");
+                let back = turns_from_template(&t.texts, &t.refs, &t.boxes).unwrap();
+                for format in GroundedFormat::all() {
+                    for image in [Size::new(640, 480), Size::new(97, 1203)] {
+                        let ours: Vec<String> = conversation.turns.iter().map(|t| t.text(*format, image)).collect();
+                        let read: Vec<String> = back.iter().map(|p| render(p, *format, image)).collect();
+                        assert_eq!(ours, read, "{key} {:?} {format:?}", conversation.task);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn samples_without_objects_or_caption_skip_what_they_cannot_support() {
-        let c =
-            build_conversations("k", Size::new(640, 480), None, &["sky".into()], &[], &InstructOptions::default());
+        let c = build_conversations("k", None, &["sky".into()], &[], &InstructOptions::default());
         assert_eq!(c.iter().map(|c| c.task).collect::<Vec<_>>(), vec![Task::TagListing]);
     }
 

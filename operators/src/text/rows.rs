@@ -4,8 +4,8 @@
 use lyrics_schemas::{FrameRow, InstructRow, PretrainRow, SampleRow, SpanRow};
 
 use super::{
-    Candidate, Frame, GroundedFormat, GroundedObject, InstructOptions, Size, build_conversations, ground_caption,
-    inline_caption,
+    Candidate, Frame, GroundedFormat, GroundedObject, InstructOptions, Piece, Size, build_conversations,
+    ground_caption, inline_caption, to_template,
 };
 
 /// What the text stage writes.
@@ -80,15 +80,29 @@ pub fn texts(row: &SampleRow, options: &TextOptions) -> (PretrainRow, Vec<Instru
         .map(|o| Candidate { label: o.label.clone(), phrase: o.phrase.clone(), score: o.score, bbox: o.bbox })
         .collect();
     let file = image_file_name(&row.key, &row.format);
-    let instruct = build_conversations(&row.key, image, caption, &tags, &candidates, &options.instruct)
+    let instruct = build_conversations(&row.key, caption, &tags, &candidates, &options.instruct)
         .into_iter()
-        .map(|c| InstructRow {
-            id: c.id,
-            key: row.key.clone(),
-            image: file.clone(),
-            task: c.task.name().to_string(),
-            language: c.language.to_string(),
-            conversations: c.turns.into_iter().map(|t| (t.from.to_string(), t.value)).collect(),
+        .map(|c| {
+            let pieces: Vec<Vec<Piece>> = c.turns.iter().map(|t| t.pieces.clone()).collect();
+            let (template, refs, boxes) = match to_template(&pieces) {
+                Some(t) => (Some(t.texts), t.refs, t.boxes),
+                None => (None, Vec::new(), Vec::new()),
+            };
+            InstructRow {
+                id: c.id,
+                key: row.key.clone(),
+                image: file.clone(),
+                task: c.task.name().to_string(),
+                language: c.language.to_string(),
+                conversations: c
+                    .turns
+                    .iter()
+                    .map(|t| (t.from.to_string(), t.text(options.instruct.box_format, image)))
+                    .collect(),
+                template,
+                refs,
+                boxes,
+            }
         })
         .collect();
     (pretrain, instruct)
