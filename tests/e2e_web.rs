@@ -1,7 +1,8 @@
 //! End-to-end tests of image URLs fetched from the web (`[download]`): against a stand-in web on several loopback
 //! hosts with a realistic mix of failures, every URL becomes exactly one sample or one error row whose kind says
 //! what happened (`http_404`, `timeout`, `connect`, `dns`, `redirect`, `download`, `too_large`, `not_an_image`,
-//! `opted_out`); a host that never answers costs its own items their retries and holds up nothing else; 429 then
+//! `opted_out`); a host that never answers costs its own items their timeouts (retried only with
+//! `retry_timeouts`) and holds up nothing else; 429 then
 //! 200 is a sample; signed URLs are fetched with their query string; the per-host cap holds; and the output does
 //! not depend on the order the answers came in.
 
@@ -91,8 +92,12 @@ fn every_url_of_a_failing_web_is_one_row_of_the_right_kind_and_a_dead_host_holds
         &dir.path().join("corpus"),
         &rows.iter().map(|(k, u, _)| (k.clone(), u.clone())).collect::<Vec<_>>(),
     );
-    let spec =
-        spec(dir.path(), "[download]\ntimeout_s = 1\nretries = 2\nper_host = 2\n[decode]\nmax_bytes = 200000\n");
+    // Timeouts retried too, to see that a dead host's attempts hold up nothing (the default is one attempt:
+    // `a_timeout_is_final_unless_retry_timeouts`).
+    let spec = spec(
+        dir.path(),
+        "[download]\ntimeout_s = 1\nretries = 2\nretry_timeouts = true\nper_host = 2\n[decode]\nmax_bytes = 200000\n",
+    );
     let out = dir.path().join("out");
     let started = Instant::now();
     let log = run(&manifest, &out, &spec);
@@ -217,7 +222,7 @@ fn a_hanging_url_holds_up_its_own_unit_only() {
         })
         .collect();
     let manifest = url_manifest(&dir.path().join("corpus"), &rows);
-    let settings = "[input]\nrows_per_unit = 5\n[download]\ntimeout_s = 1\nretries = 1\n";
+    let settings = "[input]\nrows_per_unit = 5\n[download]\ntimeout_s = 1\nretries = 1\nretry_timeouts = true\n";
     let (ahead, one) = (dir.path().join("ahead"), dir.path().join("one"));
     run(&manifest, &ahead, &spec(dir.path(), settings));
     // Where each later unit's first request came, against the dead URL's second attempt.
@@ -237,4 +242,74 @@ fn a_hanging_url_holds_up_its_own_unit_only() {
     let first_later = order.iter().position(|(_, t)| t.starts_with("/u1-")).unwrap();
     assert!(first_later > second_hang, "one unit at a time: unit 1 waited for unit 0: {order:?}");
     assert_eq!(support::shards(&one), support::shards(&ahead), "the same shards either way");
+}
+
+/// With the defaults a timeout is final after one attempt (`retries` are for resets, cut bodies, 429 and 5xx), and
+/// the error says so; `retry_timeouts = true` tries it `retries` more times.
+#[test]
+fn a_timeout_is_final_unless_retry_timeouts() {
+    let photo = jpeg(32, 24, 5);
+    let p = photo.clone();
+    let web = Web::start(2, move |host, _, _| if host == 2 { Answer::Hang } else { Answer::image(&p) });
+    let dir = tempfile::tempdir().unwrap();
+    let rows = vec![("dead".to_string(), web.url(2, "/hang.jpg")), ("fine".to_string(), web.url(1, "/ok.jpg"))];
+    let manifest = url_manifest(&dir.path().join("corpus"), &rows);
+    run(&manifest, &dir.path().join("default"), &spec(dir.path(), "[download]\ntimeout_s = 1\nretries = 2\n"));
+    assert_eq!(web.requests(2, "/hang.jpg"), 1, "one attempt");
+    let errors = errors(&dir.path().join("default"));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!((errors[0].key.as_str(), errors[0].kind.as_str()), ("dead", "timeout"));
+    assert!(errors[0].error.contains("(1 attempt)"), "{}", errors[0].error);
+    let retried = spec(dir.path(), "[download]\ntimeout_s = 1\nretries = 2\nretry_timeouts = true\n");
+    run(&manifest, &dir.path().join("retried"), &retried);
+    assert_eq!(web.requests(2, "/hang.jpg"), 1 + 3, "one attempt and 2 retries");
+}
+
+/// Units read ahead that wait for room under `max_bytes_in_flight` never hold the slots of `concurrency` the unit
+/// being handed on needs: with 4 slots, 4 units read at once and a 1 MiB budget that a dozen images fill, while the
+/// first unit's first image takes a second, the run ends (it once stalled for good: the waiting units' requests,
+/// unpolled, kept their slots and their answers unread) with every image a sample, in the same shards as one unit
+/// at a time.
+#[test]
+fn units_waiting_for_room_never_hold_the_slots_the_head_needs() {
+    let photo = png(256, 256, 9);
+    assert!(photo.len() > 64 << 10, "an image weighs {} bytes: a dozen must fill 1 MiB", photo.len());
+    let p = photo.clone();
+    let web = Web::start(1, move |_, path, _| {
+        let delay = if path == "/00-00.png" { Duration::from_millis(1000) } else { Duration::from_millis(20) };
+        Answer::ok(&p, "image/png", delay)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<(String, String)> = (0..8 * 16)
+        .map(|i| (format!("k{i:03}"), web.url(1, &format!("/{:02}-{:02}.png", i / 16, i % 16))))
+        .collect();
+    let manifest = url_manifest(&dir.path().join("corpus"), &rows);
+    let settings = "[input]\nrows_per_unit = 16\n[decode]\nmax_bytes = 1048576\n[download]\nconcurrency = 4\n\
+                    per_host = 4\nmax_bytes_in_flight = 1048576\n";
+    let ahead = format!("{settings}units_ahead = 4\n");
+    let out = dir.path().join("ahead");
+    let config = spec(dir.path(), &ahead);
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--input", &manifest, "--output", &s(&out), "--progress", "off", "--config", &config])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the run stalled: {} requests answered of {}", web.order().len(), rows.len());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+    assert_eq!(samples(&out).len(), rows.len(), "{:#?}", errors(&out));
+    let one = dir.path().join("one");
+    run(&manifest, &one, &spec(dir.path(), &format!("{settings}units_ahead = 1\n")));
+    assert_eq!(support::shards(&one), support::shards(&out), "the same shards either way");
 }

@@ -129,7 +129,7 @@ fn timed_run(dir: &Path, rows: usize, hang: bool, parquet: bool) -> Duration {
         dir.join(format!("{}-{}", if hang { "hang" } else { "answer" }, if parquet { "parquet" } else { "jsonl" }));
     std::fs::create_dir_all(&run_dir).unwrap();
     let input = if parquet { url_parquet(&run_dir, &urls) } else { url_manifest(&run_dir, &urls) };
-    let spec = spec(&run_dir, "job.toml", "[download]\ntimeout_s = 1\nretries = 2\n");
+    let spec = spec(&run_dir, "job.toml", "[download]\ntimeout_s = 1\nretries = 2\nretry_timeouts = true\n");
     let out = run_dir.join("out");
     let started = Instant::now();
     lyrics_ok(

@@ -5,8 +5,11 @@
 //! - one shared client per process (connections kept alive and reused, DNS answers cached for a minute), with a
 //!   process-wide cap on requests in flight, a per-host cap and an optional per-host rate;
 //! - a time limit for connecting and one for the whole answer (`timeout_s`), and a few retries (`retries`) for
-//!   what is transient only: a reset or refused connection, a timeout, a body cut short, 429/503 (waiting as
-//!   `Retry-After` says, up to `retry_after_max_s`) and other 5xx. A 404, a page or an opt-out is final;
+//!   what is transient only: a reset or refused connection, a body cut short, 429/503 (waiting as `Retry-After`
+//!   says, up to `retry_after_max_s`) and other 5xx. A 404, a page or an opt-out is final; so is a timeout unless
+//!   `retry_timeouts` is set: a host that did not answer within `timeout_s` seldom answers a moment later, and each
+//!   retry would hold the item's whole unit another `timeout_s` (`run --retry-errors timeout` fetches them again
+//!   once the run is done);
 //! - bytes in flight bounded (`max_bytes_in_flight`): a body reserves its declared length (else the size limit)
 //!   before it is read, so memory stays flat however many requests are open;
 //! - redirects followed, at most [`MAX_REDIRECTS`], and only to `http`/`https`;
@@ -44,8 +47,11 @@ pub const DEFAULT_OPT_OUT: [&str; 4] = ["noai", "noimageai", "noindex", "noimage
 pub struct DownloadOptions {
     /// Seconds to connect, and seconds for the whole answer (headers and body) of one attempt.
     pub timeout_s: f64,
-    /// Retries of a transient failure (reset, timeout, body cut short, 429, 5xx).
+    /// Retries of a transient failure (reset, body cut short, 429, 5xx; a timeout with `retry_timeouts`).
     pub retries: usize,
+    /// Whether a timeout is retried at once, as a reset is. Off: it is final (kind `timeout`), for
+    /// `run --retry-errors timeout` to fetch again after the run.
+    pub retry_timeouts: bool,
     /// Requests in flight in this process.
     pub concurrency: usize,
     /// Requests in flight to one host (name and port).
@@ -71,6 +77,7 @@ impl Default for DownloadOptions {
         DownloadOptions {
             timeout_s: 10.0,
             retries: 2,
+            retry_timeouts: false,
             concurrency: 256,
             per_host: 16,
             per_host_rate: None,
@@ -207,7 +214,7 @@ impl WebFetcher {
                 None => Some(backoff),
             };
             match wait {
-                Some(wait) if failure.transient && attempt <= self.options.retries => {
+                Some(wait) if self.retried(&failure) && attempt <= self.options.retries => {
                     tracing::info!(uri = %named, attempt, kind = failure.kind, error = %failure.message, "retrying");
                     tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(Duration::from_secs(8));
@@ -228,6 +235,11 @@ impl WebFetcher {
                 }
             }
         }
+    }
+
+    /// Whether `failure` is worth another attempt.
+    fn retried(&self, failure: &Failure) -> bool {
+        failure.transient && (failure.kind != "timeout" || self.options.retry_timeouts)
     }
 
     fn host(&self, url: &Url) -> Host {

@@ -5,9 +5,8 @@
 use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use object_store::GetOptions;
 use object_store::path::Path;
 
@@ -42,7 +41,8 @@ pub(crate) fn parent(path: &Path) -> Path {
 /// Resolves each item's image and pushes the items, in order. Fetches complete in any order: up to the configured
 /// concurrency are in flight at once (`[download] concurrency` when the items name web URLs, else `[storage]`), and
 /// a slow or hanging URL holds one of them while the others go on. Items fetched ahead of a slow one wait for it,
-/// up to `[download] max_bytes_in_flight` bytes of them, so that the unit's records still go out in input order:
+/// up to `[download] max_bytes_in_flight` bytes of them (shared by the units read at once: see
+/// [`super::ReadAhead`]), so that the unit's records still go out in input order:
 /// what a shard holds, and where it is cut, then never depends on which answer came first.
 /// `base` is the folder relative references are resolved against, unless `image_prefix` is set.
 pub(crate) async fn fetch_all(
@@ -70,25 +70,46 @@ pub(crate) async fn fetch_all(
     // Read again for some keys only (`--retry-errors`): the others' images are not fetched at all.
     let items: Vec<ImageRefItem> = items.into_iter().filter(|item| emitter.wants(&item.key)).collect();
     let mut pending = items.into_iter().enumerate();
-    let mut running = FuturesUnordered::new();
+    // Each fetch is a task of its own, so that it goes on while this unit waits to push (a unit read ahead waits
+    // for the bytes held to fall): a request left unpolled would keep its slot of `concurrency` and its
+    // connection's unread answer, and the unit being handed on could then wait for slots that never come free.
+    // Dropping the set (an error, a run that stops) cancels what is still running.
+    let shared = Arc::new((ctx.clone(), prefix));
+    let mut running = tokio::task::JoinSet::new();
     // Fetched records waiting for those before them, by their index in the unit.
     let mut done: BTreeMap<usize, SourceRecord> = BTreeMap::new();
     let mut waiting_bytes = 0u64;
     let (mut launched, mut next) = (0usize, 0usize);
     loop {
-        // The item `next` is always running or done, so this never waits on nothing.
-        while running.len() < concurrency && waiting_bytes < budget && launched - next < window {
+        // Items fetched out of order are counted in the bytes the units read at once may hold, so that a unit read
+        // ahead stops fetching when those are at the limit (the head's never stops).
+        let room = emitter.has_room();
+        while room && running.len() < concurrency && waiting_bytes < budget && launched - next < window {
             let Some((index, item)) = pending.next() else { break };
             launched += 1;
-            let prefix = &prefix;
-            running.push(async move { (index, fetch_one(ctx, prefix, item).await) });
+            let shared = shared.clone();
+            running.spawn(async move { (index, fetch_one(&shared.0, &shared.1, item).await) });
         }
-        let Some((index, record)) = running.next().await else { break };
+        // The item `next` is always running or done: with nothing running, every launched item was pushed.
+        if running.is_empty() {
+            if pending.len() == 0 {
+                break;
+            }
+            emitter.wait_room().await;
+            continue;
+        }
+        let Some(joined) = running.join_next().await else { break };
+        let (index, record) =
+            joined.map_err(|e| PipelineError::Internal(format!("an image fetch ended without an answer: {e}")))?;
         let record = record?;
-        waiting_bytes += record_bytes(&record);
+        let bytes = record_bytes(&record);
+        waiting_bytes += bytes;
+        emitter.hold(bytes);
         done.insert(index, record);
         while let Some(record) = done.remove(&next) {
-            waiting_bytes -= record_bytes(&record);
+            let bytes = record_bytes(&record);
+            waiting_bytes -= bytes;
+            emitter.unhold(bytes);
             emitter.push(record).await?;
             next += 1;
         }

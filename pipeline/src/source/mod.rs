@@ -166,6 +166,34 @@ impl ReadAhead {
         self.held.fetch_add(bytes, Ordering::AcqRel);
     }
 
+    /// Counts `bytes` that a unit holds without handing them on yet (images fetched past one still being fetched),
+    /// without waiting: they are in memory already, and they stop the units read ahead from fetching more.
+    fn hold(&self, bytes: u64) {
+        self.held.fetch_add(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Whether a unit may start more reads: the head always may; the others while the bytes held are under the
+    /// limit.
+    fn has_room(&self, head: &std::sync::atomic::AtomicBool) -> bool {
+        use std::sync::atomic::Ordering;
+        head.load(Ordering::Acquire)
+            || self.closed.load(Ordering::Acquire)
+            || self.held.load(Ordering::Acquire) < self.limit
+    }
+
+    /// Waits until the unit may start more reads (see [`ReadAhead::has_room`]).
+    async fn wait_room(&self, head: &std::sync::atomic::AtomicBool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.has_room(head) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// The bytes of records handed on.
     pub(crate) fn release(&self, bytes: u64) {
         self.held.fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
@@ -310,6 +338,34 @@ impl Emitter {
     pub(crate) fn ahead(mut self, budget: Arc<ReadAhead>, head: Arc<std::sync::atomic::AtomicBool>) -> Self {
         self.ahead = Some((budget, head));
         self
+    }
+
+    /// Whether the unit may start more reads now: always, unless it is read ahead of the head and the units read
+    /// at once hold as many bytes as they may (see [`ReadAhead`]).
+    pub(crate) fn has_room(&self) -> bool {
+        self.ahead.as_ref().is_none_or(|(budget, head)| budget.has_room(head))
+    }
+
+    /// Waits until [`Emitter::has_room`].
+    pub(crate) async fn wait_room(&self) {
+        if let Some((budget, head)) = &self.ahead {
+            budget.wait_room(head).await;
+        }
+    }
+
+    /// Counts `bytes` of records the source holds before it can push them (they arrived out of order), so that
+    /// the bytes the units read at once hold stay bounded; [`Emitter::unhold`] before they are pushed.
+    pub(crate) fn hold(&self, bytes: u64) {
+        if let Some((budget, _)) = &self.ahead {
+            budget.hold(bytes);
+        }
+    }
+
+    /// Undoes [`Emitter::hold`].
+    pub(crate) fn unhold(&self, bytes: u64) {
+        if let Some((budget, _)) = &self.ahead {
+            budget.release(bytes);
+        }
     }
 
     /// An emitter that lets through the items of `keys` only (see [`crate::retry`]).
