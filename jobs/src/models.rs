@@ -563,7 +563,7 @@ mod tests {
     }
 
     /// Committed models files with a segmenter whose files are in the repository, with their `refiner` column and
-    /// the spec hash of the default job over them. Recorded before the segmenter families moved into a folder each
+    /// the spec hash of the default job over them. Recorded before the segmenter families moved into a module each
     /// behind the segmenter role's trait; they must not change: a resume compares the output's spec hash with the
     /// job's, and refuses the output when they differ.
     const GOLDEN_LOCAL: &[(&str, &str, &str)] = &[

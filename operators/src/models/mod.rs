@@ -22,7 +22,7 @@ mod tagger;
 
 pub use config::{
     DEFAULT_MAX_DETECTIONS, DetectorConfig, DetectorExport, DetectorFamily, DetectorPrompt, FileRef, ModelsConfig,
-    PromptSource, SegmenterConfig, SegmenterFamily, TaggerConfig, TaggerFamily, TaggerScores,
+    PromptSource, SegmenterConfig, TaggerConfig, TaggerFamily, TaggerScores,
 };
 pub use detector::{Detection, Detector, DetectorImage, TextInputs, best_boxes, sub_sentence_masks};
 pub use refiner::{
@@ -31,7 +31,8 @@ pub use refiner::{
 };
 pub use runtime::{Contract, Device, Element, OnnxModel, Port, thread_cpu_time};
 pub use segmenter::{
-    Frame, Mask, MaskOut, Segmenter, SegmenterImage, SegmenterInput, crop_region, salient_input, salient_output,
+    BoxSegmenter, Frame, Mask, MaskOut, Segmenter, SegmenterFamily, SegmenterImage, SegmenterInput, crop_region,
+    salient_input, salient_output,
 };
 pub use tagger::{Tag, Tagger, caption_prompt, classes_prompt, output_is_logits, prompt_of};
 
