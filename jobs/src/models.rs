@@ -561,4 +561,115 @@ mod tests {
         }
         assert_eq!(sha256_remembered(&source, &cache).unwrap(), expected);
     }
+
+    /// Committed models files with a segmenter whose files are in the repository, with their `refiner` column and
+    /// the spec hash of the default job over them. Recorded before the segmenter families moved into a module each
+    /// behind the segmenter role's trait; they must not change: a resume compares the output's spec hash with the
+    /// job's, and refuses the output when they differ.
+    const GOLDEN_LOCAL: &[(&str, &str, &str)] = &[
+        (
+            "fixtures.toml",
+            r#"{"detector":{"box_threshold":0.25,"export":"idea","family":"grounding_dino","iou_threshold":0.6,"model":{"sha256":"616842161dd8a143d0daaff277ec579e3be8acbfd4dfc4aaa0deaae1b2034d3d","source":"detector_idea.onnx"},"text_threshold":0.2,"tokenizer":{"sha256":"9f9d0a7085b3c09a9590cb7f71334686d7864421965eed480d55034bbe160da6","source":"tokenizer.json"}},"segmenter":{"decoder":{"sha256":"d1819d465b9a9099f2a646419e9e1ab62ea1f90dd24a3985f3c2d7e3957a5872","source":"sam_decoder.onnx"},"encoder":{"sha256":"23f5e2b32dfb64cdf153297aed4d0b24941f29c7ac211437a1f56f91bcf9a046","source":"sam_encoder.onnx"},"family":"sam"},"tagger":{"family":"ram","model":{"sha256":"317bb2753c52cf6dd88fa49ec30285d8a764d4cbac80ed8643b1bd45b81528e1","source":"tagger.onnx"},"tags":{"sha256":"b0b2c6ad16373a342f0f1db7b045842bf2545645b6c42c18dfc228cd981041d7","source":"tags.txt"},"threshold":0.68}}"#,
+            "f9fc049fbf3069fac26c5d369a1a88bdbf8d8f370b89b13d1b8412c45381ac76",
+        ),
+        (
+            "fixtures_hf.toml",
+            r#"{"detector":{"box_threshold":0.25,"export":"hf","family":"grounding_dino","iou_threshold":0.6,"model":{"sha256":"edeb2417386b9d170608e9508830da7d09b8d80f8808594eca5e1d601b506f61","source":"detector_hf.onnx"},"text_threshold":0.2,"tokenizer":{"sha256":"9f9d0a7085b3c09a9590cb7f71334686d7864421965eed480d55034bbe160da6","source":"tokenizer.json"}},"segmenter":{"decoder":{"sha256":"d1819d465b9a9099f2a646419e9e1ab62ea1f90dd24a3985f3c2d7e3957a5872","source":"sam_decoder.onnx"},"encoder":{"sha256":"23f5e2b32dfb64cdf153297aed4d0b24941f29c7ac211437a1f56f91bcf9a046","source":"sam_encoder.onnx"},"family":"sam"},"tagger":{"family":"ram","model":{"sha256":"317bb2753c52cf6dd88fa49ec30285d8a764d4cbac80ed8643b1bd45b81528e1","source":"tagger.onnx"},"tags":{"sha256":"b0b2c6ad16373a342f0f1db7b045842bf2545645b6c42c18dfc228cd981041d7","source":"tags.txt"},"threshold":0.68}}"#,
+            "c904b124ccbb74274677d7da3f91f560e38c62ad5cff6216cc5ebf9f0b27aa72",
+        ),
+        (
+            "real-tiny/hf.toml",
+            r#"{"detector":{"box_threshold":0.25,"export":"hf","family":"grounding_dino","iou_threshold":0.6,"model":{"sha256":"675244c23fb620710c79ca534449eaad7dd41bddc80942c21ab177e64e592e00","source":"gdino_hf.onnx"},"text_threshold":0.2,"tokenizer":{"sha256":"19a57dcc34c9491ae5049f69d49db9081ecf2556f728b31f24aafadfdc2025de","source":"tokenizer.json"}},"segmenter":{"decoder":{"sha256":"e1126a5706f0f9aecf000b832bb6e13322a6a06676f9751d8e6d8bb5e9256d06","source":"sam_decoder.onnx"},"encoder":{"sha256":"75d8efb5f0acd8b9d67ec177e7442975712fb6bf176759ed0452d0ed9a1ada65","source":"sam_encoder.onnx"},"family":"sam"},"tagger":{"family":"ram","model":{"sha256":"719b85f430ba9e62006f243ce1a739520d574508c485c8389c1b1a7b86e268b3","source":"ram_logits.onnx"},"tags":{"sha256":"5d96d2f7225527480ad773aaac76b6e5c08a18adf6eae9ca7d2ab923d5e7bd8b","source":"ram_tag_list.txt"},"threshold":0.68,"thresholds":{"sha256":"b6f81d0de1bc7f9c251af512c413eae976c77dbfbadf700d4e3d90510f4c6447","source":"ram_tag_list_threshold.txt"}}}"#,
+            "1690c5adbe6c8814c5db22f9c44d61143dd50c350c6b0b5fa3d71b1c56c273ed",
+        ),
+        (
+            "real-tiny/hf_800.toml",
+            r#"{"detector":{"box_threshold":0.25,"export":"hf","family":"grounding_dino","iou_threshold":0.6,"model":{"sha256":"5ee2a690c3f3f82e278ca61772feabed82e70f13597ef1968ee266eb8ff5548b","source":"gdino_hf_traced_800.onnx"},"text_threshold":0.2,"tokenizer":{"sha256":"19a57dcc34c9491ae5049f69d49db9081ecf2556f728b31f24aafadfdc2025de","source":"tokenizer.json"}},"segmenter":{"decoder":{"sha256":"c29e817b7936a6456da8d12cc11c6e3bd2e4bd726935becc95b46d7ad0b50ffc","source":"hf_sam_prompt_encoder_mask_decoder.onnx"},"encoder":{"sha256":"0cde49f4e4d779aa1259e300098b600be7cbeb68c093647ddd4005e9a23227fe","source":"hf_sam_vision_encoder.onnx"},"family":"hf_sam"},"tagger":{"family":"ram","model":{"sha256":"719b85f430ba9e62006f243ce1a739520d574508c485c8389c1b1a7b86e268b3","source":"ram_logits.onnx"},"tags":{"sha256":"5d96d2f7225527480ad773aaac76b6e5c08a18adf6eae9ca7d2ab923d5e7bd8b","source":"ram_tag_list.txt"},"threshold":0.68,"thresholds":{"sha256":"b6f81d0de1bc7f9c251af512c413eae976c77dbfbadf700d4e3d90510f4c6447","source":"ram_tag_list_threshold.txt"}}}"#,
+            "2aafa2ac38c9fedaa86a39ae1e28f3c8904c48941e67acb7cfb438078ec522b8",
+        ),
+        (
+            "real-tiny/hf_sam.toml",
+            r#"{"detector":{"box_threshold":0.25,"export":"hf","family":"grounding_dino","iou_threshold":0.6,"model":{"sha256":"675244c23fb620710c79ca534449eaad7dd41bddc80942c21ab177e64e592e00","source":"gdino_hf.onnx"},"text_threshold":0.2,"tokenizer":{"sha256":"19a57dcc34c9491ae5049f69d49db9081ecf2556f728b31f24aafadfdc2025de","source":"tokenizer.json"}},"segmenter":{"decoder":{"sha256":"c29e817b7936a6456da8d12cc11c6e3bd2e4bd726935becc95b46d7ad0b50ffc","source":"hf_sam_prompt_encoder_mask_decoder.onnx"},"encoder":{"sha256":"0cde49f4e4d779aa1259e300098b600be7cbeb68c093647ddd4005e9a23227fe","source":"hf_sam_vision_encoder.onnx"},"family":"hf_sam"},"tagger":{"family":"ram","model":{"sha256":"719b85f430ba9e62006f243ce1a739520d574508c485c8389c1b1a7b86e268b3","source":"ram_logits.onnx"},"tags":{"sha256":"5d96d2f7225527480ad773aaac76b6e5c08a18adf6eae9ca7d2ab923d5e7bd8b","source":"ram_tag_list.txt"},"threshold":0.68,"thresholds":{"sha256":"b6f81d0de1bc7f9c251af512c413eae976c77dbfbadf700d4e3d90510f4c6447","source":"ram_tag_list_threshold.txt"}}}"#,
+            "957af62c1a27c02da644ebadb074b17a99747a00f40a27f6b6adfff33ef0f10f",
+        ),
+        (
+            "real-tiny/hf_sam_boxes.toml",
+            r#"{"detector":{"box_threshold":0.25,"export":"hf","family":"grounding_dino","iou_threshold":0.6,"model":{"sha256":"675244c23fb620710c79ca534449eaad7dd41bddc80942c21ab177e64e592e00","source":"gdino_hf.onnx"},"text_threshold":0.2,"tokenizer":{"sha256":"19a57dcc34c9491ae5049f69d49db9081ecf2556f728b31f24aafadfdc2025de","source":"tokenizer.json"}},"segmenter":{"decoder":{"sha256":"30b8d1dc74c43177333dbdfc4ef6ddf648ecab7a4e0fab03df11c44cb5c5aac6","source":"hf_sam_prompt_encoder_mask_decoder_boxes.onnx"},"encoder":{"sha256":"0cde49f4e4d779aa1259e300098b600be7cbeb68c093647ddd4005e9a23227fe","source":"hf_sam_vision_encoder.onnx"},"family":"hf_sam"},"tagger":{"family":"ram","model":{"sha256":"719b85f430ba9e62006f243ce1a739520d574508c485c8389c1b1a7b86e268b3","source":"ram_logits.onnx"},"tags":{"sha256":"5d96d2f7225527480ad773aaac76b6e5c08a18adf6eae9ca7d2ab923d5e7bd8b","source":"ram_tag_list.txt"},"threshold":0.68,"thresholds":{"sha256":"b6f81d0de1bc7f9c251af512c413eae976c77dbfbadf700d4e3d90510f4c6447","source":"ram_tag_list_threshold.txt"}}}"#,
+            "0ea540fc13f9c1f4921269c5321e2b84420a0e573b8eeb338b98fff6d80077d0",
+        ),
+        (
+            "real-tiny/idea.toml",
+            r#"{"detector":{"box_threshold":0.25,"export":"idea","family":"grounding_dino","iou_threshold":0.6,"model":{"sha256":"dd01185bb79958da682bf7d0e5cd1c792007692cb3488187916ceac426c3e8cc","source":"gdino_idea.onnx"},"text_threshold":0.2,"tokenizer":{"sha256":"19a57dcc34c9491ae5049f69d49db9081ecf2556f728b31f24aafadfdc2025de","source":"tokenizer.json"}},"segmenter":{"decoder":{"sha256":"c8f9cdd29ea73a27d9117af240fdf81d17f079612745b6fdb48ad39dd9a9883f","source":"sam_decoder_single.onnx"},"encoder":{"sha256":"ecb4e0030c1e03f53ad20ee5a7e509ff6d4469158678558900d344fd4ef7b6ba","source":"sam_encoder_preprocess.onnx"},"family":"sam"},"tagger":{"family":"ram","model":{"sha256":"e8a298ef58bcd08a713b504cf0a0a1284fba2841a7901f777e108fbe1e4197bc","source":"ram_targets.onnx"},"tags":{"sha256":"5d96d2f7225527480ad773aaac76b6e5c08a18adf6eae9ca7d2ab923d5e7bd8b","source":"ram_tag_list.txt"},"threshold":0.68}}"#,
+            "5de8b6c18d35ff772641846e72c8f23141764756c80e7922453278ce2ad6757a",
+        ),
+        (
+            "real-tiny/sam2.toml",
+            r#"{"detector":{"box_threshold":0.25,"export":"hf","family":"grounding_dino","iou_threshold":0.6,"model":{"sha256":"675244c23fb620710c79ca534449eaad7dd41bddc80942c21ab177e64e592e00","source":"gdino_hf.onnx"},"text_threshold":0.2,"tokenizer":{"sha256":"19a57dcc34c9491ae5049f69d49db9081ecf2556f728b31f24aafadfdc2025de","source":"tokenizer.json"}},"segmenter":{"decoder":{"sha256":"6e195693ae6de648cb4799a655b78b6e25a98e47818ed068e1cc0e5c43bc09a4","source":"sam2_decoder.onnx"},"encoder":{"sha256":"5753df691e4d5177ee00c89357e7f37f53c9792063dceeeba508ea57ec9ba336","source":"sam2_encoder.onnx"},"family":"sam2"},"tagger":{"family":"ram","model":{"sha256":"719b85f430ba9e62006f243ce1a739520d574508c485c8389c1b1a7b86e268b3","source":"ram_logits.onnx"},"tags":{"sha256":"5d96d2f7225527480ad773aaac76b6e5c08a18adf6eae9ca7d2ab923d5e7bd8b","source":"ram_tag_list.txt"},"threshold":0.68,"thresholds":{"sha256":"b6f81d0de1bc7f9c251af512c413eae976c77dbfbadf700d4e3d90510f4c6447","source":"ram_tag_list_threshold.txt"}}}"#,
+            "eed704f5ee1d93565a04c7304bbbb32676e4d6e11085bfdc59c95ce288e345d4",
+        ),
+    ];
+
+    /// The same for models files whose files are downloaded (and a `salient_crop` one, which no committed file
+    /// has), described with stand-in checksums (each key's own SHA-256): what is pinned is what the description
+    /// says of each family and setting.
+    const GOLDEN_REMOTE: &[(&str, &str, &str)] = &[
+        (
+            "public.toml",
+            r#"{"detector":{"box_threshold":0.35,"export":"hf","family":"grounding_dino","iou_threshold":0.6,"max_detections":30,"model":{"sha256":"8d6b4f38eef9bba58ca595a5cd0fd3bf8cb8446df717b761c761b2f2d6f608af","source":"hf://onnx-community/grounding-dino-tiny-ONNX/onnx/model.onnx@ff690b0a8050566c290287545bd059350f3e9096"},"text_threshold":0.25,"tokenizer":{"sha256":"5535fe3e86a38c83cc61110c97a4b0c7644aba745e4dba83a10fc9419bdacdd5","source":"hf://onnx-community/grounding-dino-tiny-ONNX/tokenizer.json@ff690b0a8050566c290287545bd059350f3e9096"}},"segmenter":{"decoder":{"sha256":"d40dc48ed480a9780b005efaa09b5fa89b6564b6ee5b0a6b214c13bc068cb5fe","source":"hf://Xenova/slimsam-77-uniform/onnx/prompt_encoder_mask_decoder.onnx@5850ab45f587c112167512ffef949107115e26a0"},"encoder":{"sha256":"757d533486b7a025aef590ff4a35202b13fd701e5fc29947e9bd26cdf2df1c94","source":"hf://Xenova/slimsam-77-uniform/onnx/vision_encoder.onnx@5850ab45f587c112167512ffef949107115e26a0"},"family":"hf_sam"},"tagger":{"family":"ram_plus","model":{"sha256":"a526883bdf3fa0172853b4762b660090ce23304c33e4ddc18f3fa63c13db4eef","source":"https://github.com/CVHub520/X-AnyLabeling/releases/download/v2.4.0/ram_plus_swin_large_14m.onnx"},"tags":{"sha256":"f869835f56b23b524059cb2d5db1ace198ff579a0eddbe31e5cabbc971389588","source":"real-tiny/ram_tag_list.txt"},"threshold":0.5}}"#,
+            "b9505ab652431c68d8d109e25bdda07adf63ef94b4032b895df5b55d0e1cacb9",
+        ),
+        (
+            "public_sam_vit_b.toml",
+            r#"{"detector":{"box_threshold":0.35,"export":"hf","family":"grounding_dino","iou_threshold":0.6,"max_detections":30,"model":{"sha256":"8d6b4f38eef9bba58ca595a5cd0fd3bf8cb8446df717b761c761b2f2d6f608af","source":"hf://onnx-community/grounding-dino-tiny-ONNX/onnx/model.onnx@ff690b0a8050566c290287545bd059350f3e9096"},"text_threshold":0.25,"tokenizer":{"sha256":"5535fe3e86a38c83cc61110c97a4b0c7644aba745e4dba83a10fc9419bdacdd5","source":"hf://onnx-community/grounding-dino-tiny-ONNX/tokenizer.json@ff690b0a8050566c290287545bd059350f3e9096"}},"segmenter":{"decoder":{"sha256":"d40dc48ed480a9780b005efaa09b5fa89b6564b6ee5b0a6b214c13bc068cb5fe","source":"https://github.com/CVHub520/X-AnyLabeling/releases/download/v0.2.0/sam_vit_b_01ec64.decoder.onnx"},"encoder":{"sha256":"757d533486b7a025aef590ff4a35202b13fd701e5fc29947e9bd26cdf2df1c94","source":"https://github.com/CVHub520/X-AnyLabeling/releases/download/v0.2.0/sam_vit_b_01ec64.encoder.onnx"},"family":"sam"},"tagger":{"family":"ram_plus","model":{"sha256":"a526883bdf3fa0172853b4762b660090ce23304c33e4ddc18f3fa63c13db4eef","source":"https://github.com/CVHub520/X-AnyLabeling/releases/download/v2.4.0/ram_plus_swin_large_14m.onnx"},"tags":{"sha256":"f869835f56b23b524059cb2d5db1ace198ff579a0eddbe31e5cabbc971389588","source":"real-tiny/ram_tag_list.txt"},"threshold":0.5}}"#,
+            "7dc6c17e05fa9d1e72b77baefc4f792fc0da3bdce71aaaca17f7a17b0bc0953d",
+        ),
+        (
+            "salient_crop",
+            r#"{"detector":{"box_threshold":0.25,"export":"idea","family":"grounding_dino","iou_threshold":0.6,"model":{"sha256":"8d6b4f38eef9bba58ca595a5cd0fd3bf8cb8446df717b761c761b2f2d6f608af","source":"gdino.onnx"},"prompt":["dog"],"text_threshold":0.2,"tokenizer":{"sha256":"5535fe3e86a38c83cc61110c97a4b0c7644aba745e4dba83a10fc9419bdacdd5","source":"tokenizer.json"}},"segmenter":{"family":"salient_crop","margin":0.15,"mask_threshold":0.6,"model":{"sha256":"ab8ee5e4ef027a49eb50c07a2065bf785ff7eb9e883411291a3477cc5494e1eb","source":"isnet.onnx"}}}"#,
+            "1290f9eaf05faf73641388a71b50df201f404ba07f5fb20b55c25a11b296d362",
+        ),
+    ];
+
+    /// A models file with a `salient_crop` segmenter, its margin and threshold set apart from their defaults.
+    const SALIENT_CROP: &str = "[detector]\nfamily = \"grounding_dino\"\nmodel = \"gdino.onnx\"\n\
+                                tokenizer = \"tokenizer.json\"\nprompt = [\"dog\"]\n[segmenter]\n\
+                                family = \"salient_crop\"\nmodel = \"isnet.onnx\"\nmargin = 0.15\n\
+                                mask_threshold = 0.6\n";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refiner_descriptions_and_spec_hashes_of_the_example_models_are_golden() {
+        use lyrics_operators::models::describe;
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models");
+        let registry = StoreRegistry::new(StorageOptions::default());
+        let cache = tempfile::tempdir().unwrap();
+        let spec = crate::spec::JobSpec::default();
+        let mut got = Vec::new();
+        for (file, ..) in GOLDEN_LOCAL {
+            let models = read_models_file(&examples.join(file).to_string_lossy(), &registry).await.unwrap();
+            let paths = pull(&models, cache.path(), &registry, false).await.unwrap();
+            got.push((*file, describe(&models.config, &paths)));
+        }
+        for (file, ..) in GOLDEN_REMOTE {
+            let text = match *file {
+                "salient_crop" => SALIENT_CROP.to_string(),
+                _ => std::fs::read_to_string(examples.join(file)).unwrap(),
+            };
+            let config = ModelsConfig::parse(&text).unwrap();
+            let mut paths = ModelPaths::default();
+            for (key, source) in config.files() {
+                paths.paths.insert(key.clone(), PathBuf::from(source.source()));
+                paths.sha256.insert(key.clone(), sha256_hex(key.as_bytes()));
+            }
+            got.push((*file, describe(&config, &paths)));
+        }
+        // Every file's difference at once, written as the golden line it would take.
+        let changed: Vec<String> = GOLDEN_LOCAL
+            .iter()
+            .chain(GOLDEN_REMOTE)
+            .zip(&got)
+            .filter(|((_, description, hash), (_, now))| now != description || spec.hash_with(now) != *hash)
+            .map(|(_, (file, now))| format!("(\"{file}\", r#\"{now}\"#, \"{}\"),", spec.hash_with(now)))
+            .collect();
+        assert!(changed.is_empty(), "descriptions or spec hashes changed:\n{}", changed.join("\n"));
+    }
 }

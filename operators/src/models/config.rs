@@ -38,6 +38,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::ModelError;
+use super::segmenter::SegmenterFamily;
 
 /// A file of a model: where it comes from and, optionally, the SHA-256 it must have.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,21 +218,6 @@ pub struct DetectorConfig {
     pub image_size: Option<[u32; 2]>,
 }
 
-/// Which segmenter the `[segmenter]` section loads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SegmenterFamily {
-    /// Segment Anything: samexporter's image encoder once per image, the official prompt decoder once per box.
-    Sam,
-    /// transformers' SAM / SlimSAM as transformers.js ships it: `vision_encoder` once per image,
-    /// `prompt_encoder_mask_decoder` on many boxes per call.
-    HfSam,
-    /// SAM 2 / 2.1 as samexporter exports it: encoder once per image, decoder on many boxes per call.
-    Sam2,
-    /// ISNet salient-object segmentation on each box's crop.
-    SalientCrop,
-}
-
 /// The `[segmenter]` section: a mask for each detected box.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -269,6 +255,13 @@ pub struct ModelsConfig {
     pub detector: Option<DetectorConfig>,
     #[serde(default)]
     pub segmenter: Option<SegmenterConfig>,
+}
+
+impl SegmenterConfig {
+    /// Its file keys, each with the file it names, if any.
+    fn named_files(&self) -> [(&'static str, &Option<FileRef>); 3] {
+        [("encoder", &self.encoder), ("decoder", &self.decoder), ("model", &self.model)]
+    }
 }
 
 fn default_tag_threshold() -> f32 {
@@ -400,19 +393,15 @@ impl ModelsConfig {
             if !(0.0..=10.0).contains(&s.margin) {
                 return Err(ModelError::Config(format!("segmenter.margin = {}: allowed 0 to 10", s.margin)));
             }
-            let need = |key: &str, file: &Option<FileRef>| -> Result<(), ModelError> {
-                if file.is_some() {
-                    Ok(())
-                } else {
-                    Err(ModelError::Config(format!("segmenter.{key} is required for family {:?}", s.family)))
+            // Each file the family takes is required.
+            let named = s.named_files();
+            for key in s.family.files() {
+                if !named.iter().any(|(named, file)| named == key && file.is_some()) {
+                    return Err(ModelError::Config(format!(
+                        "segmenter.{key} is required for family {:?}",
+                        s.family
+                    )));
                 }
-            };
-            match s.family {
-                SegmenterFamily::Sam | SegmenterFamily::HfSam | SegmenterFamily::Sam2 => {
-                    need("encoder", &s.encoder)?;
-                    need("decoder", &s.decoder)?;
-                }
-                SegmenterFamily::SalientCrop => need("model", &s.model)?,
             }
             if self.detector.is_none() {
                 return Err(ModelError::Config("a segmenter needs a [detector] to give it boxes".into()));
@@ -460,7 +449,7 @@ impl ModelsConfig {
             files.insert("detector.tokenizer".into(), d.tokenizer.clone());
         }
         if let Some(s) = &self.segmenter {
-            for (key, file) in [("encoder", &s.encoder), ("decoder", &s.decoder), ("model", &s.model)] {
+            for (key, file) in s.named_files() {
                 if let Some(file) = file {
                     files.insert(format!("segmenter.{key}"), file.clone());
                 }

@@ -7,6 +7,13 @@
 //! [`Refiner::infer`] runs the sessions on a micro-batch (one thread owns them) and COCO RLE-encodes each mask as
 //! the segmenter returns it, so no full-resolution mask outlives its decoder run; [`finish`] maps phrases to tags
 //! and normalizes the boxes (CPU again, in parallel).
+//!
+//! What lives where: `refiner` drives the roles (it names no segmenter family) and `config` reads the models file.
+//! The segmenter role is `segmenter`: its trait, [`BoxSegmenter`], the masks code its families share, and one
+//! module per family beneath it (`sam`, `hf_sam`, `sam2`, `salient_crop`), each registered in one line of its
+//! family list. The detector that segments is [`segmenting`] (the trait), its family [`sam3`]. The tagger and the
+//! detector are still one module each (`tagger`, `detector`), their families matched there and in `config`.
+//! [`runtime`] (sessions, graph contracts), [`preprocess`], `planes` and `batching` serve every role.
 
 mod batching;
 mod config;
@@ -22,7 +29,7 @@ mod tagger;
 
 pub use config::{
     DEFAULT_MAX_DETECTIONS, DetectorConfig, DetectorExport, DetectorFamily, DetectorPrompt, FileRef, ModelsConfig,
-    PromptSource, SegmenterConfig, SegmenterFamily, TaggerConfig, TaggerFamily, TaggerScores,
+    PromptSource, SegmenterConfig, TaggerConfig, TaggerFamily, TaggerScores,
 };
 pub use detector::{Detection, Detector, DetectorImage, TextInputs, best_boxes, sub_sentence_masks};
 pub use refiner::{
@@ -31,7 +38,8 @@ pub use refiner::{
 };
 pub use runtime::{Contract, Device, Element, OnnxModel, Port, thread_cpu_time};
 pub use segmenter::{
-    Frame, Mask, MaskOut, Segmenter, SegmenterImage, SegmenterInput, crop_region, salient_input, salient_output,
+    BoxSegmenter, Frame, Mask, MaskOut, Segmenter, SegmenterFamily, SegmenterImage, SegmenterInput, crop_region,
+    salient_input, salient_output,
 };
 pub use tagger::{Tag, Tagger, caption_prompt, classes_prompt, output_is_logits, prompt_of};
 

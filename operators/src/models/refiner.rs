@@ -75,7 +75,7 @@ pub fn prepare(layout: &Layout, image: &RgbImage) -> Result<Prepared, ModelError
             Some(input) => Some(input.prepare(image)?),
             None => layout.detector.map(|size| Detector::prepare(image, size)).transpose()?,
         },
-        segmenter: Segmenter::prepare(layout.segmenter, image)?,
+        segmenter: layout.segmenter.prepare(image)?,
         caption: None,
     })
 }
@@ -232,18 +232,8 @@ impl Refiner {
             )?),
             _ => None,
         };
-        let segmenter = match &config.segmenter {
-            Some(s) => {
-                let keys: &[&str] = match s.family {
-                    super::SegmenterFamily::SalientCrop => &["segmenter.model"],
-                    _ => &["segmenter.encoder", "segmenter.decoder"],
-                };
-                let paths: Vec<&std::path::Path> =
-                    keys.iter().map(|k| files.get(k).map(PathBuf::as_path)).collect::<Result<_, _>>()?;
-                Some(Segmenter::load(s, &paths, device, threads)?)
-            }
-            None => None,
-        };
+        let segmenter =
+            config.segmenter.as_ref().map(|s| Segmenter::load_files(s, files, device, threads)).transpose()?;
         let description = describe(config, files);
         Ok(Refiner { config: config.clone(), tagger, detector, segmenting, segmenter, description })
     }
@@ -498,11 +488,9 @@ pub fn describe(config: &ModelsConfig, files: &ModelPaths) -> String {
         let source = config.files().get(key).map(|f| f.source().to_string()).unwrap_or_default();
         json!({ "source": source, "sha256": files.sha256.get(key).cloned().unwrap_or_default() })
     };
-    // f32 settings printed as their shortest decimal, not their f64 expansion (0.6, not 0.6000000238418579).
-    let num = |v: f32| -> serde_json::Value { v.to_string().parse::<f64>().map_or(json!(null), |f| json!(f)) };
     let mut out = serde_json::Map::new();
     if let Some(t) = &config.tagger {
-        let mut v = json!({ "family": t.family, "model": file("tagger.model"), "tags": file("tagger.tags"), "threshold": num(t.threshold) });
+        let mut v = json!({ "family": t.family, "model": file("tagger.model"), "tags": file("tagger.tags"), "threshold": shortest(t.threshold) });
         if t.thresholds.is_some() {
             v["thresholds"] = file("tagger.thresholds");
         }
@@ -517,7 +505,7 @@ pub fn describe(config: &ModelsConfig, files: &ModelPaths) -> String {
     } else if let Some(d) = &config.detector {
         let mut v = json!({
             "family": d.family, "export": d.export, "model": file("detector.model"), "tokenizer": file("detector.tokenizer"),
-            "box_threshold": num(d.box_threshold), "text_threshold": num(d.text_threshold), "iou_threshold": num(d.iou_threshold),
+            "box_threshold": shortest(d.box_threshold), "text_threshold": shortest(d.text_threshold), "iou_threshold": shortest(d.iou_threshold),
         });
         // Only a cap other than the default is written, so that the description (and the spec hash) of jobs
         // begun before the cap existed stays as it was.
@@ -530,19 +518,15 @@ pub fn describe(config: &ModelsConfig, files: &ModelPaths) -> String {
         out.insert("detector".into(), v);
     }
     if let Some(s) = &config.segmenter {
-        let mut v = json!({ "family": s.family });
-        for key in ["encoder", "decoder", "model"] {
-            if files.paths.contains_key(&format!("segmenter.{key}")) {
-                v[key] = file(&format!("segmenter.{key}"));
-            }
-        }
-        if s.family == super::SegmenterFamily::SalientCrop {
-            v["margin"] = num(s.margin);
-            v["mask_threshold"] = num(s.mask_threshold);
-        }
-        out.insert("segmenter".into(), v);
+        out.insert("segmenter".into(), super::segmenter::describe(s, files, file));
     }
     serde_json::Value::Object(out).to_string()
+}
+
+/// A setting for the `refiner` column: an f32 as its shortest decimal, not its f64 expansion (0.6, not
+/// 0.6000000238418579).
+pub(super) fn shortest(v: f32) -> serde_json::Value {
+    v.to_string().parse::<f64>().map_or(json!(null), |f| json!(f))
 }
 
 #[cfg(test)]
