@@ -50,6 +50,11 @@ pub struct PlanRecord {
     /// in older outputs (the defaults are used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink: Option<SinkOptions>,
+    /// The layout version of the tables the output's shards are written in ([`lyrics_schemas::SCHEMA_VERSION`]):
+    /// a run resumes only an output of its own layout, so that no table mixes two. Absent in outputs written
+    /// before version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<String>,
     #[serde(flatten)]
     pub plan: Plan,
 }
@@ -157,12 +162,20 @@ pub async fn open_output(
 ) -> Result<(), PipelineError> {
     let refuse = |message: String| PipelineError::Resume { output: output.uri(), message };
     if let Some(existing) = get_json::<PlanRecord>(output, PLAN_FILE).await? {
-        if same_job(&existing, record, earlier) {
+        let same_layout = existing.schema_version == record.schema_version;
+        if same_job(&existing, record, earlier) && same_layout {
             record.spec_hash = existing.spec_hash.clone();
             return same_workers(output, &existing, record);
         }
         if !force {
-            let what = if existing.spec_hash != record.spec_hash {
+            let what = if !same_layout && same_job(&existing, record, earlier) {
+                format!(
+                    "its tables were written in schema version {}, and this lyrics-prep writes version {}: a \
+                     table must not mix the two",
+                    existing.schema_version.as_deref().unwrap_or("2 or earlier"),
+                    record.schema_version.as_deref().unwrap_or("?"),
+                )
+            } else if existing.spec_hash != record.spec_hash {
                 format!(
                     "it was written with a different job spec (spec hash {} there, {} now)",
                     short(&existing.spec_hash),
@@ -198,7 +211,9 @@ pub async fn open_output(
         Ok(_) => Ok(()),
         // Another worker created it first: it must describe the same job.
         Err(object_store::Error::AlreadyExists { .. }) => match get_json::<PlanRecord>(output, PLAN_FILE).await? {
-            Some(existing) if same_job(&existing, record, earlier) => {
+            Some(existing)
+                if same_job(&existing, record, earlier) && existing.schema_version == record.schema_version =>
+            {
                 record.spec_hash = existing.spec_hash.clone();
                 same_workers(output, &existing, record)
             }
@@ -555,8 +570,26 @@ mod tests {
             tables: vec!["samples".into()],
             workers: Some(1),
             sink: None,
+            schema_version: Some(lyrics_schemas::SCHEMA_VERSION.to_string()),
             plan,
         }
+    }
+
+    /// An output of an older table layout is not resumed (its tables would mix two), and --force starts it over.
+    #[tokio::test]
+    async fn an_output_of_another_schema_version_is_refused_and_forced_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = StoreRegistry::new(crate::StorageOptions::default());
+        let output = registry.locate(dir.path().to_str().unwrap()).unwrap();
+        open_output(&output, &mut PlanRecord { schema_version: None, ..record("spec") }, None, false)
+            .await
+            .unwrap();
+        let refused = open_output(&output, &mut record("spec"), None, false).await.unwrap_err().to_string();
+        assert!(refused.contains("schema version 2 or earlier") && refused.contains("--force"), "{refused}");
+        open_output(&output, &mut record("spec"), None, true).await.unwrap();
+        let written: PlanRecord = get_json(&output, PLAN_FILE).await.unwrap().unwrap();
+        assert_eq!(written.schema_version.as_deref(), Some(lyrics_schemas::SCHEMA_VERSION));
+        open_output(&output, &mut record("spec"), None, false).await.unwrap();
     }
 
     #[tokio::test]

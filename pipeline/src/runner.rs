@@ -170,6 +170,7 @@ pub async fn run<S: Send + 'static>(
         tables: tables.names(),
         workers: if config.claim.is_some() || config.units.is_some() { None } else { Some(config.worker.count) },
         sink: Some(config.sink),
+        schema_version: Some(lyrics_schemas::SCHEMA_VERSION.to_string()),
         plan: plan.clone(),
     };
     commit::open_output(&output, &mut record, config.earlier_spec_hash.as_deref(), config.force).await?;

@@ -122,6 +122,8 @@ fn refine(corpus: &Path, output: &Path, models: &Path) -> Result<()> {
         &text(models),
         "--progress",
         "off",
+        // The demo's output is the demo's own: one a version with another table layout wrote is started over.
+        "--force",
     ])
 }
 
