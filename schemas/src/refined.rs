@@ -173,15 +173,13 @@ pub(crate) fn struct_rows(array: &ArrayRef, name: &str) -> Result<Vec<Option<Str
 pub(crate) fn boxes_at(s: &StructArray) -> Result<Vec<[f32; 4]>, SchemaError> {
     let boxes = child(s, col::BOX)?;
     let boxes = boxes.as_list_opt::<i32>().ok_or_else(|| SchemaError::column_type(col::BOX, boxes.data_type()))?;
-    (0..boxes.len())
-        .map(|j| {
-            let b = boxes.value(j);
-            let b = b
-                .as_primitive_opt::<Float32Type>()
-                .ok_or_else(|| SchemaError::column_type(col::BOX, b.data_type()))?;
-            Ok([0, 1, 2, 3].map(|k| if k < b.len() { b.value(k) } else { 0.0 }))
-        })
-        .collect()
+    (0..boxes.len()).map(|j| corners(&boxes.value(j), col::BOX)).collect()
+}
+
+/// One `list<float32>` box of column `name` as `[x1, y1, x2, y2]`, missing corners read as 0.
+pub(crate) fn corners(b: &ArrayRef, name: &str) -> Result<[f32; 4], SchemaError> {
+    let b = b.as_primitive_opt::<Float32Type>().ok_or_else(|| SchemaError::column_type(name, b.data_type()))?;
+    Ok([0, 1, 2, 3].map(|k| if k < b.len() { b.value(k) } else { 0.0 }))
 }
 
 fn floats_at(a: &ArrayRef, name: &str) -> Result<Vec<Option<f32>>, SchemaError> {

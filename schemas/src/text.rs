@@ -7,10 +7,10 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Float32Array, Int32Array, ListArray, RecordBatch, StringArray, StructArray,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
-use arrow::datatypes::{DataType, Field, Fields, Float32Type, Int32Type};
+use arrow::datatypes::{DataType, Field, Fields, Int32Type};
 
 use crate::arrays::{column, strings, strings_of};
-use crate::refined::{boxes_at, objects_array, objects_from, struct_rows};
+use crate::refined::{boxes_at, corners, objects_array, objects_from, struct_rows};
 use crate::rows::{image_array, image_refs};
 use crate::{ImageRef, ObjectRow, SchemaError, col, instruct_schema, pretrain_schema};
 
@@ -137,13 +137,7 @@ impl PretrainRow {
             Arc::new(rows.iter().map(f).collect::<StringArray>())
         };
         let spans: Vec<&SpanRow> = rows.iter().flat_map(|r| r.caption_spans.iter()).collect();
-        let n = spans.len();
-        let boxes = ListArray::new(
-            item(DataType::Float32),
-            OffsetBuffer::from_lengths(std::iter::repeat_n(4, n)),
-            Arc::new(Float32Array::from_iter_values(spans.iter().flat_map(|s| s.bbox))),
-            None,
-        );
+        let boxes = box_values(spans.iter().map(|s| s.bbox));
         let span_values = StructArray::new(
             span_fields(),
             vec![
@@ -394,16 +388,21 @@ fn string_lists<'a>(rows: impl Iterator<Item = Option<&'a [String]>>) -> ArrayRe
     ))
 }
 
+/// Boxes as the `list<float32>` values of a column, four corners each.
+fn box_values(boxes: impl Iterator<Item = [f32; 4]>) -> ListArray {
+    let values: Vec<f32> = boxes.flatten().collect();
+    ListArray::new(
+        item(DataType::Float32),
+        OffsetBuffer::from_lengths(std::iter::repeat_n(4, values.len() / 4)),
+        Arc::new(Float32Array::from(values)),
+        None,
+    )
+}
+
 /// A `list<list<float32>>` column of boxes.
 fn box_lists<'a>(rows: impl Iterator<Item = &'a [[f32; 4]]>) -> ArrayRef {
     let rows: Vec<&[[f32; 4]]> = rows.collect();
-    let n: usize = rows.iter().map(|r| r.len()).sum();
-    let boxes = ListArray::new(
-        item(DataType::Float32),
-        OffsetBuffer::from_lengths(std::iter::repeat_n(4, n)),
-        Arc::new(Float32Array::from_iter_values(rows.iter().flat_map(|r| r.iter().flatten().copied()))),
-        None,
-    );
+    let boxes = box_values(rows.iter().flat_map(|r| r.iter().copied()));
     Arc::new(ListArray::new(
         item(boxes.data_type().clone()),
         OffsetBuffer::from_lengths(rows.iter().map(|r| r.len())),
@@ -434,13 +433,7 @@ fn box_lists_of(array: &ArrayRef) -> Result<Vec<Vec<[f32; 4]>>, SchemaError> {
         .map(|i| {
             let boxes = list.value(i);
             let boxes = boxes.as_list_opt::<i32>().ok_or_else(|| bad(&boxes))?;
-            (0..boxes.len())
-                .map(|j| {
-                    let b = boxes.value(j);
-                    let b = b.as_primitive_opt::<Float32Type>().ok_or_else(|| bad(&b))?;
-                    Ok([0, 1, 2, 3].map(|k| if k < b.len() { b.value(k) } else { 0.0 }))
-                })
-                .collect()
+            (0..boxes.len()).map(|j| corners(&boxes.value(j), col::BOXES)).collect()
         })
         .collect()
 }
